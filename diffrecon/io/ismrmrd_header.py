@@ -1,0 +1,128 @@
+"""The ISMRMRD XML header, shared by fastMRI HDF5 (`ismrmrd_header`) and ISMRMRD files.
+
+Only the fields diffrecon uses are parsed or written: encoded and recon matrix
+size, field of view, the k-space encoding limits, and a few study attributes.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+NS = "http://www.ismrm.org/ISMRMRD"
+
+
+@dataclass
+class HeaderInfo:
+    encoded_matrix: tuple[int, int, int]
+    recon_matrix: tuple[int, int, int]
+    encoded_fov_mm: tuple[float, float, float]
+    recon_fov_mm: tuple[float, float, float]
+    frequency_hz: float = 0.0
+    study: dict = field(default_factory=dict)
+
+
+def _find(root: ET.Element, path: str) -> ET.Element | None:
+    parts = path.split("/")
+    node = root
+    for p in parts:
+        if node is None:
+            return None
+        nxt = node.find(f"{{{NS}}}{p}")
+        if nxt is None:
+            nxt = node.find(p)  # files written without the namespace
+        node = nxt
+    return node
+
+
+def _triple(root: ET.Element, path: str, cast) -> tuple | None:
+    node = _find(root, path)
+    if node is None:
+        return None
+    vals = []
+    for axis in "xyz":
+        child = _find(node, axis)
+        if child is None or child.text is None:
+            return None
+        vals.append(cast(float(child.text)))
+    return tuple(vals)
+
+
+def parse_header(text: str | bytes) -> HeaderInfo:
+    """Parse an ISMRMRD XML header. Raises ValueError with the reason if it is unusable."""
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise ValueError(f"ISMRMRD header is not valid XML ({exc})") from None
+    enc = _triple(root, "encoding/encodedSpace/matrixSize", int)
+    if enc is None:
+        raise ValueError("ISMRMRD header has no encoding/encodedSpace/matrixSize")
+    rec = _triple(root, "encoding/reconSpace/matrixSize", int) or enc
+    efov = _triple(root, "encoding/encodedSpace/fieldOfView_mm", float) or (0.0, 0.0, 0.0)
+    rfov = _triple(root, "encoding/reconSpace/fieldOfView_mm", float) or efov
+    freq_node = _find(root, "experimentalConditions/H1resonanceFrequency_Hz")
+    freq = float(freq_node.text) if freq_node is not None and freq_node.text else 0.0
+    study = {}
+    for key, path in (
+        ("patient_name", "subjectInformation/patientName"),
+        ("patient_id", "subjectInformation/patientID"),
+        ("study_instance_uid", "studyInformation/studyInstanceUID"),
+        ("series_description", "measurementInformation/seriesDescription"),
+        ("protocol_name", "measurementInformation/protocolName"),
+    ):
+        node = _find(root, path)
+        if node is not None and node.text:
+            study[key] = node.text
+    return HeaderInfo(enc, rec, efov, rfov, freq, study)
+
+
+def build_header(info: HeaderInfo, n_lines: int | None = None) -> str:
+    """Write a minimal, schema-valid ISMRMRD XML header for a Cartesian scan."""
+    ET.register_namespace("", NS)
+    q = lambda tag: f"{{{NS}}}{tag}"  # noqa: E731
+    root = ET.Element(q("ismrmrdHeader"))
+
+    def sub(parent, tag, text=None):
+        el = ET.SubElement(parent, q(tag))
+        if text is not None:
+            el.text = str(text)
+        return el
+
+    subj = {k: v for k, v in info.study.items() if k in ("patient_name", "patient_id")}
+    if subj:
+        s = sub(root, "subjectInformation")
+        if "patient_name" in subj:
+            sub(s, "patientName", subj["patient_name"])
+        if "patient_id" in subj:
+            sub(s, "patientID", subj["patient_id"])
+    if "study_instance_uid" in info.study:
+        sub(sub(root, "studyInformation"), "studyInstanceUID", info.study["study_instance_uid"])
+    if "series_description" in info.study or "protocol_name" in info.study:
+        m = sub(root, "measurementInformation")
+        sub(m, "patientPosition", "HFS")
+        if "protocol_name" in info.study:
+            sub(m, "protocolName", info.study["protocol_name"])
+        if "series_description" in info.study:
+            sub(m, "seriesDescription", info.study["series_description"])
+    sub(sub(root, "experimentalConditions"), "H1resonanceFrequency_Hz", int(info.frequency_hz))
+    enc = sub(root, "encoding")
+    for space, matrix, fov in (
+        ("encodedSpace", info.encoded_matrix, info.encoded_fov_mm),
+        ("reconSpace", info.recon_matrix, info.recon_fov_mm),
+    ):
+        sp = sub(enc, space)
+        ms = sub(sp, "matrixSize")
+        for axis, v in zip("xyz", matrix):
+            sub(ms, axis, int(v))
+        fv = sub(sp, "fieldOfView_mm")
+        for axis, v in zip("xyz", fov):
+            sub(fv, axis, repr(float(v)))
+    lim = sub(enc, "encodingLimits")
+    ny = n_lines if n_lines is not None else info.encoded_matrix[1]
+    for tag, n in (("kspace_encoding_step_1", ny), ("kspace_encoding_step_2", info.encoded_matrix[2])):
+        e = sub(lim, tag)
+        sub(e, "minimum", 0)
+        sub(e, "maximum", max(0, int(n) - 1))
+        sub(e, "center", int(n) // 2)
+    sub(enc, "trajectory", "cartesian")
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")

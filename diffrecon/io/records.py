@@ -1,0 +1,121 @@
+"""Typed records that the readers return (numpy only; no torch, no Prefect).
+
+Conventions (DESIGN.md): k-space is (slices, coils, ky, kx) complex64 with the
+readout (kx) last; images are (slices, rows, cols) with rows along the
+phase-encode direction; the affine maps (slice, row, col) indices to RAS mm.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffrecon.io.errors import InvalidScanError
+
+
+def axial_affine(voxel_mm: tuple[float, float, float], n_rows: int) -> np.ndarray:
+    """Affine from (slice, row, col) indices to RAS mm for the axial layout.
+
+    Axial layout of BENCHMARKS.md: rows anterior -> posterior, columns patient
+    left -> right, slices inferior -> superior. ``voxel_mm`` is (slice, row, col)
+    spacing. The origin is put so the in-plane centre sits at x = y = 0.
+    """
+    dz, dr, dc = (float(v) for v in voxel_mm)
+    a = np.zeros((4, 4))
+    a[0, 2] = dc  # column index -> +x (towards the patient's right, RAS)
+    a[1, 1] = -dr  # row index -> -y (rows go anterior to posterior)
+    a[2, 0] = dz  # slice index -> +z (superior)
+    a[3, 3] = 1.0
+    return a
+
+
+@dataclass
+class MRIAcquisition:
+    """One MRI scan as read from disk.
+
+    kspace: (slices, coils, ky, kx) complex64, centred (DC at index n // 2).
+    mask: (ky, kx) bool, True where k-space was sampled.
+    encoded_matrix / recon_matrix: (x, y, z) as in the ISMRMRD header, with x the
+    readout, y the phase encode.
+    fov_mm: encoded field of view (x, y, z) in mm.
+    reference: optional (slices, rows, cols) float32 magnitude image to compare with.
+    metadata: study attributes (never logged in clear).
+    """
+
+    name: str
+    kspace: np.ndarray
+    mask: np.ndarray
+    encoded_matrix: tuple[int, int, int]
+    recon_matrix: tuple[int, int, int]
+    fov_mm: tuple[float, float, float]
+    reference: np.ndarray | None = None
+    reference_kind: str | None = None
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.kspace.shape)
+
+    @property
+    def fully_sampled(self) -> bool:
+        return bool(self.mask.all())
+
+    @property
+    def voxel_size_mm(self) -> tuple[float, float, float]:
+        """(slice, row, col) spacing in mm: rows follow ky (y), columns kx (x)."""
+        ny, nx = self.kspace.shape[-2:]
+        fx, fy, fz = self.fov_mm
+        nz = max(1, self.encoded_matrix[2])
+        return (fz / nz if fz else 1.0, fy / ny if fy else 1.0, fx / nx if fx else 1.0)
+
+    @property
+    def affine(self) -> np.ndarray:
+        return axial_affine(self.voxel_size_mm, self.kspace.shape[-2])
+
+    def validate(self) -> MRIAcquisition:
+        """Raise InvalidScanError naming the file if the record is unusable."""
+        where = self.source or self.name
+        k = self.kspace
+        if k.ndim != 4:
+            raise InvalidScanError(
+                where, f"k-space has rank {k.ndim}, expected 4 (slices, coils, ky, kx)"
+            )
+        if k.size == 0 or 0 in k.shape:
+            raise InvalidScanError(where, f"k-space is empty (shape {tuple(k.shape)})")
+        if not np.isfinite(k).all():
+            raise InvalidScanError(where, "k-space contains NaN or Inf values")
+        if not np.any(k):
+            raise InvalidScanError(where, "k-space is all zeros")
+        if self.mask.shape != k.shape[-2:]:
+            raise InvalidScanError(
+                where, f"mask shape {self.mask.shape} does not match k-space {k.shape[-2:]}"
+            )
+        if not self.mask.any():
+            raise InvalidScanError(where, "sampling mask selects no k-space line")
+        if self.reference is not None:
+            if self.reference.ndim != 3 or self.reference.shape[0] != k.shape[0]:
+                raise InvalidScanError(
+                    where,
+                    f"reference image shape {self.reference.shape} does not match "
+                    f"{k.shape[0]} slices",
+                )
+            if not np.isfinite(self.reference).all():
+                raise InvalidScanError(where, "reference image contains NaN or Inf values")
+        return self
+
+
+def mask_from_kspace(kspace: np.ndarray) -> np.ndarray:
+    """(ky, kx) sampling mask: a k-space location is sampled if any slice/coil is nonzero."""
+    return np.abs(kspace).reshape(-1, *kspace.shape[-2:]).max(axis=0) > 0
+
+
+def scan_name(path: str | Path) -> str:
+    """A scan's name in logs and outputs: the file stem without .gz/.nii/.h5 suffixes."""
+    name = Path(path).name
+    for suffix in (".gz", ".nii", ".h5", ".hdf5", ".dat", ".mrd"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name

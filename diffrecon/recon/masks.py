@@ -1,0 +1,140 @@
+"""Undersampling masks and simulation helpers (k-space from images and coil maps, noise).
+
+Masks are deterministic for a seed. The 1D Cartesian masks follow BENCHMARKS.md (B1),
+generalised to any matrix size n: exactly ``n // R`` phase-encode lines in total,
+including a fully sampled centre of ``round(0.08 n)`` lines (10 of 128: indices 59..68).
+All functions return torch tensors; a 1D mask has shape (ky,), and
+:func:`expand_mask` turns it into (ky, kx).
+"""
+
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+import torch
+
+from diffrecon.recon.fft import fft2c
+
+MASK_KINDS = ("equispaced", "random", "gaussian", "poisson")
+
+
+def benchmark_seed(volume: str, z: int | str, what: str) -> int:
+    """Seed of BENCHMARKS.md: crc32 of ``"{volume}/{z}/{what}"``."""
+    return zlib.crc32(f"{volume}/{z}/{what}".encode())
+
+
+def centre_lines(n: int, n_centre: int | None = None) -> np.ndarray:
+    """Indices of the fully sampled centre lines (10 central lines 59..68 for n = 128)."""
+    c = int(round(0.08 * n)) if n_centre is None else int(n_centre)
+    start = n // 2 - c // 2
+    return np.arange(start, start + c)
+
+
+def _line_budget(n: int, accel: float, n_centre: int) -> int:
+    total = int(n // accel)
+    if total < n_centre:
+        raise ValueError(
+            f"acceleration {accel} leaves {total} of {n} lines, fewer than the {n_centre} "
+            "centre lines"
+        )
+    return total - n_centre
+
+
+def mask_1d(
+    kind: str, n: int, accel: float, seed: int | None = None, n_centre: int | None = None
+) -> torch.Tensor:
+    """(n,) bool phase-encode mask with exactly n // accel lines, the centre included.
+
+    kind: ``equispaced`` (outer lines at round(linspace) positions, no randomness),
+    ``random`` (outer lines drawn uniformly without replacement), ``gaussian`` (outer
+    lines drawn with a Gaussian density around the centre, sd n / 6).
+    """
+    centre = centre_lines(n, n_centre)
+    outer = np.setdiff1d(np.arange(n), centre)
+    k = _line_budget(n, accel, len(centre))
+    if kind == "equispaced":
+        chosen = outer[np.round(np.linspace(0, len(outer) - 1, k)).astype(int)] if k else []
+    elif kind in ("random", "gaussian"):
+        rng = np.random.default_rng(seed)
+        if kind == "random":
+            p = None
+        else:
+            w = np.exp(-0.5 * ((outer - n / 2) / (n / 6)) ** 2)
+            p = w / w.sum()
+        chosen = rng.choice(outer, k, replace=False, p=p)
+    else:
+        raise ValueError(f"unknown 1D mask kind {kind!r}; expected equispaced, random or gaussian")
+    m = np.zeros(n, bool)
+    m[centre] = True
+    m[np.asarray(chosen, dtype=int)] = True
+    return torch.from_numpy(m)
+
+
+def poisson_2d(
+    shape: tuple[int, int], accel: float, seed: int, calib: tuple[int, int] = (12, 12)
+) -> torch.Tensor:
+    """Variable-density Poisson-disc mask (ky, kz), as ``sigpy.mri.poisson`` draws it."""
+    import sigpy.mri
+
+    m = sigpy.mri.poisson(tuple(shape), accel=accel, calib=tuple(calib), seed=int(seed))
+    return torch.from_numpy(np.abs(np.asarray(m)) > 0)
+
+
+def expand_mask(mask_1d_: torch.Tensor, n_kx: int) -> torch.Tensor:
+    """(ky,) -> (ky, kx): every readout point of a sampled line is sampled."""
+    return mask_1d_[:, None].expand(-1, n_kx).contiguous()
+
+
+def make_mask(
+    kind: str, shape: tuple[int, int], accel: float, seed: int | None = None
+) -> torch.Tensor:
+    """(ky, kx) bool mask for a 2D slice: 1D kinds along ky, ``poisson`` over (ky, kx)."""
+    if kind == "poisson":
+        return poisson_2d(shape, accel, 0 if seed is None else seed)
+    return expand_mask(mask_1d(kind, shape[0], accel, seed), shape[1])
+
+
+def smooth_phase(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
+    """exp(i pi (a u + b v + c u v)) with a, b, c ~ U(-0.5, 0.5), as in B1 (complex64)."""
+    a, b, c = rng.uniform(-0.5, 0.5, 3)
+    v, u = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
+    return torch.from_numpy(np.exp(1j * np.pi * (a * u + b * v + c * u * v)).astype(np.complex64))
+
+
+def simulate_kspace(image: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
+    """Fully sampled k-space of complex images (..., H, W) seen by coils (C, H, W).
+
+    Returns (..., C, ky, kx); without maps, a single coil of unit sensitivity.
+    """
+    if maps is None:
+        return fft2c(image)[..., None, :, :]
+    return fft2c(image[..., None, :, :] * maps)
+
+
+def add_noise(kspace: torch.Tensor, rel_sigma: float, rng: np.random.Generator) -> torch.Tensor:
+    """Complex Gaussian noise of sigma = rel_sigma * max |k| on real and imaginary parts."""
+    sigma = rel_sigma * float(kspace.abs().max())
+    shape = tuple(kspace.shape)
+    noise = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    return kspace + torch.from_numpy((sigma * noise).astype(np.complex64)).to(kspace.device)
+
+
+def birdcage_maps(n_coils: int, shape: tuple[int, int], radius: float = 1.5) -> torch.Tensor:
+    """Smooth synthetic coil maps (C, H, W): coils on a circle, unit sum of squares.
+
+    Each coil's sensitivity falls off with distance from its centre and carries a phase
+    that winds with the angle; used for the built-in demo and synthetic tests.
+    """
+    h, w = shape
+    y, x = np.meshgrid(np.linspace(-1, 1, h), np.linspace(-1, 1, w), indexing="ij")
+    maps = []
+    for c in range(n_coils):
+        ang = 2 * np.pi * c / n_coils
+        cy, cx = radius * np.sin(ang), radius * np.cos(ang)
+        d2 = (y - cy) ** 2 + (x - cx) ** 2
+        phase = np.exp(1j * (np.arctan2(y - cy, x - cx) + ang))
+        maps.append(np.exp(-d2 / (radius**2)) * phase)
+    m = np.stack(maps)
+    m /= np.sqrt((np.abs(m) ** 2).sum(0, keepdims=True))
+    return torch.from_numpy(m.astype(np.complex64))

@@ -1,0 +1,74 @@
+"""Quality metrics of BENCHMARKS.md, on magnitude images, averaged over slices."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def _mag(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().numpy()
+    x = np.abs(np.asarray(x)).astype(np.float64)
+    return x[None] if x.ndim == 2 else x
+
+
+def centre_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Crop (or zero-pad) the last two axes centrally to ``shape``."""
+    out = x
+    for axis, n in zip((-2, -1), shape):
+        cur = out.shape[axis]
+        if cur > n:
+            start = (cur - n) // 2
+            out = np.take(out, np.arange(start, start + n), axis=axis)
+        elif cur < n:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((n - cur) // 2, n - cur - (n - cur) // 2)
+            out = np.pad(out, pad)
+    return out
+
+
+def _pair(x, ref) -> tuple[np.ndarray, np.ndarray]:
+    r = _mag(ref)
+    a = centre_crop(_mag(x), r.shape[-2:])
+    if a.shape != r.shape:
+        raise ValueError(f"image shape {a.shape} does not match reference {r.shape}")
+    return a, r
+
+
+def psnr(x, ref, data_range: float | None = None) -> float:
+    """Mean over slices of 20 log10(range / RMSE), range = max |ref| of the slice (MRI)."""
+    a, r = _pair(x, ref)
+    vals = []
+    for s in range(r.shape[0]):
+        rng = float(r[s].max()) if data_range is None else data_range
+        mse = float(np.mean((a[s] - r[s]) ** 2))
+        vals.append(float("inf") if mse == 0 else 20 * np.log10(rng / np.sqrt(mse)))
+    return float(np.mean(vals))
+
+
+def ssim(x, ref, data_range: float | None = None) -> float:
+    """Mean over slices of scikit-image's SSIM with the same data range as PSNR."""
+    from skimage.metrics import structural_similarity
+
+    a, r = _pair(x, ref)
+    vals = [
+        structural_similarity(
+            a[s], r[s], data_range=float(r[s].max()) if data_range is None else data_range
+        )
+        for s in range(r.shape[0])
+    ]
+    return float(np.mean(vals))
+
+
+def nmse(x, ref) -> float:
+    """Mean over slices of ||x - ref||^2 / ||ref||^2 on magnitudes."""
+    a, r = _pair(x, ref)
+    vals = [float(np.sum((a[s] - r[s]) ** 2) / max(np.sum(r[s] ** 2), 1e-30))
+            for s in range(r.shape[0])]
+    return float(np.mean(vals))
+
+
+def dc_residual(op, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Data-consistency residual ||A x - y|| / ||y|| over the whole batch."""
+    return float(torch.linalg.vector_norm(op.forward(x) - y) / torch.linalg.vector_norm(y))
