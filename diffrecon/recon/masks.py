@@ -120,10 +120,13 @@ def add_noise(kspace: torch.Tensor, rel_sigma: float, rng: np.random.Generator) 
     return kspace + torch.from_numpy((sigma * noise).astype(np.complex64)).to(kspace.device)
 
 
-def birdcage_maps(n_coils: int, shape: tuple[int, int], radius: float = 1.5) -> torch.Tensor:
+def birdcage_maps(
+    n_coils: int, shape: tuple[int, int], radius: float = 1.1, width: float = 0.7
+) -> torch.Tensor:
     """Smooth synthetic coil maps (C, H, W): coils on a circle, unit sum of squares.
 
-    Each coil's sensitivity falls off with distance from its centre and carries a phase
+    Coil centres sit at ``radius`` (the image spans [-1, 1]); each sensitivity falls off as
+    exp(-d^2 / width^2) with distance d from its centre and carries a phase
     that winds with the angle; used for the built-in demo and synthetic tests.
     """
     h, w = shape
@@ -134,7 +137,7 @@ def birdcage_maps(n_coils: int, shape: tuple[int, int], radius: float = 1.5) -> 
         cy, cx = radius * np.sin(ang), radius * np.cos(ang)
         d2 = (y - cy) ** 2 + (x - cx) ** 2
         phase = np.exp(1j * (np.arctan2(y - cy, x - cx) + ang))
-        maps.append(np.exp(-d2 / (radius**2)) * phase)
+        maps.append(np.exp(-d2 / width**2) * phase)
     m = np.stack(maps)
     m /= np.sqrt((np.abs(m) ** 2).sum(0, keepdims=True))
     return torch.from_numpy(m.astype(np.complex64))

@@ -1,0 +1,1 @@
+"""Prefect tasks: retries, caching, tags and artifacts around io/ and recon/."""

@@ -1,0 +1,85 @@
+"""The one results model: results.json, benchmark JSON, Prefect tables and QA files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import BaseModel, TypeAdapter
+
+
+class ResultRecord(BaseModel):
+    scan: str
+    modality: str = "mri"
+    method: str
+    prior: str | None = None
+    setting: str | None = None
+    psnr: float | None = None
+    ssim: float | None = None
+    nmse: float | None = None
+    dc_residual: float | None = None
+    seconds: float | None = None
+    nfe: int | None = None
+    state: str = "done"
+    error: str | None = None
+    output: str | None = None
+
+
+_LIST = TypeAdapter(list[ResultRecord])
+
+_COLUMNS = (
+    ("scan", "{}"),
+    ("method", "{}"),
+    ("setting", "{}"),
+    ("psnr", "{:.2f}"),
+    ("ssim", "{:.4f}"),
+    ("nmse", "{:.4f}"),
+    ("dc_residual", "{:.4f}"),
+    ("seconds", "{:.2f}"),
+    ("state", "{}"),
+)
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def table_rows(records: list[ResultRecord]) -> list[dict]:
+    """Rows with formatted cells, as the console table and the Prefect artifact show them."""
+    return [
+        {name: _cell(getattr(r, name), fmt) for name, fmt in _COLUMNS}
+        | ({"error": r.error} if r.error else {})
+        for r in records
+    ]
+
+
+def format_table(records: list[ResultRecord]) -> str:
+    """A plain-text table of the records, one line each (errors below the table)."""
+    rows = table_rows(records)
+    names = [n for n, _ in _COLUMNS]
+    widths = {n: max([len(n)] + [len(r[n]) for r in rows]) for n in names}
+    lines = ["  ".join(n.ljust(widths[n]) for n in names)]
+    lines.append("  ".join("-" * widths[n] for n in names))
+    lines += ["  ".join(r[n].ljust(widths[n]) for n in names) for r in rows]
+    errors = [f"{r.scan}: {r.error}" for r in records if r.error]
+    if errors:
+        lines += ["", "errors:"] + [f"  {e}" for e in errors]
+    return "\n".join(lines)
+
+
+def write_results(records: list[ResultRecord], path: str | Path) -> Path:
+    """Write results.json atomically."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(_LIST.dump_json(records, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def read_results(path: str | Path) -> list[ResultRecord]:
+    return _LIST.validate_json(Path(path).read_bytes())
+
+
+def results_as_dicts(records: list[ResultRecord]) -> list[dict]:
+    return json.loads(_LIST.dump_json(records))

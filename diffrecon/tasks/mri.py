@@ -1,0 +1,221 @@
+"""Prefect tasks of the MRI path. Tasks exchange small references, never arrays."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from diffrecon.config import MaskSpec, ReconConfig
+from diffrecon.io.errors import InvalidScanError
+from diffrecon.tasks.store import ArrayRef, ArtifactStore
+
+
+class ScanRef(BaseModel):
+    """A loaded, validated scan: what later tasks need, with arrays in the store."""
+
+    name: str
+    source: str
+    kspace: ArrayRef
+    mask: ArrayRef
+    reference: ArrayRef | None = None
+    reference_kind: str | None = None
+    affine: list[list[float]]
+    fully_sampled: bool
+
+
+class Measurement(BaseModel):
+    """The (possibly retrospectively undersampled) data a method reconstructs from."""
+
+    name: str
+    kspace: ArrayRef
+    mask: ArrayRef
+    reference: ArrayRef | None = None
+    reference_kind: str | None = None
+    affine: list[list[float]]
+    setting: str
+
+
+class ReconOutput(BaseModel):
+    name: str
+    method: str
+    image: ArrayRef
+    seconds: float
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Retry I/O faults; never retry invalid input."""
+    try:
+        state.result()
+    except InvalidScanError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(store.get(ref)).to(device)
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_transient, task_run_name="load-{path}")
+def load_scan(path: str, store_root: str) -> ScanRef:
+    """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
+    from diffrecon.io import load_scan as read
+
+    acq = read(path)
+    store = ArtifactStore(store_root)
+    ref = store.put(acq.reference) if acq.reference is not None else None
+    get_run_logger().info(
+        "loaded %s: %d slices, %d coils, %dx%d, %.0f%% of lines sampled",
+        acq.name, *acq.kspace.shape, 100 * acq.mask.any(axis=1).mean(),
+    )
+    return ScanRef(
+        name=acq.name,
+        source=str(path),
+        kspace=store.put(acq.kspace),
+        mask=store.put(acq.mask),
+        reference=ref,
+        reference_kind=acq.reference_kind,
+        affine=acq.affine.tolist(),
+        fully_sampled=acq.fully_sampled,
+    )
+
+
+def mask_seed(name: str, spec: MaskSpec) -> int:
+    from diffrecon.recon.masks import benchmark_seed
+
+    if spec.seed is not None:
+        return spec.seed
+    accel = int(spec.accel) if float(spec.accel).is_integer() else spec.accel
+    return benchmark_seed(name, 0, f"{accel}/{spec.kind}")
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      task_run_name="prepare-{scan.name}")
+def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str) -> Measurement:
+    """Undersample a fully sampled scan retrospectively and make its reference.
+
+    The reference is the file's stored reconstruction where present, otherwise the SENSE
+    combination of the fully sampled data with ESPIRiT maps (calibration 24, crop 0.8),
+    as benchmark B2 defines it. Undersampled input is used as it is.
+    """
+    from diffrecon.recon import classical, coils, masks
+    from diffrecon.recon.fft import ifft2c
+
+    store = ArtifactStore(store_root)
+    dev = resolve_device(device)
+    k = _tensor(store, scan.kspace, dev)
+    reference = scan.reference
+    reference_kind = scan.reference_kind
+    if not scan.fully_sampled:
+        lines = int(store.get(scan.mask).any(axis=1).sum())
+        return Measurement(
+            name=scan.name, kspace=scan.kspace, mask=scan.mask, reference=reference,
+            reference_kind=reference_kind, affine=scan.affine,
+            setting=f"as acquired ({lines}/{k.shape[-2]} lines)",
+        )
+    if reference is None:
+        ref_maps = coils.estimate_coil_maps(k, calib_width=min(24, min(k.shape[-2:])), crop=0.8)
+        ref_img = classical.sense_combine(ifft2c(k), ref_maps).abs()
+        reference = store.put(ref_img.cpu().numpy().astype(np.float32))
+        reference_kind = "sense-espirit-full"
+    mask = masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel, mask_seed(scan.name, spec))
+    ku = k * mask.to(dev)
+    accel = f"{spec.accel:g}"
+    return Measurement(
+        name=scan.name,
+        kspace=store.put(ku.cpu().numpy()),
+        mask=store.put(mask.numpy()),
+        reference=reference,
+        reference_kind=reference_kind,
+        affine=scan.affine,
+        setting=f"R={accel} {spec.kind}",
+    )
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      task_run_name="coil-maps-{meas.name}")
+def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: str) -> ArrayRef:
+    """ESPIRiT maps from the sampled data's fully sampled centre."""
+    from diffrecon.recon.coils import estimate_coil_maps as espirit
+
+    store = ArtifactStore(store_root)
+    dev = resolve_device(device)
+    maps = espirit(_tensor(store, meas.kspace, dev), _tensor(store, meas.mask, dev), method=method)
+    return store.put(maps.cpu().numpy())
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      task_run_name="{method}-{meas.name}")
+def reconstruct(
+    meas: Measurement, maps: ArrayRef | None, method: str, config: ReconConfig
+) -> ReconOutput:
+    """Run one reconstruction method; the image goes to the store."""
+    from diffrecon.recon import classical
+
+    store = ArtifactStore(config.store_root)
+    dev = resolve_device(config.device)
+    k = _tensor(store, meas.kspace, dev)
+    mask = _tensor(store, meas.mask, dev)
+    t0 = time.perf_counter()
+    if method == "zero-filled":
+        x = classical.zero_filled(k, mask)
+    elif method == "cg-sense":
+        if maps is None:
+            raise ValueError("cg-sense needs coil maps")
+        x = classical.cg_sense(k, _tensor(store, maps, dev), mask, config.lam, config.cg_iters)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    return ReconOutput(name=meas.name, method=method, image=store.put(x.cpu().numpy()),
+                       seconds=seconds)
+
+
+@task(cache_policy=NO_CACHE, task_run_name="qa-{out.method}-{meas.name}")
+def quality(meas: Measurement, out: ReconOutput, maps: ArrayRef | None, store_root: str) -> dict:
+    """PSNR/SSIM/NMSE against the reference (None without one) and the DC residual."""
+    from diffrecon.recon import metrics
+    from diffrecon.recon.operators import Sense
+
+    store = ArtifactStore(store_root)
+    x = store.get(out.image)
+    qa: dict = {"psnr": None, "ssim": None, "nmse": None, "dc_residual": None}
+    if meas.reference is not None:
+        ref = store.get(meas.reference)
+        qa.update(psnr=metrics.psnr(x, ref), ssim=metrics.ssim(x, ref), nmse=metrics.nmse(x, ref))
+    if maps is not None and np.iscomplexobj(x):
+        op = Sense(torch.from_numpy(store.get(maps)), torch.from_numpy(store.get(meas.mask)))
+        qa["dc_residual"] = metrics.dc_residual(
+            op, torch.from_numpy(x), torch.from_numpy(store.get(meas.kspace))
+        )
+    return qa
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_transient, task_run_name="export-{out.method}-{meas.name}")
+def export_nifti(meas: Measurement, out: ReconOutput, out_dir: str, store_root: str) -> str:
+    """Write the magnitude image as NIfTI with the acquisition's affine."""
+    from pathlib import Path
+
+    from diffrecon.io.nifti import write_nifti
+
+    store = ArtifactStore(store_root)
+    path = Path(out_dir) / f"{meas.name}_{out.method}.nii.gz"
+    write_nifti(path, store.get(out.image), np.asarray(meas.affine))
+    return str(path)
