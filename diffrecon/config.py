@@ -32,7 +32,8 @@ class ReconConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     methods: list[Method] = Field(
-        default_factory=lambda: ["cg-sense"], min_length=1, description="methods to run on each scan"
+        default_factory=lambda: ["cg-sense"], min_length=1,
+        description="methods to run on each scan",
     )
     mask: MaskSpec = Field(default_factory=MaskSpec)
     out_dir: str = "results"

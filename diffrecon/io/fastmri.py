@@ -81,7 +81,8 @@ def read_fastmri(path: str | Path) -> MRIAcquisition:
             mask = mask_from_kspace(kspace) if kspace.size else np.zeros(kspace.shape[-2:], bool)
         ref_key = "reconstruction_esc" if single_coil else "reconstruction_rss"
         if ref_key not in f:
-            ref_key = next((k for k in ("reconstruction_rss", "reconstruction_esc") if k in f), None)
+            keys = ("reconstruction_rss", "reconstruction_esc")
+            ref_key = next((k for k in keys if k in f), None)
         reference = None
         if ref_key is not None:
             reference = np.ascontiguousarray(np.swapaxes(f[ref_key][()], -1, -2)).astype(

@@ -119,7 +119,8 @@ def build_header(info: HeaderInfo, n_lines: int | None = None) -> str:
             sub(fv, axis, repr(float(v)))
     lim = sub(enc, "encodingLimits")
     ny = n_lines if n_lines is not None else info.encoded_matrix[1]
-    for tag, n in (("kspace_encoding_step_1", ny), ("kspace_encoding_step_2", info.encoded_matrix[2])):
+    steps = (("kspace_encoding_step_1", ny), ("kspace_encoding_step_2", info.encoded_matrix[2]))
+    for tag, n in steps:
         e = sub(lim, tag)
         sub(e, "minimum", 0)
         sub(e, "maximum", max(0, int(n) - 1))

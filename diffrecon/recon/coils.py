@@ -67,12 +67,13 @@ def estimate_coil_maps(
     if calib_width is None:
         rows, cols = calibration_region(mask)
         calib_width = min(rows, cols)
-    if calib_width < 3:
-        raise ValueError(
-            f"the fully sampled k-space centre is only {calib_width} wide; ESPIRiT needs >= 3"
-        )
     if kernel_width is None:
         kernel_width = default_kernel(calib_width)
+    if calib_width < kernel_width + 2:  # fewer than 3 x 3 kernel positions: rank-deficient
+        raise ValueError(
+            f"the fully sampled k-space centre is only {calib_width} wide; ESPIRiT with a "
+            f"{kernel_width} x {kernel_width} kernel needs at least {kernel_width + 2}"
+        )
     k = kspace.detach().cpu().numpy()
     scale = float(np.abs(k).max()) or 1.0
     out = np.empty(k.shape, np.complex64)

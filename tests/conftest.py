@@ -1,0 +1,80 @@
+"""Shared fixtures: real data from ../shared (skipped when absent) and small synthetic scans."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+DATA = SHARED / "data"
+TWIX_16CH = DATA / "mri" / "raw_twix" / "invivo_brain_16ch_gre.dat"
+
+
+def need(path: Path) -> Path:
+    """Skip the test with a clear reason when a file from ../shared is absent."""
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} (../shared/data is absent)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def twix_path() -> Path:
+    return need(TWIX_16CH)
+
+
+@pytest.fixture(scope="session")
+def twix_acq(twix_path):
+    from diffrecon.io.twix import read_twix
+
+    return read_twix(twix_path)
+
+
+def make_acquisition(
+    n_slices: int = 2, n_coils: int = 4, ny: int = 32, nx: int = 24, seed: int = 0,
+    reference: bool = True,
+):
+    """A small synthetic multi-coil acquisition (k-space of a disc seen by birdcage coils)."""
+    import torch
+
+    from diffrecon.io.records import MRIAcquisition
+    from diffrecon.recon.masks import birdcage_maps, simulate_kspace
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")
+    disc = (yy**2 + xx**2 < 0.6).astype(np.float32)
+    img = np.stack([disc * (1 + 0.3 * rng.standard_normal((ny, nx))) for _ in range(n_slices)])
+    maps = birdcage_maps(n_coils, (ny, nx))
+    k = simulate_kspace(torch.from_numpy(img.astype(np.complex64)), maps).numpy()
+    return MRIAcquisition(
+        name="synthetic",
+        kspace=k.astype(np.complex64),
+        mask=np.ones((ny, nx), bool),
+        encoded_matrix=(nx, ny, 1),
+        recon_matrix=(nx, ny, 1),
+        fov_mm=(2.0 * nx, 2.0 * ny, 3.0),
+        reference=np.abs(img).astype(np.float32) if reference else None,
+        reference_kind="reconstruction_rss" if reference else None,
+        metadata={"protocol_name": "synthetic", "frequency_hz": 123.0e6},
+    )
+
+
+@pytest.fixture
+def synthetic_acq():
+    return make_acquisition()
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """Prefect's test harness, entered once per session, with the flow heartbeat off."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(), temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        yield
