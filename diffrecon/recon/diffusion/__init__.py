@@ -1,0 +1,1 @@
+"""Diffusion priors: schedules, networks, checkpoints, samplers and training."""

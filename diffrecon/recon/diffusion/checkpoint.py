@@ -1,0 +1,148 @@
+"""Checkpoint folders: config.json + model.safetensors + card.md. Loading never unpickles."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from pydantic import ValidationError
+
+from diffrecon.recon.diffusion.networks import EpsNetwork, build_network
+from diffrecon.recon.diffusion.prior import Prior, PriorConfig
+
+FILES = ("config.json", "model.safetensors", "card.md")
+
+
+class PriorLoadError(ValueError):
+    """A checkpoint folder that is missing, corrupt or inconsistent; names the folder."""
+
+    def __init__(self, path, problem: str):
+        self.path = str(path)
+        super().__init__(f"prior {Path(path).name}: {problem}")
+
+
+def folder_digest(path: str | Path) -> str:
+    """sha256 over config.json and model.safetensors (the prior's identity in cache keys)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors"):
+        with open(Path(path) / name, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def read_config(path: str | Path) -> PriorConfig:
+    path = Path(path)
+    if not path.is_dir():
+        raise PriorLoadError(path, "folder does not exist")
+    missing = [f for f in FILES if not (path / f).is_file()]
+    if missing:
+        raise PriorLoadError(path, f"missing {', '.join(missing)}")
+    try:
+        raw = json.loads((path / "config.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise PriorLoadError(path, f"config.json is not valid JSON ({exc})") from None
+    try:
+        return PriorConfig.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PriorLoadError(path, f"config.json: {where}: {first['msg']}") from None
+
+
+def load_prior(path: str | Path, device: torch.device | str = "cpu",
+               autocast: bool = True) -> Prior:
+    """Validate and load a checkpoint folder into a :class:`Prior` (float32 weights)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    cfg = read_config(path)
+    try:
+        net = build_network(cfg.architecture, cfg.network)
+    except Exception as exc:
+        raise PriorLoadError(path, f"cannot build {cfg.architecture} from config.json "
+                                   f"({type(exc).__name__}: {exc})") from None
+    in_ch = cfg.network.get("in_channels")
+    if in_ch != len(cfg.channels):
+        raise PriorLoadError(path, f"network takes {in_ch} channels but config.json declares "
+                                   f"{len(cfg.channels)} ({', '.join(cfg.channels)})")
+    try:
+        state = load_file(str(path / "model.safetensors"))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PriorLoadError(path, f"model.safetensors is corrupt ({exc})") from None
+    expected = net.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    if missing or unexpected:
+        raise PriorLoadError(
+            path,
+            f"weights do not match the {cfg.architecture} in config.json: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})",
+        )
+    for k, v in expected.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise PriorLoadError(path, f"weight {k} has shape {tuple(state[k].shape)}, "
+                                       f"the config's network expects {tuple(v.shape)}")
+        if not torch.isfinite(state[k].float()).all():
+            raise PriorLoadError(path, f"weight {k} contains NaN or Inf")
+    net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
+    eps_net = EpsNetwork(net, cfg.architecture, len(cfg.channels))
+    return Prior(eps_net, cfg, folder_digest(path), device=device, autocast=autocast)
+
+
+def save_prior(path: str | Path, net: torch.nn.Module, config: PriorConfig, card: str) -> Path:
+    """Write a checkpoint folder atomically (a temporary folder, then rename into place).
+
+    ``net`` is the bare network (not the EpsNetwork wrapper); weights are stored in the
+    config's ``weights_dtype``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    dtype = getattr(torch, config.weights_dtype)
+    if isinstance(net, EpsNetwork):
+        net = net.net
+    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
+        save_file(state, str(tmp / "model.safetensors"), metadata={"name": config.name})
+        (tmp / "card.md").write_text(card)
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def load_torch_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a PyTorch ``.pt`` file with ``weights_only=True`` (never unpickles
+    arbitrary objects). Accepts a bare state dict or one under 'model'/'state_dict'/'ema'."""
+    path = Path(path)
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise PriorLoadError(path, f"cannot load as a weights-only PyTorch file "
+                                   f"({type(exc).__name__}: {str(exc)[:200]})") from None
+    if isinstance(obj, dict):
+        for key in ("ema", "model", "state_dict"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise PriorLoadError(path, "file does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in obj.items()}

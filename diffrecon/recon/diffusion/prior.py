@@ -1,0 +1,137 @@
+"""A prior = score network + noise schedule + normalisation; gives eps and Tweedie's x0."""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from diffrecon.recon.diffusion.schedule import VPSchedule
+
+
+class Normalisation(BaseModel):
+    """How data map into the network's space (declared in the prior's config.json).
+
+    ``complex``: MRI images (complex, magnitude about 1 after dividing by a per-image
+    ``scale``) become channels (real, imag). ``ct-window``: CT data
+    x = clip((HU - hu_min) / (hu_max - hu_min), 0, 1) (BENCHMARKS.md: -1000..1000 HU)
+    become one channel 2 x - 1 in [-1, 1].
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["complex", "ct-window"]
+    hu_min: float = -1000.0
+    hu_max: float = 1000.0
+
+
+class PriorConfig(BaseModel):
+    """config.json of a checkpoint folder."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: Literal[1] = 1
+    name: str
+    modality: Literal["mri", "ct"]
+    architecture: Literal["monai-diffusion-unet", "adm"]
+    network: dict
+    schedule: dict = Field(default_factory=lambda: VPSchedule().to_dict())
+    prediction: Literal["epsilon"] = "epsilon"
+    image_size: int = Field(gt=0)
+    channels: list[str] = Field(min_length=1)
+    orientation: Literal["axial", "coronal", "sagittal"] | None = None
+    normalisation: Normalisation
+    weights_dtype: Literal["float16", "float32", "bfloat16"] = "float32"
+
+
+def hu_to_unit(hu: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:
+    """CT data units of BENCHMARKS.md: clip((HU + 1000) / 2000, 0, 1)."""
+    lo, hi = (norm.hu_min, norm.hu_max) if norm else (-1000.0, 1000.0)
+    return ((hu - lo) / (hi - lo)).clamp(0, 1)
+
+
+def unit_to_hu(x: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:
+    lo, hi = (norm.hu_min, norm.hu_max) if norm else (-1000.0, 1000.0)
+    return x * (hi - lo) + lo
+
+
+def _per_image(scale, x: torch.Tensor) -> torch.Tensor | float:
+    if isinstance(scale, torch.Tensor) and scale.ndim > 0:
+        return scale.reshape(-1, *([1] * (x.ndim - 1))).to(x.device)
+    return scale
+
+
+class Prior:
+    """Network, schedule and normalisation together.
+
+    eps(x_t, t) and predict(x_t, t) work in model space on (N, C, H, W) tensors with
+    integer timesteps (scalar or (N,)); outputs are float32 whatever the network's
+    dtype. On CUDA the network runs under bf16 autocast unless ``autocast=False``.
+    """
+
+    def __init__(self, net: torch.nn.Module, config: PriorConfig, digest: str = "",
+                 device: torch.device | str = "cpu", autocast: bool = True):
+        self.device = torch.device(device)
+        self.net = net.to(self.device).eval()
+        self.config = config
+        self.schedule = VPSchedule.from_dict(config.schedule)
+        self.digest = digest
+        self.autocast = autocast
+        self.nfe = 0  # network evaluations (images), for the benchmark tables
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def channels(self) -> int:
+        return len(self.config.channels)
+
+    def _ctx(self):
+        if self.autocast and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _t(self, t, n: int) -> torch.Tensor:
+        t = torch.as_tensor(t, device=self.device).long()
+        return t.expand(n) if t.ndim == 0 else t
+
+    @torch.no_grad()
+    def eps(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        """The network's noise prediction for x_t at timestep t."""
+        x_t = x_t.to(self.device, torch.float32)
+        with self._ctx():
+            out = self.net(x_t, self._t(t, x_t.shape[0]))
+        self.nfe += x_t.shape[0]
+        return out.float()
+
+    def predict(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+        """(eps, x0_hat) with Tweedie's x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
+        e = self.eps(x_t, t)
+        a = self.schedule.abar(self._t(t, x_t.shape[0]), e)
+        return e, (x_t.to(e) - (1 - a).sqrt() * e) / a.sqrt()
+
+    def x0_hat(self, x_t: torch.Tensor, t) -> torch.Tensor:
+        return self.predict(x_t, t)[1]
+
+    def to_model_space(self, x: torch.Tensor, scale=1.0) -> torch.Tensor:
+        """Data (N, H, W) -> network input (N, C, H, W).
+
+        MRI: complex images divided by ``scale`` (a float or one per image) -> (real, imag).
+        CT: data units x in [0, 1] -> 2 x - 1.
+        """
+        norm = self.config.normalisation
+        if norm.kind == "complex":
+            z = x / _per_image(scale, x)
+            return torch.stack([z.real, z.imag], dim=-3).float()
+        return (2 * x - 1).unsqueeze(-3).float()
+
+    def from_model_space(self, z: torch.Tensor, scale=1.0) -> torch.Tensor:
+        """Inverse of :meth:`to_model_space`."""
+        norm = self.config.normalisation
+        if norm.kind == "complex":
+            x = torch.complex(z[..., 0, :, :], z[..., 1, :, :])
+            return x * _per_image(scale, x)
+        return (z[..., 0, :, :] + 1) / 2
