@@ -72,6 +72,59 @@ def cmd_demo(args) -> int:
     return _run_flow([str(scan)], config)
 
 
+def cmd_train(args) -> int:
+    from diffrecon.flows.train import train_prior
+    from diffrecon.recon.diffusion.data import volume_files
+    from diffrecon.recon.diffusion.training import TrainConfig
+
+    files = volume_files(args.data, first=args.first)
+    if not files:
+        raise SystemExit(f"diffrecon train: no NIfTI volumes in {' '.join(args.data)}")
+    out = Path(args.out)
+    cfg = TrainConfig(
+        name=args.name or out.name, modality=args.modality, orientation=args.orientation,
+        size=args.size, steps=args.steps, batch_size=args.batch, lr=args.lr,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, augment=args.augment,
+        base_channels=args.base_channels, n_samples=args.samples,
+        sample_steps=args.sample_steps, data_description=args.data_description,
+        data_licence=args.data_licence,
+    )
+    work = args.work or str(out.parent / f".{out.name}.train")
+    print(f"training {cfg.name} on {len(files)} volumes ({args.modality}, {args.orientation}); "
+          f"training state in {work}")
+    r = train_prior([str(f) for f in files], cfg, str(out), work, args.device, args.val_fraction)
+    val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
+    print(f"step {r['step']}: loss {r['final_loss']:.4f}, validation loss {val}, "
+          f"{r['images_per_second']:.1f} images/s on {r['hardware']}, {r['seconds']:.0f} s")
+    print(f"prior:   {r['prior']}\nsamples: {r['samples']}")
+    return 0
+
+
+def cmd_prior_list(args) -> int:
+    from diffrecon.recon.diffusion.registry import PRIORS_DIR, list_priors
+
+    rows = list_priors(args.dir)
+    if not rows:
+        print(f"no priors in {args.dir or PRIORS_DIR}")
+        return 0
+    for folder, cfg, problem in rows:
+        if cfg is None:
+            print(f"{folder.name:28s} INVALID: {problem}")
+        else:
+            print(f"{cfg.name:28s} {cfg.modality:4s} {cfg.orientation or '-':9s} "
+                  f"{cfg.image_size}x{cfg.image_size} {len(cfg.channels)}ch "
+                  f"{cfg.architecture:22s} {folder}")
+    return 0
+
+
+def cmd_prior_import(args) -> int:
+    from diffrecon.recon.diffusion.registry import import_dds
+
+    path = import_dds(args.file, args.kind, args.out, args.dtype)
+    print(f"imported {args.file} as {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="diffrecon",
@@ -98,6 +151,45 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", type=Path, default=Path("demo_output"))
     d.add_argument("--device", default="auto")
     d.set_defaults(func=cmd_demo)
+
+    t = sub.add_parser("train", help="train a diffusion prior on NIfTI volumes")
+    t.add_argument("--data", nargs="+", required=True, help="NIfTI files or folders")
+    t.add_argument("--first", type=int, default=None,
+                   help="use only the first N volumes by name (e.g. 26 IXI training volumes)")
+    t.add_argument("--modality", choices=["mri", "ct"], required=True)
+    t.add_argument("--orientation", choices=["axial", "coronal", "sagittal"], default="axial")
+    t.add_argument("--size", type=int, default=128)
+    t.add_argument("--out", required=True, help="checkpoint folder to write")
+    t.add_argument("--name", default=None, help="prior name (default: the folder name)")
+    t.add_argument("--work", default=None,
+                   help="training state folder (default: OUT's parent/.NAME.train)")
+    t.add_argument("--steps", type=int, default=2000)
+    t.add_argument("--batch", type=int, default=8)
+    t.add_argument("--lr", type=float, default=2e-4)
+    t.add_argument("--checkpoint-every", type=int, default=500)
+    t.add_argument("--base-channels", type=int, default=32)
+    t.add_argument("--samples", type=int, default=16, help="samples in the sheet")
+    t.add_argument("--sample-steps", type=int, default=50)
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--augment", action="store_true",
+                   help="small rotations and scalings (for small data sets, e.g. CT)")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-description", default="")
+    t.add_argument("--data-licence", default="")
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("prior", help="list or import priors")
+    psub = pr.add_subparsers(dest="prior_command", required=True)
+    pl = psub.add_parser("list", help="the shipped priors (or those in --dir)")
+    pl.add_argument("--dir", default=None)
+    pl.set_defaults(func=cmd_prior_list)
+    pi = psub.add_parser("import-dds", help="convert a published DDS checkpoint")
+    pi.add_argument("file", help="fastmri_knee_320_complex_1m.pt or AAPM256_1M.pt")
+    pi.add_argument("--kind", required=True, choices=["mri-knee-320", "ct-aapm-256"])
+    pi.add_argument("--out", required=True)
+    pi.add_argument("--dtype", default="float32", choices=["float32", "float16"])
+    pi.set_defaults(func=cmd_prior_import)
     return p
 
 
@@ -111,6 +203,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    except (ValueError, FileNotFoundError) as exc:  # clear input errors, no traceback
+        print(f"diffrecon: error: {exc}", file=sys.stderr)
+        return 2
     return 2
 
 

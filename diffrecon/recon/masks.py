@@ -95,11 +95,21 @@ def make_mask(
     return expand_mask(mask_1d(kind, shape[0], accel, seed), shape[1])
 
 
+def smooth_phase_from(coeffs: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """exp(i pi (a u + b v + c u v)) for coefficient rows (..., 3) -> (..., H, W) complex64.
+
+    The grid is B1's: ``v, u = meshgrid(linspace(-1, 1, H), linspace(-1, 1, W), "ij")``.
+    """
+    v, u = torch.meshgrid(torch.linspace(-1, 1, shape[0], dtype=torch.float64),
+                          torch.linspace(-1, 1, shape[1], dtype=torch.float64), indexing="ij")
+    c = coeffs.to(torch.float64)[..., None, None]
+    arg = torch.pi * (c[..., 0, :, :] * u + c[..., 1, :, :] * v + c[..., 2, :, :] * u * v)
+    return torch.polar(torch.ones_like(arg), arg).to(torch.complex64)
+
+
 def smooth_phase(shape: tuple[int, int], rng: np.random.Generator) -> torch.Tensor:
-    """exp(i pi (a u + b v + c u v)) with a, b, c ~ U(-0.5, 0.5), as in B1 (complex64)."""
-    a, b, c = rng.uniform(-0.5, 0.5, 3)
-    v, u = np.meshgrid(np.linspace(-1, 1, shape[0]), np.linspace(-1, 1, shape[1]), indexing="ij")
-    return torch.from_numpy(np.exp(1j * np.pi * (a * u + b * v + c * u * v)).astype(np.complex64))
+    """B1's smooth phase with a, b, c = rng.uniform(-0.5, 0.5, 3) (complex64, (H, W))."""
+    return smooth_phase_from(torch.from_numpy(rng.uniform(-0.5, 0.5, 3)), shape)
 
 
 def simulate_kspace(image: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:

@@ -112,6 +112,7 @@ def save_prior(path: str | Path, net: torch.nn.Module, config: PriorConfig, card
         net = net.net
     state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    tmp.chmod(0o755)
     try:
         (tmp / "config.json").write_text(json.dumps(config.model_dump(), indent=2) + "\n")
         save_file(state, str(tmp / "model.safetensors"), metadata={"name": config.name})

@@ -1,0 +1,90 @@
+"""Training slices from NIfTI volumes, in the slicing conventions of BENCHMARKS.md.
+
+MRI: magnitude slices scaled to max 1 each (the complex phase is drawn during training).
+CT: data units clip((HU + 1000) / 2000, 0, 1). Slices are centrally padded (with 0, i.e.
+air for CT) or cropped to ``size`` x ``size``; nearly empty slices are dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def pad_or_crop(x: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
+    """Centre pad (with ``fill``) or crop the last two axes to (size, size)."""
+    out = x
+    for axis in (-2, -1):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
+            out = np.pad(out, pad, constant_values=fill)
+    return out
+
+
+def volume_files(inputs: list[str | Path], first: int | None = None) -> list[Path]:
+    """NIfTI files from files and folders, sorted by name; the first ``first`` of them."""
+    files: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(q for q in p.iterdir() if q.name.endswith((".nii", ".nii.gz")))
+        elif p.exists():
+            files.append(p)
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    files = sorted(set(files), key=lambda q: q.name)
+    return files[:first] if first else files
+
+
+@dataclass
+class SliceSet:
+    images: torch.Tensor  # (N, size, size) float32
+    volumes: list[str] = field(default_factory=list)  # the volumes the slices come from
+    slice_volume_index: list[int] = field(default_factory=list)
+
+
+def volume_slices(path: Path, modality: str, orientation: str, size: int,
+                  min_fraction: float = 0.05) -> np.ndarray:
+    """(n, size, size) float32 training slices of one volume."""
+    from diffrecon.io.nifti import load_volume, slice_volume
+    from diffrecon.recon.diffusion.prior import hu_to_unit
+
+    vol, _ = load_volume(path)
+    s = slice_volume(vol, orientation)
+    if modality == "ct":
+        s = hu_to_unit(torch.from_numpy(s)).numpy()
+        s = pad_or_crop(s, size, 0.0)
+        keep = (s > 0.3).mean(axis=(1, 2)) > min_fraction  # more than a sliver of tissue
+        return s[keep].astype(np.float32)
+    s = np.abs(s)
+    vmax = float(s.max()) or 1.0
+    keep = (s > 0.1 * vmax).mean(axis=(1, 2)) > min_fraction
+    s = pad_or_crop(s[keep], size, 0.0)
+    peak = s.reshape(len(s), -1).max(axis=1).clip(1e-12)
+    return (s / peak[:, None, None]).astype(np.float32)
+
+
+def load_slices(files: list[Path], modality: str, orientation: str, size: int) -> SliceSet:
+    chunks, names, index = [], [], []
+    for i, f in enumerate(files):
+        s = volume_slices(f, modality, orientation, size)
+        chunks.append(s)
+        names.append(f.name)
+        index += [i] * len(s)
+    images = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, size, size)
+    return SliceSet(images, names, index)
+
+
+def split_by_volume(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:
+    """Validation volumes: the last round(val_fraction * n) by name (at least one when
+    n >= 2 and val_fraction > 0); never a split by slice."""
+    n_val = 0 if val_fraction <= 0 or len(files) < 2 else max(1, round(val_fraction * len(files)))
+    return files[: len(files) - n_val], files[len(files) - n_val:]
