@@ -225,7 +225,7 @@ class AttentionBlock(nn.Module):
 
 
 class ADMUNet(nn.Module):
-    """guided-diffusion's UNetModel (2D, unconditional). forward(x, t) -> (N, out_channels, H, W)."""
+    """guided-diffusion's UNetModel (2D, unconditional): forward(x, t) -> (N, C_out, H, W)."""
 
     def __init__(self, cfg: ADMConfig):
         super().__init__()

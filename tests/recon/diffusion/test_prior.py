@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffrecon.recon.diffusion.networks import EpsNetwork
+from diffrecon.recon.diffusion.prior import Prior, hu_to_unit, unit_to_hu
+from diffrecon.recon.diffusion.schedule import VPSchedule
+from tests.recon.diffusion.test_checkpoint import tiny_config
+
+
+class FixedEps(torch.nn.Module):
+    """A 'network' that returns a given noise tensor, to check Tweedie's formula."""
+
+    def __init__(self, e):
+        super().__init__()
+        self.e = e
+
+    def forward(self, x, t):
+        return self.e
+
+
+def test_schedule_values():
+    s = VPSchedule()
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    assert s.alphas_cumprod[0].item() == pytest.approx(1 - 1e-4)
+    assert s.alphas_cumprod[-1].item() == pytest.approx(4.04e-5, rel=0.01)
+    ts = s.sampling_timesteps(50)
+    assert ts[0] == 980 and ts[-1] == 0 and len(ts) == 50
+    with pytest.raises(ValueError):
+        s.sampling_timesteps(0)
+
+
+def test_tweedie_recovers_x0_when_eps_is_exact():
+    g = torch.Generator().manual_seed(0)
+    x0 = torch.randn(4, 2, 8, 8, generator=g)
+    e = torch.randn(4, 2, 8, 8, generator=g)
+    cfg = tiny_config()
+    prior = Prior(EpsNetwork(FixedEps(e), "test", 2), cfg)
+    t = torch.tensor([0, 250, 600, 999])
+    x_t = prior.schedule.q_sample(x0, t, e)
+    eps, x0_hat = prior.predict(x_t, t)
+    assert torch.equal(eps, e)
+    assert torch.allclose(x0_hat, x0, atol=1e-3)
+    assert prior.nfe == 4
+
+
+def test_model_space_roundtrip():
+    prior = Prior(EpsNetwork(FixedEps(None), "test", 2), tiny_config())
+    x = torch.randn(3, 8, 8, dtype=torch.complex64)
+    scale = torch.tensor([1.0, 2.0, 4.0])
+    z = prior.to_model_space(x, scale)
+    assert z.shape == (3, 2, 8, 8)
+    assert torch.allclose(z[1, 0], x[1].real / 2)
+    assert torch.allclose(prior.from_model_space(z, scale), x)
+    ct = Prior(EpsNetwork(FixedEps(None), "test", 1), tiny_config(modality="ct"))
+    u = torch.rand(2, 8, 8)
+    zc = ct.to_model_space(u)
+    assert zc.shape == (2, 1, 8, 8) and zc.min() >= -1 and zc.max() <= 1
+    assert torch.allclose(ct.from_model_space(zc), u)
+    hu = torch.tensor([-2000.0, -1000.0, 0.0, 1000.0, 3000.0])
+    assert torch.allclose(hu_to_unit(hu), torch.tensor([0, 0, 0.5, 1, 1]))
+    assert torch.allclose(unit_to_hu(hu_to_unit(hu[1:4])), hu[1:4])

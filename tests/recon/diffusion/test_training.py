@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+from dataclasses import replace
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from diffrecon.recon.diffusion.checkpoint import load_prior
+from diffrecon.recon.diffusion.data import (
+    load_slices,
+    split_by_volume,
+    volume_files,
+    volume_slices,
+)
+from diffrecon.recon.diffusion.schedule import VPSchedule
+from diffrecon.recon.diffusion.training import TrainConfig, make_batch, train
+
+
+def write_volumes(folder, n=3, shape=(24, 28, 20), seed=0):
+    """Blobby synthetic head-like volumes (2 mm, RAS) as NIfTI files."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    x, y, z = np.meshgrid(*[np.linspace(-1, 1, s) for s in shape], indexing="ij")
+    for i in range(n):
+        c = rng.uniform(-0.2, 0.2, 3)
+        vol = ((x - c[0]) ** 2 / 0.5 + (y - c[1]) ** 2 / 0.6 + (z - c[2]) ** 2 / 0.7 < 1)
+        vol = vol * (100 + 50 * np.sin(6 * x + i))
+        nib.save(nib.Nifti1Image(vol.astype(np.float32), np.diag([2, 2, 2, 1.0])),
+                 str(folder / f"vol{i:02d}.nii.gz"))
+    return folder
+
+
+def tiny_cfg(**kw):
+    base = dict(name="tiny", modality="mri", size=16, steps=8, batch_size=4, lr=2e-3,
+                warmup=1, checkpoint_every=4, n_samples=2, sample_steps=2, base_channels=8,
+                channel_mult=(1, 2), attention=(False, True), weights_dtype="float32")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture
+def slices(tmp_path):
+    files = volume_files([write_volumes(tmp_path / "vols")])
+    tr, va = split_by_volume(files, 0.34)
+    assert [f.name for f in va] == ["vol02.nii.gz"]
+    return (load_slices(tr, "mri", "axial", 16), load_slices(va, "mri", "axial", 16))
+
+
+def test_slices_follow_the_benchmark_layout(tmp_path):
+    folder = write_volumes(tmp_path / "v", n=1, shape=(10, 12, 14))
+    vol = nib.load(str(folder / "vol00.nii.gz")).get_fdata()
+    s = volume_slices(folder / "vol00.nii.gz", "mri", "axial", 16, min_fraction=-1.0)
+    # axial slice z: flipud(vol[:, :, z].T), padded centrally from 12 x 10 to 16 x 16
+    z = 7
+    expected = np.pad(np.flipud(vol[:, :, z].T), ((2, 2), (3, 3)))
+    assert np.allclose(s[z], expected / expected.max(), atol=1e-6)
+    assert s.shape == (14, 16, 16)
+    cor = volume_slices(folder / "vol00.nii.gz", "mri", "coronal", 16, min_fraction=-1.0)
+    assert cor.shape == (12, 16, 16)
+
+
+def test_batches_are_a_function_of_seed_and_step(slices):
+    cfg = tiny_cfg()
+    s = VPSchedule()
+    a = make_batch(slices[0].images, 5, cfg, s)
+    b = make_batch(slices[0].images, 5, cfg, s)
+    c = make_batch(slices[0].images, 6, cfg, s)
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    assert not torch.equal(a[0], c[0])
+    assert a[0].shape == (4, 2, 16, 16)
+
+
+def test_loss_decreases_and_checkpoint_loads(slices, tmp_path):
+    cfg = tiny_cfg(steps=60, checkpoint_every=60)
+    r = train(*slices, cfg, tmp_path / "prior", tmp_path / "work")
+    assert np.mean(r.losses[-10:]) < 0.8 * np.mean(r.losses[:10])
+    assert r.val_loss is not None and r.val_loss < 1.0
+    prior = load_prior(tmp_path / "prior")
+    assert prior.config.orientation == "axial" and prior.channels == 2
+    card = (tmp_path / "prior" / "card.md").read_text()
+    assert "validation split by volume, 1 volumes" in card and "vol02.nii.gz" in card
+    assert (tmp_path / "prior" / "samples.png").stat().st_size > 100
+    assert len(list((tmp_path / "work" / "samples").glob("step_*.png"))) == 1
+
+
+def test_resume_reproduces_the_uninterrupted_run(slices, tmp_path):
+    cfg = tiny_cfg(steps=8, checkpoint_every=4)
+    full = train(*slices, cfg, tmp_path / "a", tmp_path / "wa")
+
+    class Crash(RuntimeError):
+        pass
+
+    def crash_at_6(step, total, loss):
+        if step == 6:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(*slices, replace(cfg, log_every=1), tmp_path / "b", tmp_path / "wb",
+              callback=crash_at_6)
+    resumed = train(*slices, replace(cfg, log_every=1), tmp_path / "b", tmp_path / "wb")
+    assert resumed.losses == full.losses  # bit-exact loss curve
+    a, b = load_prior(tmp_path / "a"), load_prior(tmp_path / "b")
+    for k, v in a.net.state_dict().items():
+        assert torch.equal(v, b.net.state_dict()[k])
+    with pytest.raises(ValueError, match="different training configuration"):
+        train(*slices, replace(cfg, lr=1e-3), tmp_path / "b", tmp_path / "wb")
+
+
+def test_train_flow_and_cli(prefect_harness, tmp_path, capsys):
+    from diffrecon.cli import main
+
+    folder = write_volumes(tmp_path / "vols")
+    out = tmp_path / "priors" / "tiny-ct"
+    rc = main(["train", "--data", str(folder), "--modality", "ct", "--orientation", "coronal",
+               "--size", "16", "--out", str(out), "--steps", "4", "--batch", "2",
+               "--checkpoint-every", "2", "--base-channels", "8", "--samples", "2",
+               "--sample-steps", "2", "--augment", "--data-licence", "synthetic"])
+    assert rc == 0
+    text = capsys.readouterr().out
+    assert "step 4:" in text and "images/s" in text
+    prior = load_prior(out)
+    assert prior.config.modality == "ct" and prior.config.orientation == "coronal"
+    assert "rotations" in (out / "card.md").read_text()
+    assert (tmp_path / "priors" / ".tiny-ct.train" / "state.pt").exists()
+    assert main(["prior", "list", "--dir", str(tmp_path / "priors")]) == 0
+    listed = capsys.readouterr().out
+    assert "tiny-ct" in listed and "coronal" in listed
