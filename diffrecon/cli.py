@@ -85,7 +85,9 @@ def cmd_train(args) -> int:
         name=args.name or out.name, modality=args.modality, orientation=args.orientation,
         size=args.size, steps=args.steps, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, augment=args.augment,
-        base_channels=args.base_channels, n_samples=args.samples,
+        base_channels=args.base_channels,
+        channel_mult=tuple(int(m) for m in args.channel_mult.split(",")),
+        n_samples=args.samples, network_note=args.network_note,
         sample_steps=args.sample_steps, data_description=args.data_description,
         data_licence=args.data_licence,
     )
@@ -167,7 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch", type=int, default=8)
     t.add_argument("--lr", type=float, default=2e-4)
     t.add_argument("--checkpoint-every", type=int, default=500)
-    t.add_argument("--base-channels", type=int, default=32)
+    t.add_argument("--base-channels", type=int, default=16)
+    t.add_argument("--channel-mult", default="1,2,4,8",
+                   help="channel multipliers per level (attention at the last level)")
+    t.add_argument("--network-note", default="", help="why this network size (for the card)")
     t.add_argument("--samples", type=int, default=16, help="samples in the sheet")
     t.add_argument("--sample-steps", type=int, default=50)
     t.add_argument("--val-fraction", type=float, default=0.1)

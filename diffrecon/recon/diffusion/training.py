@@ -50,9 +50,9 @@ class TrainConfig:
     augment: bool = False
     n_samples: int = 16
     sample_steps: int = 50
-    base_channels: int = 32
-    channel_mult: tuple[int, ...] = (1, 2, 2, 4)
-    attention: tuple[bool, ...] = (False, False, False, True)
+    base_channels: int = 16
+    channel_mult: tuple[int, ...] = (1, 2, 4, 8)
+    attention: tuple[bool, ...] | None = None  # default: attention at the lowest resolution
     num_res_blocks: int = 1
     weights_dtype: str = "float16"
     data_description: str = ""
@@ -63,9 +63,15 @@ class TrainConfig:
     def channels(self) -> int:
         return 2 if self.modality == "mri" else 1
 
+    @property
+    def attention_levels(self) -> tuple[bool, ...]:
+        if self.attention is not None:
+            return tuple(self.attention)
+        return tuple(i == len(self.channel_mult) - 1 for i in range(len(self.channel_mult)))
+
     def network_args(self) -> dict:
         return monai_unet_args(self.channels, self.base_channels, self.channel_mult,
-                               self.attention, self.num_res_blocks,
+                               self.attention_levels, self.num_res_blocks,
                                head_channels=self.base_channels)
 
     def prior_config(self) -> PriorConfig:
@@ -206,7 +212,8 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         "",
         "## Training",
         f"- network: MONAI DiffusionModelUNet, channels "
-        f"{[cfg.base_channels * m for m in cfg.channel_mult]}, attention {list(cfg.attention)}, "
+        f"{[cfg.base_channels * m for m in cfg.channel_mult]}, attention "
+        f"{list(cfg.attention_levels)}, "
         f"{cfg.num_res_blocks} res block(s) per level, {r.parameters:,} parameters, weights "
         f"stored as {cfg.weights_dtype}",
         *([f"- why this size: {cfg.network_note}"] if cfg.network_note else []),
