@@ -21,19 +21,23 @@ def template_path() -> Path:
     return Path(str(resources.files("nilearn") / TEMPLATE))
 
 
-def demo_slices(n_slices: int = 4, size: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """(slices, size, size) axial magnitude slices at 2 mm, max 1, and their affine."""
+def demo_slices(n_slices: int = 4, size: int = 128, voxel_mm: int = 2
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(slices, size, size) axial magnitude slices, max 1, and their affine.
+
+    voxel_mm 2 (block-averaged template, fits 128) or 1 (the template itself, fits 256+).
+    """
     from diffrecon.io.nifti import load_volume, slice_volume, slices_affine
 
     vol, aff = load_volume(template_path())
-    # 1 mm -> 2 mm by 2x2x2 block averaging
-    sx, sy, sz = (s // 2 * 2 for s in vol.shape)
-    vol = vol[:sx, :sy, :sz].reshape(sx // 2, 2, sy // 2, 2, sz // 2, 2).mean(axis=(1, 3, 5))
-    aff = aff @ np.diag([2.0, 2.0, 2.0, 1.0])
+    if voxel_mm == 2:  # 1 mm -> 2 mm by 2x2x2 block averaging
+        sx, sy, sz = (s // 2 * 2 for s in vol.shape)
+        vol = vol[:sx, :sy, :sz].reshape(sx // 2, 2, sy // 2, 2, sz // 2, 2).mean(axis=(1, 3, 5))
+        aff = aff @ np.diag([2.0, 2.0, 2.0, 1.0])
     slices = slice_volume(vol, "axial")
     s_aff = slices_affine(aff, vol.shape, "axial")
-    centre = slices.shape[0] // 2 + 8
-    zs = np.arange(n_slices) * 4 + centre - 2 * n_slices
+    centre = slices.shape[0] // 2 + 16 // voxel_mm
+    zs = np.arange(n_slices) * (8 // voxel_mm) + centre - (4 // voxel_mm) * n_slices
     img = slices[zs]
     h, w = img.shape[1:]
     ph, pw = (size - h) // 2, (size - w) // 2
@@ -47,18 +51,27 @@ def demo_slices(n_slices: int = 4, size: int = 128) -> tuple[np.ndarray, np.ndar
     return img.astype(np.float32), s_aff @ shift @ step
 
 
+def simulated_multicoil(n_slices: int = 1, size: int = 128, n_coils: int = 12, seed: int = 0,
+                        rel_noise: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """Fully sampled k-space (S, C, size, size) of template slices with a smooth phase and
+    birdcage coils, the true maps (C, size, size) and the magnitude images (S, size, size)."""
+    from diffrecon.recon.masks import add_noise, birdcage_maps, simulate_kspace, smooth_phase
+
+    rng = np.random.default_rng(seed)
+    img, _ = demo_slices(n_slices, size, voxel_mm=2 if size <= 192 else 1)
+    phase = torch.stack([smooth_phase((size, size), rng) for _ in range(img.shape[0])])
+    maps = birdcage_maps(n_coils, (size, size))
+    k = add_noise(simulate_kspace(torch.from_numpy(img) * phase, maps), rel_noise, rng)
+    return k, maps, img
+
+
 def write_demo_scan(path: str | Path, n_slices: int = 4, n_coils: int = 12, seed: int = 0) -> Path:
     """Write the sample scan as fastMRI HDF5 (fully sampled; the flow undersamples it)."""
     from diffrecon.io.fastmri import write_fastmri
     from diffrecon.io.records import MRIAcquisition
-    from diffrecon.recon.masks import add_noise, birdcage_maps, simulate_kspace, smooth_phase
 
-    rng = np.random.default_rng(seed)
-    img, _ = demo_slices(n_slices)
+    k, _, img = simulated_multicoil(n_slices, 128, n_coils, seed)
     n = img.shape[-1]
-    phase = torch.stack([smooth_phase((n, n), rng) for _ in range(img.shape[0])])
-    x = torch.from_numpy(img) * phase
-    k = add_noise(simulate_kspace(x, birdcage_maps(n_coils, (n, n))), 1e-3, rng)
     ref = np.abs(img).astype(np.float32)  # the ground truth
     acq = MRIAcquisition(
         name="mni152_demo",

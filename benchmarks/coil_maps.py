@@ -1,0 +1,89 @@
+"""Speed of coil-map estimation: ours (torch ESPIRiT), sigpy, and BART's ecalib if installed.
+
+Same parameters for all: square 24 x 24 calibration region, 6 x 6 kernel, threshold 0.02,
+crop 0.8, one map set. Runs on a simulated 15-coil 320 x 320 slice and on the real
+16-coil 128 x 128 twix scan, in one process, alternating, and prints the ratios.
+
+    .venv/bin/python benchmarks/coil_maps.py [--repeats 3] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrecon.recon.coils import estimate_coil_maps
+from diffrecon.recon.diffusion.training import hardware_name
+from diffrecon.sample import simulated_multicoil
+
+TWIX = Path(__file__).resolve().parents[2] / "shared/data/mri/raw_twix/invivo_brain_16ch_gre.dat"
+
+
+def write_cfl(stem: Path, array: np.ndarray) -> None:
+    """BART's .cfl/.hdr: dimensions in Fortran order, complex64 data."""
+    stem.with_suffix(".hdr").write_text(
+        "# Dimensions\n" + " ".join(str(d) for d in array.shape + (1,) * (16 - array.ndim)) + "\n")
+    array.astype(np.complex64).flatten(order="F").tofile(stem.with_suffix(".cfl"))
+
+
+def time_bart(k: np.ndarray) -> float | None:
+    bart = shutil.which("bart")
+    if bart is None:
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        # BART dims: (read, phase, slice, coil)
+        write_cfl(Path(d) / "k", np.transpose(k, (2, 1, 0))[:, :, None, :])
+        t0 = time.perf_counter()
+        subprocess.run([bart, "ecalib", "-m1", "-r", "24", "-k", "6", "-c", "0.8",
+                        str(Path(d) / "k"), str(Path(d) / "m")], check=True,
+                       capture_output=True)
+        return time.perf_counter() - t0
+
+
+def timed(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    cases = [("simulated 15x320x320", simulated_multicoil(1, 320, 15)[0])]
+    if TWIX.exists():
+        from diffrecon.io.twix import read_twix
+
+        cases.append(("real twix 16x128x128", torch.from_numpy(read_twix(TWIX).kspace)))
+    params = dict(calib=24, kernel_width=6, thresh=0.02, crop=0.8)
+    print(f"coil maps on {hardware_name(dev)}; calibration 24x24, kernel 6, thresh 0.02, crop 0.8")
+    print(f"{'data':24s} {'ours (s)':>9s} {'sigpy (s)':>10s} {'bart (s)':>9s} "
+          f"{'sigpy/ours':>10s} {'bart/ours':>9s}")
+    for name, k in cases:
+        kd = k.to(dev)
+        estimate_coil_maps(kd, **params)  # warm-up
+        ours = timed(lambda kd=kd: estimate_coil_maps(kd, **params), args.repeats)
+        sig = timed(lambda k=k: estimate_coil_maps(k, method="sigpy", **params), 1)
+        bart = time_bart(k[0].numpy())
+        ratio_b = f"{bart / ours:9.2f}" if bart else f"{'-':>9s}"
+        bart_s = f"{bart:9.2f}" if bart else f"{'n/a':>9s}"
+        print(f"{name:24s} {ours:9.2f} {sig:10.2f} {bart_s} {sig / ours:10.2f} {ratio_b}")
+
+
+if __name__ == "__main__":
+    main()
