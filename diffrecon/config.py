@@ -42,7 +42,7 @@ class ReconConfig(BaseModel):
     )
     lam: float = Field(1e-2, ge=0, description="CG-SENSE Tikhonov weight on k-space scaled to 1")
     cg_iters: int = Field(30, ge=1)
-    coil_method: Literal["sigpy"] = "sigpy"
+    coil_method: Literal["torch", "sigpy"] = "torch"
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
 
     @property

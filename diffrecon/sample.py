@@ -27,7 +27,7 @@ def demo_slices(n_slices: int = 4, size: int = 128, voxel_mm: int = 2
 
     voxel_mm 2 (block-averaged template, fits 128) or 1 (the template itself, fits 256+).
     """
-    from diffrecon.io.nifti import load_volume, slice_volume, slices_affine
+    from diffrecon.io.nifti import load_volume, pad_or_crop, slice_volume, slices_affine
 
     vol, aff = load_volume(template_path())
     if voxel_mm == 2:  # 1 mm -> 2 mm by 2x2x2 block averaging
@@ -40,8 +40,8 @@ def demo_slices(n_slices: int = 4, size: int = 128, voxel_mm: int = 2
     zs = np.arange(n_slices) * (8 // voxel_mm) + centre - (4 // voxel_mm) * n_slices
     img = slices[zs]
     h, w = img.shape[1:]
-    ph, pw = (size - h) // 2, (size - w) // 2
-    img = np.pad(img, ((0, 0), (ph, size - h - ph), (pw, size - w - pw)))
+    ph, pw = ((size - n) // 2 if size >= n else -((n - size) // 2) for n in (h, w))
+    img = pad_or_crop(img, size)
     img = img / img.max()
     shift = np.eye(4)
     shift[0, 3] = zs[0]

@@ -34,6 +34,25 @@ def unslice_volume(slices: np.ndarray, orientation: str) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(moved, 0, axis))
 
 
+def pad_or_crop(x: np.ndarray, size: int | tuple[int, int], fill: float = 0.0) -> np.ndarray:
+    """Centre pad (with ``fill``) or crop the last two axes to ``size`` (one int: square).
+
+    A crop keeps ``n[(n - size) // 2:][:size]``; a pad puts ``(size - n) // 2`` before.
+    """
+    sizes = (size, size) if isinstance(size, int) else tuple(size)
+    out = x
+    for axis, size in zip((-2, -1), sizes):
+        n = out.shape[axis]
+        if n > size:
+            start = (n - size) // 2
+            out = np.take(out, np.arange(start, start + size), axis=axis)
+        elif n < size:
+            pad = [(0, 0)] * out.ndim
+            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
+            out = np.pad(out, pad, constant_values=fill)
+    return out
+
+
 def slices_affine(ras_affine: np.ndarray, shape_ras: tuple[int, int, int], orientation: str):
     """Affine from (slice, row, col) indices to mm, given the RAS volume's affine."""
     n = np.asarray(shape_ras)

@@ -16,8 +16,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffrecon.recon.fft import ifft2c
-
 
 def calibration_region(mask: torch.Tensor) -> tuple[int, int]:
     """(lines, columns) of the contiguous fully sampled block around the k-space centre.
@@ -198,7 +196,7 @@ def estimate_coil_maps(
     if calib is None and calib_width is not None:
         calib = calib_width
     if kspace.ndim != 4:
-        raise ValueError(f"k-space must be (slices, coils, ky, kx), got shape {tuple(kspace.shape)}")
+        raise ValueError(f"k-space must be (slices, coils, ky, kx), got {tuple(kspace.shape)}")
     if mask is None:
         mask = kspace.abs().sum(dim=(0, 1)) > 0
     rows, cols = calibration_region(mask)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffrecon.io.nifti import pad_or_crop
+
 
 def _mag(x) -> np.ndarray:
     if isinstance(x, torch.Tensor):
@@ -13,24 +15,11 @@ def _mag(x) -> np.ndarray:
     return x[None] if x.ndim == 2 else x
 
 
-def centre_crop(x: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Crop (or zero-pad) the last two axes centrally to ``shape``."""
-    out = x
-    for axis, n in zip((-2, -1), shape):
-        cur = out.shape[axis]
-        if cur > n:
-            start = (cur - n) // 2
-            out = np.take(out, np.arange(start, start + n), axis=axis)
-        elif cur < n:
-            pad = [(0, 0)] * out.ndim
-            pad[axis] = ((n - cur) // 2, n - cur - (n - cur) // 2)
-            out = np.pad(out, pad)
-    return out
-
-
 def _pair(x, ref) -> tuple[np.ndarray, np.ndarray]:
     r = _mag(ref)
-    a = centre_crop(_mag(x), r.shape[-2:])
+    a = _mag(x)
+    if a.shape[-2:] != r.shape[-2:]:
+        a = pad_or_crop(a, r.shape[-2:])
     if a.shape != r.shape:
         raise ValueError(f"image shape {a.shape} does not match reference {r.shape}")
     return a, r

@@ -113,8 +113,8 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     combination of the fully sampled data with ESPIRiT maps (calibration 24, crop 0.8),
     as benchmark B2 defines it. Undersampled input is used as it is.
     """
-    from diffrecon.recon import classical, coils, masks
-    from diffrecon.recon.fft import ifft2c
+    from diffrecon.protocols import b2_reference
+    from diffrecon.recon import masks
 
     store = ArtifactStore(store_root)
     dev = resolve_device(device)
@@ -129,9 +129,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
             setting=f"as acquired ({lines}/{k.shape[-2]} lines)",
         )
     if reference is None:
-        ref_maps = coils.estimate_coil_maps(k, calib_width=min(24, min(k.shape[-2:])), crop=0.8)
-        ref_img = classical.sense_combine(ifft2c(k), ref_maps).abs()
-        reference = store.put(ref_img.cpu().numpy().astype(np.float32))
+        reference = store.put(b2_reference(k).cpu().numpy().astype(np.float32))
         reference_kind = "sense-espirit-full"
     mask = masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel, mask_seed(scan.name, spec))
     ku = k * mask.to(dev)

@@ -1,11 +1,9 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
 from diffrecon.recon import classical, coils, masks, metrics
-from diffrecon.recon.fft import ifft2c
 from diffrecon.recon.operators import Sense
 
 
@@ -37,32 +35,17 @@ def test_zero_filled_rss_of_full_data_is_the_magnitude():
     assert torch.allclose(classical.zero_filled(k), img.abs(), atol=1e-5)
 
 
-def test_calibration_region_is_rectangular():
-    m = masks.make_mask("equispaced", (128, 128), 4)
-    assert coils.calibration_region(m) == (10, 128)
-    assert coils.default_kernel(10) == 3 and coils.default_kernel(24) == 6
-
-
-def test_cg_sense_on_real_scan_b2(twix_acq):
+def test_cg_sense_on_real_scan_b2(twix_path):
     """B2 at R = 4 equispaced: CG-SENSE with maps from the 10-line centre >= 26 dB."""
-    k = torch.from_numpy(twix_acq.kspace)
-    ref_maps = coils.estimate_coil_maps(k, calib_width=24, crop=0.8)
-    ref = classical.sense_combine(ifft2c(k), ref_maps).abs()
-    mask = masks.make_mask("equispaced", (128, 128), 4)
+    from diffrecon.protocols import b2_case
+
+    case = b2_case(twix_path)
+    mask = case.mask(4, "equispaced")
     assert int(mask[:, 0].sum()) == 32
-    ku = k * mask
+    ku = (case.kspace * mask)[None]
     maps = coils.estimate_coil_maps(ku, mask)
     x = classical.cg_sense(ku, maps, mask)
-    p = metrics.psnr(x, ref)
+    p = metrics.psnr(x, case.reference[None])
     assert p >= 26.0, p
-    assert metrics.psnr(classical.zero_filled(ku, mask), ref) < p - 5
+    assert metrics.psnr(classical.zero_filled(ku, mask), case.reference[None]) < p - 5
     assert metrics.dc_residual(Sense(maps, mask), x, ku) < 0.15
-
-
-def test_espirit_rejects_missing_centre():
-    k = torch.randn(1, 4, 16, 16, dtype=torch.complex64)
-    mask = torch.zeros(16, 16, dtype=torch.bool)
-    mask[::2] = True
-    expected = "centre is only 1 wide; ESPIRiT with a 3 x 3 kernel needs at least 5"
-    with pytest.raises(ValueError, match=expected):
-        coils.estimate_coil_maps(k * mask, mask)

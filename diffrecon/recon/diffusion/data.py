@@ -13,20 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-
-def pad_or_crop(x: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:
-    """Centre pad (with ``fill``) or crop the last two axes to (size, size)."""
-    out = x
-    for axis in (-2, -1):
-        n = out.shape[axis]
-        if n > size:
-            start = (n - size) // 2
-            out = np.take(out, np.arange(start, start + size), axis=axis)
-        elif n < size:
-            pad = [(0, 0)] * out.ndim
-            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
-            out = np.pad(out, pad, constant_values=fill)
-    return out
+from diffrecon.io.nifti import pad_or_crop
 
 
 def volume_files(inputs: list[str | Path], first: int | None = None) -> list[Path]:

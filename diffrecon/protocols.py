@@ -1,0 +1,97 @@
+"""The benchmark protocols of ../shared/BENCHMARKS.md as data builders.
+
+Benchmarks and tests both build B1/B2 from here, so every figure comes from the same
+simulation. Paths to the data are arguments: nothing here assumes ../shared exists.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffrecon.recon.masks import add_noise, mask_1d, simulate_kspace, smooth_phase
+
+B1_SLICES = tuple(range(55, 91, 5))
+B1_QUICK_SLICES = (60, 70, 80, 90)
+
+
+def rng_for(volume: str, z: int | str, what: str) -> np.random.Generator:
+    return np.random.default_rng(zlib.crc32(f"{volume}/{z}/{what}".encode()))
+
+
+def ixi_split(folder: str | Path) -> tuple[list[Path], list[Path]]:
+    """(training, test) IXI volumes: the first 26 by name train, the last 6 test."""
+    files = sorted(Path(folder).glob("*.nii.gz"), key=lambda p: p.name)
+    return files[:26], files[26:]
+
+
+@dataclass
+class MRICase:
+    """One benchmark slice: fully sampled noisy k-space and the reference magnitude."""
+
+    volume: str
+    z: int
+    kspace: torch.Tensor  # (C, ky, kx) complex64, fully sampled
+    reference: torch.Tensor  # (H, W) float32
+
+    def mask(self, accel: int, kind: str) -> torch.Tensor:
+        """(ky, kx) B1 mask: exactly n / R lines with the 10 centre lines."""
+        from diffrecon.recon.masks import expand_mask
+
+        seed = zlib.crc32(f"{self.volume}/{self.z}/{accel}/{kind}".encode())
+        n_ky, n_kx = self.kspace.shape[-2:]
+        return expand_mask(mask_1d(kind, n_ky, accel, seed), n_kx)
+
+
+def b1_image(path: str | Path, z: int) -> np.ndarray:
+    """The axial slice z of an IXI volume, padded to 128 x 128, magnitude max 1."""
+    from diffrecon.io.nifti import load_volume, slice_volume
+
+    vol, _ = load_volume(path)
+    s = np.abs(slice_volume(vol, "axial")[z])
+    if s.shape != (120, 90):
+        raise ValueError(f"{Path(path).name}: axial slice has shape {s.shape}, B1 expects 120 x 90")
+    s = np.pad(s, ((4, 4), (19, 19)))
+    return (s / s.max()).astype(np.float32)
+
+
+def b1_case(path: str | Path, z: int, maps: torch.Tensor) -> MRICase:
+    """B1: the slice with its smooth phase, seen by the 16 simulation maps, plus noise."""
+    volume = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    img = b1_image(path, z)
+    x = torch.from_numpy(img) * smooth_phase(img.shape, rng_for(volume, z, "phase"))
+    k = add_noise(simulate_kspace(x, maps), 1e-3, rng_for(volume, z, "noise"))
+    return MRICase(volume, z, k, torch.from_numpy(img))
+
+
+def b1_cases(ixi_folder: str | Path, maps_file: str | Path, quick: bool = False) -> list[MRICase]:
+    """All B1 slices (6 test volumes x 8 slices), or B1-quick (2 volumes x 4 slices)."""
+    maps = torch.from_numpy(np.load(maps_file))
+    _, test = ixi_split(ixi_folder)
+    vols, zs = (test[:2], B1_QUICK_SLICES) if quick else (test, B1_SLICES)
+    return [b1_case(v, z, maps) for v in vols for z in zs]
+
+
+def b2_reference(kspace: torch.Tensor, method: str = "torch") -> torch.Tensor:
+    """|sum_c conj(S_c) x_c| / sum_c |S_c|^2 with ESPIRiT maps of the fully sampled data
+    (calibration 24, crop 0.8), 0 where the maps vanish. kspace (S, C, ky, kx) -> (S, H, W)."""
+    from diffrecon.recon.classical import sense_combine
+    from diffrecon.recon.coils import estimate_coil_maps
+    from diffrecon.recon.fft import ifft2c
+
+    calib = min(24, *kspace.shape[-2:])
+    maps = estimate_coil_maps(kspace, calib=calib, crop=0.8, method=method)
+    return sense_combine(ifft2c(kspace), maps).abs()
+
+
+def b2_case(twix_path: str | Path) -> MRICase:
+    """B2: the real 16-coil scan and its SENSE reference."""
+    from diffrecon.io.twix import read_twix
+
+    acq = read_twix(twix_path)
+    k = torch.from_numpy(acq.kspace)
+    return MRICase(acq.name, 0, k[0], b2_reference(k)[0])
