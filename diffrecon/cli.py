@@ -52,6 +52,7 @@ def cmd_run(args) -> int:
         out_dir=str(args.out),
         store=args.store,
         device=args.device,
+        coil_compression=args.coils,
     )
     return _run_flow([str(p) for p in args.files], config)
 
@@ -138,7 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="reconstruct a batch of scans")
     r.add_argument("files", nargs="+", type=Path, help="fastMRI/ISMRMRD .h5 or twix .dat")
     r.add_argument("--method", action="append", default=None,
-                   help="zero-filled, cg-sense (repeat or comma-separate; default cg-sense)")
+                   help="zero-filled, cg-sense, l1-wavelet, admm-tv (repeat or comma-separate; "
+                        "default cg-sense)")
     r.add_argument("--accel", type=float, default=4.0, help="acceleration R (fully sampled input)")
     r.add_argument("--mask", default="equispaced",
                    choices=["equispaced", "random", "gaussian", "poisson"])
@@ -147,6 +149,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--store", default=None, help="artifact store (default OUT/.artifacts)")
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    r.add_argument("--coils", type=int, default=None,
+                   help="compress to this many virtual coils (SVD) before the coil maps")
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")

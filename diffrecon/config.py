@@ -6,9 +6,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MRI_METHODS = ("zero-filled", "cg-sense")
-NEEDS_COIL_MAPS = {"cg-sense"}
-Method = Literal["zero-filled", "cg-sense"]
+MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv")
+NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv"}
+Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv"]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -42,7 +42,13 @@ class ReconConfig(BaseModel):
     )
     lam: float = Field(1e-2, ge=0, description="CG-SENSE Tikhonov weight on k-space scaled to 1")
     cg_iters: int = Field(30, ge=1)
+    l1_lam: float = Field(1e-4, ge=0, description="L1-wavelet weight (k-space scaled to 1); "
+                          "tuned on the IXI training volumes")
+    tv_lam: float = Field(1e-4, ge=0, description="ADMM-TV weight (k-space scaled to 1); "
+                          "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
+    coil_compression: int | None = Field(
+        None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
 
     @property

@@ -21,7 +21,8 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     records: list[ResultRecord] = []
     try:
         scan = mri.load_scan(path, store)
-        meas = mri.prepare_measurement(scan, config.mask, store, config.device)
+        meas = mri.prepare_measurement(scan, config.mask, store, config.device,
+                                       config.coil_compression)
         maps = None
         maps_seconds = 0.0
         if NEEDS_COIL_MAPS.intersection(config.methods):

@@ -243,6 +243,21 @@ def estimate_coil_maps(
     return out
 
 
+def compress_coils(kspace: torch.Tensor, n_virtual: int) -> torch.Tensor:
+    """SVD coil compression: (S, C, ky, kx) -> (S, n_virtual, ky, kx).
+
+    One compression matrix for the whole scan (from all sampled k-space points), so every
+    slice shares the same virtual coils; the virtual coils are ordered by energy.
+    """
+    s, c = kspace.shape[:2]
+    if not 1 <= n_virtual <= c:
+        raise ValueError(f"cannot compress {c} coils to {n_virtual}")
+    data = kspace.transpose(0, 1).reshape(c, -1)
+    data = data[:, data.abs().sum(0) > 0]
+    u, _, _ = torch.linalg.svd(data @ data.mH)
+    return torch.einsum("cv,scyx->svyx", u[:, :n_virtual].conj(), kspace)
+
+
 def _sigpy_maps(kspace, calib_width, kernel_width, thresh, crop) -> torch.Tensor:
     import sigpy.mri
 

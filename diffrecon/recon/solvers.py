@@ -48,3 +48,108 @@ def conjugate_gradient(
         rr = torch.where(active, rr_new, rr)
         active = active & (rr.sqrt() > thresh)
     return x, iters
+
+
+def soft_threshold(z: torch.Tensor, t) -> torch.Tensor:
+    """Complex-aware soft thresholding: z * max(|z| - t, 0) / |z|."""
+    mag = z.abs()
+    return z * ((mag - t).clamp_min(0) / mag.clamp_min(1e-30))
+
+
+def finite_differences(x: torch.Tensor, dims: tuple[int, ...], periodic: bool = True
+                       ) -> torch.Tensor:
+    """Forward differences along ``dims``, stacked on a new leading axis.
+
+    Periodic: x[i+1] - x[i] with wrap-around. Otherwise (Neumann) the last difference is 0.
+    """
+    out = []
+    for d in dims:
+        if periodic:
+            out.append(torch.roll(x, -1, dims=d) - x)
+        else:
+            diff = torch.zeros_like(x)
+            n = x.shape[d]
+            diff.narrow(d, 0, n - 1).copy_(x.narrow(d, 1, n - 1) - x.narrow(d, 0, n - 1))
+            out.append(diff)
+    return torch.stack(out)
+
+
+def finite_differences_adjoint(p: torch.Tensor, dims: tuple[int, ...], periodic: bool = True
+                               ) -> torch.Tensor:
+    """Adjoint of :func:`finite_differences` (a negative backward divergence)."""
+    out = torch.zeros_like(p[0])
+    for i, d in enumerate(dims):
+        q = p[i]
+        if periodic:
+            out = out + torch.roll(q, 1, dims=d) - q
+        else:
+            n = q.shape[d]
+            head = q.narrow(d, 0, n - 1)
+            out.narrow(d, 0, n - 1).sub_(head)
+            out.narrow(d, 1, n - 1).add_(head)
+    return out
+
+
+def admm_tv(
+    normal: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    lam: float,
+    dims: tuple[int, ...] = (-2, -1),
+    rho: float | None = None,
+    iters: int = 50,
+    cg_iters: int = 5,
+    isotropic: bool = True,
+    periodic: bool = True,
+    x0: torch.Tensor | None = None,
+    batch_dims: int = 1,
+) -> torch.Tensor:
+    """min_x 0.5 ||A x - y||^2 + lam TV(x) by ADMM (splitting z = D x).
+
+    ``normal`` is A^H A and ``rhs`` A^H y; the x-update solves (A^H A + rho D^H D) x =
+    rhs + rho D^H (z - u) with a few warm-started CG iterations. TV is isotropic (the
+    gradient's magnitude per pixel) or anisotropic (every difference on its own), over
+    ``dims`` (in-plane, or along z for volumes). rho defaults to 10 lam.
+    """
+    rho = 10 * lam if rho is None else rho
+    x = rhs.clone() if x0 is None else x0.clone()
+
+    def dd(v):
+        return finite_differences(v, dims, periodic)
+
+    def dt(p):
+        return finite_differences_adjoint(p, dims, periodic)
+
+    z = dd(x)
+    u = torch.zeros_like(z)
+    for _ in range(iters):
+        x, _ = conjugate_gradient(lambda v: normal(v) + rho * dt(dd(v)), rhs + rho * dt(z - u),
+                                  x0=x, max_iter=cg_iters, tol=0.0, batch_dims=batch_dims)
+        dx = dd(x)
+        v = dx + u
+        if isotropic:
+            mag = v.abs().square().sum(0, keepdim=True).sqrt()
+            z = v * ((mag - lam / rho).clamp_min(0) / mag.clamp_min(1e-30))
+        else:
+            z = soft_threshold(v, lam / rho)
+        u = u + dx - z
+    return x
+
+
+def fista(
+    normal: Callable[[torch.Tensor], torch.Tensor],
+    rhs: torch.Tensor,
+    prox: Callable[[torch.Tensor, float], torch.Tensor],
+    step: float = 1.0,
+    iters: int = 50,
+    x0: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FISTA for min 0.5 ||A x - y||^2 + g(x): gradient A^H A x - A^H y, ``prox(v, step)``
+    the proximal map of step * g. ``step`` <= 1 / ||A^H A||."""
+    x = rhs.clone() if x0 is None else x0.clone()
+    z, t = x.clone(), 1.0
+    for _ in range(iters):
+        x_new = prox(z - step * (normal(z) - rhs), step)
+        t_new = (1 + (1 + 4 * t * t) ** 0.5) / 2
+        z = x_new + ((t - 1) / t_new) * (x_new - x)
+        x, t = x_new, t_new
+    return x

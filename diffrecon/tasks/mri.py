@@ -106,33 +106,42 @@ def mask_seed(name: str, spec: MaskSpec) -> int:
 
 @task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
       task_run_name="prepare-{scan.name}")
-def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str) -> Measurement:
+def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str,
+                        n_virtual: int | None = None) -> Measurement:
     """Undersample a fully sampled scan retrospectively and make its reference.
 
     The reference is the file's stored reconstruction where present, otherwise the SENSE
     combination of the fully sampled data with ESPIRiT maps (calibration 24, crop 0.8),
-    as benchmark B2 defines it. Undersampled input is used as it is.
+    as benchmark B2 defines it. Undersampled input is used as it is. ``n_virtual``
+    compresses the coils (SVD) after the reference is made.
     """
     from diffrecon.protocols import b2_reference
     from diffrecon.recon import masks
+    from diffrecon.recon.coils import compress_coils
 
     store = ArtifactStore(store_root)
     dev = resolve_device(device)
     k = _tensor(store, scan.kspace, dev)
     reference = scan.reference
     reference_kind = scan.reference_kind
+    cc = f", {n_virtual} virtual coils" if n_virtual else ""
     if not scan.fully_sampled:
         lines = int(store.get(scan.mask).any(axis=1).sum())
+        if n_virtual:
+            k = compress_coils(k, n_virtual)
         return Measurement(
-            name=scan.name, kspace=scan.kspace, mask=scan.mask, reference=reference,
+            name=scan.name, kspace=store.put(k.cpu().numpy()) if n_virtual else scan.kspace,
+            mask=scan.mask, reference=reference,
             reference_kind=reference_kind, affine=scan.affine,
-            setting=f"as acquired ({lines}/{k.shape[-2]} lines)",
+            setting=f"as acquired ({lines}/{k.shape[-2]} lines){cc}",
         )
     if reference is None:
         reference = store.put(b2_reference(k).cpu().numpy().astype(np.float32))
         reference_kind = "sense-espirit-full"
     mask = masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel, mask_seed(scan.name, spec))
     ku = k * mask.to(dev)
+    if n_virtual:
+        ku = compress_coils(ku, n_virtual)
     accel = f"{spec.accel:g}"
     return Measurement(
         name=scan.name,
@@ -141,7 +150,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
         reference=reference,
         reference_kind=reference_kind,
         affine=scan.affine,
-        setting=f"R={accel} {spec.kind}",
+        setting=f"R={accel} {spec.kind}{cc}",
     )
 
 
@@ -172,12 +181,18 @@ def reconstruct(
     t0 = time.perf_counter()
     if method == "zero-filled":
         x = classical.zero_filled(k, mask)
-    elif method == "cg-sense":
-        if maps is None:
-            raise ValueError("cg-sense needs coil maps")
-        x = classical.cg_sense(k, _tensor(store, maps, dev), mask, config.lam, config.cg_iters)
     else:
-        raise ValueError(f"unknown method {method!r}")
+        if maps is None:
+            raise ValueError(f"{method} needs coil maps")
+        s = _tensor(store, maps, dev)
+        if method == "cg-sense":
+            x = classical.cg_sense(k, s, mask, config.lam, config.cg_iters)
+        elif method == "l1-wavelet":
+            x = classical.l1_wavelet_sense(k, s, mask, config.l1_lam)
+        elif method == "admm-tv":
+            x = classical.tv_sense(k, s, mask, config.tv_lam)
+        else:
+            raise ValueError(f"unknown method {method!r}")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0

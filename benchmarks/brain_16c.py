@@ -1,0 +1,103 @@
+"""Benchmarks B1 (brain-16c, simulated from IXI) and B2 (brain-raw, the real twix scan).
+
+Protocol: ../shared/BENCHMARKS.md. Every method estimates its own coil maps from the
+undersampled data (our torch ESPIRiT from the rectangular fully sampled centre); the
+``cg-sense (bart maps)`` row uses BART's ecalib (``-m1 -c 0.8``) where bart is installed.
+Prints a table (PSNR, SSIM, NMSE means over slices, seconds per slice including the
+coil maps) and writes it as JSON with the project's results model.
+
+    .venv/bin/python benchmarks/brain_16c.py [--quick] [--out benchmarks/results/brain_16c.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import bart  # benchmarks/bart.py
+import numpy as np
+import torch
+
+from diffrecon.protocols import b1_cases, b2_case
+from diffrecon.recon import classical, coils, metrics
+from diffrecon.recon.diffusion.training import hardware_name
+from diffrecon.recon.operators import Sense
+from diffrecon.results import ResultRecord, format_table, write_results
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
+SETTINGS = [(4, "equispaced"), (4, "random"), (8, "equispaced"), (8, "random")]
+
+
+def methods():
+    """name -> function(kspace (1, C, ky, kx), maps, mask) -> image (1, H, W)."""
+    return {
+        "cg-sense": classical.cg_sense,
+        "l1-wavelet": classical.l1_wavelet_sense,
+        "admm-tv": classical.tv_sense,
+    }
+
+
+def run_case(case, accel, kind, use_bart):
+    mask = case.mask(accel, kind)
+    ku = (case.kspace * mask)[None]
+    ref = case.reference[None]
+    rows = []
+
+    def record(method, x, seconds, maps=None):
+        dc = metrics.dc_residual(Sense(maps, mask), x, ku) if maps is not None else None
+        rows.append((method, metrics.psnr(x, ref), metrics.ssim(x, ref), metrics.nmse(x, ref),
+                     dc, seconds))
+
+    t0 = time.perf_counter()
+    record("zero-filled", classical.zero_filled(ku, mask), time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    maps = coils.estimate_coil_maps(ku, mask)
+    t_maps = time.perf_counter() - t0
+    for name, fn in methods().items():
+        t0 = time.perf_counter()
+        x = fn(ku, maps, mask)
+        record(name, x, t_maps + time.perf_counter() - t0, maps)
+    if use_bart:
+        bmaps, t_b = bart.ecalib(ku[0].numpy())
+        bmaps = torch.from_numpy(bmaps)[None]
+        t0 = time.perf_counter()
+        x = classical.cg_sense(ku, bmaps, mask)
+        record("cg-sense (bart maps)", x, t_b + time.perf_counter() - t0, bmaps)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="B1-quick (2 volumes x 4 slices)")
+    ap.add_argument("--out", default="benchmarks/results/brain_16c.json")
+    ap.add_argument("--no-bart", action="store_true")
+    args = ap.parse_args()
+    use_bart = bart.available() and not args.no_bart
+    datasets = {
+        "B1-quick" if args.quick else "B1": b1_cases(
+            DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=args.quick),
+        "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
+    }
+    records = []
+    for dataset, cases in datasets.items():
+        for accel, kind in SETTINGS:
+            acc: dict[str, list] = {}
+            for case in cases:
+                for method, *vals in run_case(case, accel, kind, use_bart):
+                    acc.setdefault(method, []).append(vals)
+            for method, vals in acc.items():
+                v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
+                mean = np.nanmean(v, axis=0) if len(v) else v
+                records.append(ResultRecord(
+                    scan=f"{dataset} ({len(cases)} slices)", method=method,
+                    setting=f"R={accel} {kind}", psnr=mean[0], ssim=mean[1], nmse=mean[2],
+                    dc_residual=None if np.isnan(mean[3]) else mean[3], seconds=mean[4]))
+            print(f"done {dataset} R={accel} {kind}", flush=True)
+    print(f"\nB1/B2 on {hardware_name(torch.device('cpu'))}; seconds per slice incl. coil maps")
+    print(format_table(records))
+    print(f"\nwritten: {write_results(records, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
