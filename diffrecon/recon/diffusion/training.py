@@ -58,6 +58,7 @@ class TrainConfig:
     data_description: str = ""
     data_licence: str = ""
     network_note: str = ""
+    max_seconds: float | None = None  # stop (with a final checkpoint) after this much training
 
     @property
     def channels(self) -> int:
@@ -182,7 +183,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def _config_key(cfg: TrainConfig) -> str:
     d = asdict(cfg)
     for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps",
-              "data_description", "data_licence", "network_note"):
+              "data_description", "data_licence", "network_note", "max_seconds"):
         d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
 
@@ -324,9 +325,12 @@ def train(
         seconds += time.perf_counter() - t0
         if callback is not None and (step % cfg.log_every == 0 or step == cfg.steps):
             callback(step, cfg.steps, losses[-1])
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        out_of_time = cfg.max_seconds is not None and seconds >= cfg.max_seconds
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
             result = checkpoint()
             net.train()
+        if out_of_time:
+            break
     if result is None:  # already complete when resumed
         result = checkpoint()
     return result
