@@ -21,14 +21,16 @@ def conjugate_gradient(
 
     Inner products are Hermitian and taken per batch element (the first ``batch_dims``
     axes, e.g. slices). Each element stops when ||r|| <= tol ||b||; finished elements
-    are no longer updated. Returns (x, iterations per element).
+    are no longer updated (also with tol = 0, once the residual reaches rounding level).
+    Returns (x, iterations per element).
     """
     x = torch.zeros_like(b) if x0 is None else x0.clone()
     r = b - normal(x) if x0 is not None else b.clone()
     p = r.clone()
     rr = inner(r, r, batch_dims).real
     bnorm = inner(b, b, batch_dims).real.sqrt()
-    thresh = tol * bnorm
+    # never iterate below rounding level: past it, alpha = 0/0 would only add noise
+    thresh = max(tol, 10 * torch.finfo(rr.dtype).eps) * bnorm
     active = rr.sqrt() > thresh
     iters = torch.zeros_like(rr, dtype=torch.long)
     shape = (-1,) + (1,) * (b.ndim - batch_dims)

@@ -98,18 +98,19 @@ class Prior:
         t = torch.as_tensor(t, device=self.device).long()
         return t.expand(n) if t.ndim == 0 else t
 
-    @torch.no_grad()
-    def eps(self, x_t: torch.Tensor, t) -> torch.Tensor:
-        """The network's noise prediction for x_t at timestep t."""
+    def eps(self, x_t: torch.Tensor, t, grad: bool = False) -> torch.Tensor:
+        """The network's noise prediction for x_t at timestep t (``grad``: keep the graph,
+        for DPS)."""
         x_t = x_t.to(self.device, torch.float32)
-        with self._ctx():
+        with torch.set_grad_enabled(grad), self._ctx():
             out = self.net(x_t, self._t(t, x_t.shape[0]))
         self.nfe += x_t.shape[0]
         return out.float()
 
-    def predict(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict(self, x_t: torch.Tensor, t, grad: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0_hat) with Tweedie's x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
-        e = self.eps(x_t, t)
+        e = self.eps(x_t, t, grad)
         a = self.schedule.abar(self._t(t, x_t.shape[0]), e)
         return e, (x_t.to(e) - (1 - a).sqrt() * e) / a.sqrt()
 
