@@ -43,11 +43,20 @@ def _run_flow(paths: list[str], config) -> int:
     return 0 if all(r.state == "done" for r in records) else 1
 
 
+def _prior_ref(args):
+    from diffrecon.config import PriorRef
+
+    return PriorRef(prior=args.prior, nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters,
+                    gamma=args.gamma, dps_steps=args.dps_steps,
+                    dps_step_size=args.dps_step_size, seed=args.sampler_seed)
+
+
 def cmd_run(args) -> int:
     from diffrecon.config import MaskSpec, ReconConfig
 
     config = ReconConfig(
         methods=_methods(args.method),
+        diffusion=_prior_ref(args),
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
         out_dir=str(args.out),
         store=args.store,
@@ -139,8 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="reconstruct a batch of scans")
     r.add_argument("files", nargs="+", type=Path, help="fastMRI/ISMRMRD .h5 or twix .dat")
     r.add_argument("--method", action="append", default=None,
-                   help="zero-filled, cg-sense, l1-wavelet, admm-tv (repeat or comma-separate; "
-                        "default cg-sense)")
+                   help="zero-filled, cg-sense, l1-wavelet, admm-tv, dds, dps "
+                        "(repeat or comma-separate; default cg-sense)")
     r.add_argument("--accel", type=float, default=4.0, help="acceleration R (fully sampled input)")
     r.add_argument("--mask", default="equispaced",
                    choices=["equispaced", "random", "gaussian", "poisson"])
@@ -151,6 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--coils", type=int, default=None,
                    help="compress to this many virtual coils (SVD) before the coil maps")
+    r.add_argument("--prior", default="brain-t1-axial-128",
+                   help="dds/dps: a shipped prior's name or a checkpoint folder")
+    r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")
+    r.add_argument("--eta", type=float, default=0.85, help="dds: noise mixing")
+    r.add_argument("--cg-iters", type=int, default=5, help="dds: data-consistency CG steps")
+    r.add_argument("--gamma", type=float, default=None,
+                   help="dds: noisy data consistency weight (default: noiseless)")
+    r.add_argument("--dps-steps", type=int, default=1000)
+    r.add_argument("--dps-step-size", type=float, default=1.0)
+    r.add_argument("--sampler-seed", type=int, default=0)
     r.set_defaults(func=cmd_run)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")

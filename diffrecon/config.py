@@ -6,9 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv")
-NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv"}
-Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv"]
+MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps")
+NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps"}
+NEEDS_PRIOR = {"dds", "dps"}
+Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps"]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -24,6 +25,21 @@ class MaskSpec(BaseModel):
     kind: MaskKind = "equispaced"
     accel: float = Field(4.0, gt=1.0, description="acceleration R: n // R lines are kept")
     seed: int | None = None
+
+
+class PriorRef(BaseModel):
+    """A diffusion prior (a shipped name or a checkpoint folder) and the sampler settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prior: str = Field("brain-t1-axial-128", description="shipped prior name or folder")
+    nfe: int = Field(50, ge=1, le=1000, description="DDS network evaluations per slice")
+    eta: float = Field(0.85, ge=0, le=1, description="DDS noise mixing")
+    cg_iters: int = Field(5, ge=0, description="DDS data-consistency CG iterations")
+    gamma: float | None = Field(None, gt=0, description="noisy DC weight; None: noiseless")
+    dps_steps: int = Field(1000, ge=1, le=1000)
+    dps_step_size: float = Field(1.0, gt=0)
+    seed: int = 0
 
 
 class ReconConfig(BaseModel):
@@ -47,6 +63,7 @@ class ReconConfig(BaseModel):
     tv_lam: float = Field(1e-4, ge=0, description="ADMM-TV weight (k-space scaled to 1); "
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
+    diffusion: PriorRef = Field(default_factory=PriorRef)
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")

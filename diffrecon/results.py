@@ -31,6 +31,8 @@ _COLUMNS = (
     ("scan", "{}"),
     ("method", "{}"),
     ("setting", "{}"),
+    ("prior", "{}"),
+    ("nfe", "{}"),
     ("psnr", "{:.2f}"),
     ("ssim", "{:.4f}"),
     ("nmse", "{:.4f}"),

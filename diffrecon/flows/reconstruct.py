@@ -43,7 +43,7 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
             seconds = out.seconds + (maps_seconds if method in NEEDS_COIL_MAPS else 0.0)
             records.append(
                 ResultRecord(scan=name, method=method, setting=meas.setting, seconds=seconds,
-                             output=nifti, **qa)
+                             output=nifti, nfe=out.nfe, prior=out.prior, **qa)
             )
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)

@@ -23,6 +23,10 @@ class LinearOperator:
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         return self.adjoint(self.forward(x))
 
+    def support(self) -> torch.Tensor | None:
+        """Where the measurements can say anything about x (None: everywhere)."""
+        return None
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward(x)
 
@@ -59,6 +63,10 @@ class Sense(LinearOperator):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return (self.maps.conj() * ifft2c(self.mask * y)).sum(dim=-3)
+
+    def support(self) -> torch.Tensor:
+        """Pixels seen by at least one coil (ESPIRiT's crop sets the maps to 0 elsewhere)."""
+        return self.maps.abs().square().sum(dim=-3) > 0
 
     def normal(self, x: torch.Tensor) -> torch.Tensor:
         # the mask is binary: M^H M = M

@@ -45,6 +45,8 @@ class ReconOutput(BaseModel):
     method: str
     image: ArrayRef
     seconds: float
+    nfe: int | None = None
+    prior: str | None = None
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -64,6 +66,52 @@ def resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(spec)
+
+
+_PRIORS: dict = {}
+
+
+def cached_prior(name_or_path: str, device: torch.device):
+    """Load a prior once per process and device (workers reuse it across scans)."""
+    from diffrecon.recon.diffusion.registry import resolve_prior
+
+    key = (name_or_path, str(device))
+    if key not in _PRIORS:
+        _PRIORS[key] = resolve_prior(name_or_path, device=device)
+    return _PRIORS[key]
+
+
+def _diffusion(method: str, k, maps, mask, config: ReconConfig, dev, log_name: str):
+    """DDS or DPS with a progress artifact; returns (image, nfe, prior name)."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from diffrecon.recon.diffusion.dds import DDSConfig, DPSConfig, sample
+    from diffrecon.recon.operators import Sense
+
+    ref = config.diffusion
+    prior = cached_prior(ref.prior, dev)
+    if prior.config.modality != "mri" or prior.config.image_size != k.shape[-1] \
+            or prior.config.image_size != k.shape[-2]:
+        raise ValueError(f"prior {prior.name} ({prior.config.modality}, "
+                         f"{prior.config.image_size} x {prior.config.image_size}) does not fit "
+                         f"this scan (MRI, {k.shape[-2]} x {k.shape[-1]})")
+    if method == "dds":
+        cfg = DDSConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
+                        seed=ref.seed)
+    else:
+        cfg = DPSConfig(steps=ref.dps_steps, step_size=ref.dps_step_size, seed=ref.seed)
+    art = create_progress_artifact(0.0, description=f"{method} on {log_name}")
+    last = [0.0]
+
+    def progress(i: int, n: int) -> None:
+        pct = 100.0 * i / n
+        if pct - last[0] >= 10 or i == n:
+            update_progress_artifact(art, pct)
+            last[0] = pct
+
+    before = prior.nfe
+    x = sample(prior, Sense(maps, mask), k, cfg, progress)
+    return x, (prior.nfe - before) // k.shape[0], prior.name
 
 
 def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.Tensor:
@@ -179,6 +227,7 @@ def reconstruct(
     k = _tensor(store, meas.kspace, dev)
     mask = _tensor(store, meas.mask, dev)
     t0 = time.perf_counter()
+    nfe = prior_name = None
     if method == "zero-filled":
         x = classical.zero_filled(k, mask)
     else:
@@ -191,13 +240,15 @@ def reconstruct(
             x = classical.l1_wavelet_sense(k, s, mask, config.l1_lam)
         elif method == "admm-tv":
             x = classical.tv_sense(k, s, mask, config.tv_lam)
+        elif method in ("dds", "dps"):
+            x, nfe, prior_name = _diffusion(method, k, s, mask, config, dev, meas.name)
         else:
             raise ValueError(f"unknown method {method!r}")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     return ReconOutput(name=meas.name, method=method, image=store.put(x.cpu().numpy()),
-                       seconds=seconds)
+                       seconds=seconds, nfe=nfe, prior=prior_name)
 
 
 @task(cache_policy=NO_CACHE, task_run_name="qa-{out.method}-{meas.name}")

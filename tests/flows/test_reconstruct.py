@@ -81,3 +81,39 @@ def test_cli_rejects_unknown_method(capsys):
     with pytest.raises(SystemExit):
         main(["run", "x.h5", "--method", "magic", "--out", "o"])
     assert "unknown method 'magic'" in capsys.readouterr().err
+
+
+def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, tmp_path):
+    import torch
+
+    from diffrecon.config import PriorRef
+    from diffrecon.flows.reconstruct import reconstruct_scans
+    from diffrecon.recon.diffusion.checkpoint import save_prior
+    from diffrecon.recon.diffusion.networks import build_network
+    from tests.recon.diffusion.test_checkpoint import tiny_config
+
+    cfg = tiny_config(name="tiny-64").model_copy(update={"image_size": 64})
+    torch.manual_seed(0)
+    prior_dir = save_prior(tmp_path / "tiny-64", build_network(cfg.architecture, cfg.network),
+                           cfg, "# tiny\n")
+    config = ReconConfig(methods=["dds"], mask=MaskSpec(accel=2), out_dir=str(tmp_path / "o"),
+                         diffusion=PriorRef(prior=str(prior_dir), nfe=3))
+    (rec,) = reconstruct_scans([str(batch[2])], config)
+    assert rec.state == "done", rec.error
+    assert rec.prior == "tiny-64" and rec.nfe == 3
+    assert rec.dc_residual is not None and rec.psnr is not None
+
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts()
+    progress = [a for a in arts if a.type == "progress" and "dds on good2" in (a.description or "")]
+    assert progress and progress[0].data == 100.0
+
+    bad = ReconConfig(methods=["dds"], out_dir=str(tmp_path / "o2"),
+                      diffusion=PriorRef(prior=str(prior_dir), nfe=3))
+    wrong = write_fastmri(make_acquisition(n_slices=1, n_coils=6, ny=96, nx=96, seed=3),
+                          tmp_path / "in" / "big.h5")
+    (rec,) = reconstruct_scans([str(wrong)], bad)
+    assert rec.state == "failed"
+    assert "does not fit this scan (MRI, 96 x 96)" in rec.error

@@ -9,7 +9,8 @@ eps = net(x_t, t); Tweedie x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t); dat
 consistency by a few CG iterations started at x0 (noiseless: A^H A x = A^H y; noisy:
 (I + gamma A^H A) x = x0 + gamma A^H y), in data space with Hermitian inner products per
 slice; then x_{t-1} = sqrt(abar_prev) x0' + sqrt(1 - abar_prev) (eta z + sqrt(1 - eta^2) eps),
-and x0' itself after the last step.
+and x0' itself after the last step. The result is zeroed outside the operator's support
+(for SENSE, where every coil map is 0), as a SENSE reconstruction is.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def _data_dtype(prior: Prior, y: torch.Tensor):
     return y.dtype if prior.config.normalisation.kind == "complex" else y.real.dtype
 
 
+def _in_support(operator: LinearOperator, x: torch.Tensor) -> torch.Tensor:
+    """Zero outside the operator's support (for SENSE: outside every coil's map), where the
+    data say nothing and only the prior's guess would remain."""
+    sup = operator.support()
+    return x if sup is None else x * sup
+
+
 def data_consistency(operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor,
                      iters: int, gamma: float | None) -> torch.Tensor:
     """CG data consistency started at x0 (batched over slices, per-slice Hermitian CG)."""
@@ -106,7 +114,7 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
             x = ddim_step(x0, eps, a_prev, cfg.eta, z)
         if progress is not None:
             progress(i + 1, len(ts))
-    return prior.from_model_space(x, scale).to(y.device, dtype)
+    return _in_support(operator, prior.from_model_space(x, scale).to(y.device, dtype))
 
 
 def dps_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
@@ -148,7 +156,7 @@ def dps_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
                 x = x_prev - step.reshape(-1, 1, 1, 1) * grad
         if progress is not None:
             progress(i + 1, len(ts))
-    return prior.from_model_space(x.detach(), scale).to(y.device, dtype)
+    return _in_support(operator, prior.from_model_space(x.detach(), scale).to(y.device, dtype))
 
 
 def sample(prior: Prior, operator: LinearOperator, y: torch.Tensor, config=None,
