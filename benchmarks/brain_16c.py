@@ -3,16 +3,19 @@
 Protocol: ../shared/BENCHMARKS.md. Every method estimates its own coil maps from the
 undersampled data (our torch ESPIRiT from the rectangular fully sampled centre); the
 ``cg-sense (bart maps)`` row uses BART's ecalib (``-m1 -c 0.8``) where bart is installed.
-Prints a table (PSNR, SSIM, NMSE means over slices, seconds per slice including the
-coil maps) and writes it as JSON with the project's results model.
+DDS uses the prior given by --prior; with --dps, DPS runs at R = 8 random on the first
+two slices of each data set (minutes per slice on a CPU). Prints a table (PSNR, SSIM,
+NMSE means over slices, seconds per slice including the coil maps) and writes it as JSON
+with the project's results model.
 
-    .venv/bin/python benchmarks/brain_16c.py [--quick] [--out benchmarks/results/brain_16c.json]
+    .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from pathlib import Path
 
 import bart  # benchmarks/bart.py
@@ -38,16 +41,16 @@ def methods():
     }
 
 
-def run_case(case, accel, kind, use_bart):
+def run_case(case, accel, kind, use_bart, prior=None, dps=False):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
     rows = []
 
-    def record(method, x, seconds, maps=None):
+    def record(method, x, seconds, maps=None, nfe=None):
         dc = metrics.dc_residual(Sense(maps, mask), x, ku) if maps is not None else None
         rows.append((method, metrics.psnr(x, ref), metrics.ssim(x, ref), metrics.nmse(x, ref),
-                     dc, seconds))
+                     dc, seconds, nfe))
 
     t0 = time.perf_counter()
     record("zero-filled", classical.zero_filled(ku, mask), time.perf_counter() - t0)
@@ -58,6 +61,15 @@ def run_case(case, accel, kind, use_bart):
         t0 = time.perf_counter()
         x = fn(ku, maps, mask)
         record(name, x, t_maps + time.perf_counter() - t0, maps)
+    if prior is not None:
+        from diffrecon.recon.diffusion.dds import DDSConfig, DPSConfig, sample
+
+        runs = [("dds", DDSConfig())] + ([("dps", DPSConfig())] if dps else [])
+        for name, cfg in runs:
+            before = prior.nfe
+            t0 = time.perf_counter()
+            x = sample(prior, Sense(maps, mask), ku, cfg)
+            record(name, x, t_maps + time.perf_counter() - t0, maps, prior.nfe - before)
     if use_bart:
         bmaps, t_b = bart.ecalib(ku[0].numpy())
         bmaps = torch.from_numpy(bmaps)[None]
@@ -72,7 +84,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="B1-quick (2 volumes x 4 slices)")
     ap.add_argument("--out", default="benchmarks/results/brain_16c.json")
     ap.add_argument("--no-bart", action="store_true")
+    ap.add_argument("--prior", default="brain-t1-axial-128",
+                    help="prior for the DDS rows ('none' to skip them)")
+    ap.add_argument("--dps", action="store_true", help="DPS rows (R = 8 random, 2 slices)")
     args = ap.parse_args()
+    prior = None
+    if args.prior != "none":
+        from diffrecon.recon.diffusion.registry import resolve_prior
+
+        prior = resolve_prior(args.prior)
     use_bart = bart.available() and not args.no_bart
     datasets = {
         "B1-quick" if args.quick else "B1": b1_cases(
@@ -83,16 +103,22 @@ def main() -> None:
     for dataset, cases in datasets.items():
         for accel, kind in SETTINGS:
             acc: dict[str, list] = {}
-            for case in cases:
-                for method, *vals in run_case(case, accel, kind, use_bart):
+            for i, case in enumerate(cases):
+                dps = args.dps and accel == 8 and kind == "random" and i < 2
+                for method, *vals in run_case(case, accel, kind, use_bart, prior, dps):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
-                mean = np.nanmean(v, axis=0) if len(v) else v
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # all-None columns
+                    mean = np.nanmean(v, axis=0)
+                opt = [None if np.isnan(m) else float(m) for m in mean]
                 records.append(ResultRecord(
-                    scan=f"{dataset} ({len(cases)} slices)", method=method,
-                    setting=f"R={accel} {kind}", psnr=mean[0], ssim=mean[1], nmse=mean[2],
-                    dc_residual=None if np.isnan(mean[3]) else mean[3], seconds=mean[4]))
+                    scan=f"{dataset} ({len(vals)} slices)", method=method,
+                    setting=f"R={accel} {kind}", psnr=opt[0], ssim=opt[1], nmse=opt[2],
+                    dc_residual=opt[3], seconds=opt[4],
+                    nfe=None if opt[5] is None else int(opt[5]),
+                    prior=prior.name if method in ("dds", "dps") else None))
             print(f"done {dataset} R={accel} {kind}", flush=True)
     print(f"\nB1/B2 on {hardware_name(torch.device('cpu'))}; seconds per slice incl. coil maps")
     print(format_table(records))
