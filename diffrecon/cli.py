@@ -7,6 +7,8 @@ import os
 import sys
 from pathlib import Path
 
+DEMO_PRIOR = "brain-t1-axial-128"
+
 
 def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -73,11 +75,20 @@ def cmd_demo(args) -> int:
     out = Path(args.out)
     scan = write_demo_scan(out / "input" / "mni152_demo.h5")
     print(f"sample scan (MNI152 T1 template, 12 simulated coils, fully sampled): {scan}")
+    from diffrecon.config import PriorRef
+    from diffrecon.recon.diffusion.registry import list_priors
+
+    shipped = {cfg.name for _, cfg, _ in list_priors() if cfg is not None}
+    methods = ["zero-filled", "cg-sense"]
+    if DEMO_PRIOR in shipped:
+        methods.append("dds")
+        print(f"DDS with the shipped prior {DEMO_PRIOR} (see its card.md for how it was trained)")
     config = ReconConfig(
-        methods=["zero-filled", "cg-sense"],
+        methods=methods,
         mask=MaskSpec(kind="equispaced", accel=4),
         out_dir=str(out),
         device=args.device,
+        diffusion=PriorRef(prior=DEMO_PRIOR),
     )
     return _run_flow([str(scan)], config)
 
