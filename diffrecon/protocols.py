@@ -95,3 +95,47 @@ def b2_case(twix_path: str | Path) -> MRICase:
     acq = read_twix(twix_path)
     k = torch.from_numpy(acq.kspace)
     return MRICase(acq.name, 0, k[0], b2_reference(k)[0])
+
+
+B3_DETECTORS = 183  # the smallest odd count >= 128 sqrt 2
+
+
+@dataclass
+class CTCase:
+    """One B3 slice: the image in CT units x = clip((HU + 1000) / 2000, 0, 1), 128 x 128."""
+
+    volume: str
+    z: int
+    image: torch.Tensor
+
+    def geometry(self, setting: str):
+        """'8', '16', '32' (sparse views over [0, pi)) or 'limited' (0..89 degrees)."""
+        from diffrecon.recon.ct import CTGeometry
+
+        if setting == "limited":
+            angles = np.deg2rad(np.arange(90))
+        else:
+            angles = np.linspace(0, np.pi, int(setting), endpoint=False)
+        return CTGeometry.parallel(angles, B3_DETECTORS, 1.0, (128, 128))
+
+    def sinogram(self, projector) -> torch.Tensor:
+        s = projector.forward(self.image.double()[None])
+        g = rng_for(self.volume, self.z, "noise")
+        sigma = 1e-3 * float(s.abs().max())
+        return s + torch.from_numpy(sigma * g.standard_normal(tuple(s.shape)))
+
+
+def ct_slices(path: str | Path, every: int = 4) -> list[CTCase]:
+    """Axial slices (every ``every``-th) of a CT volume in canonical RAS, padded (with
+    -1000 HU) or centre-cropped to 128 x 128, in CT units."""
+    from diffrecon.io.nifti import load_volume, pad_or_crop, slice_volume
+
+    vol, _ = load_volume(path)
+    hu = slice_volume(vol, "axial")
+    volume = Path(path).name.removesuffix(".gz").removesuffix(".nii")
+    out = []
+    for z in range(0, hu.shape[0], every):
+        s = pad_or_crop(hu[z], 128, fill=-1000.0)
+        x = np.clip((s + 1000.0) / 2000.0, 0, 1).astype(np.float32)
+        out.append(CTCase(volume, z, torch.from_numpy(x)))
+    return out
