@@ -89,6 +89,16 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data, img.affine
 
 
+def reslice(data: np.ndarray, affine: np.ndarray, orientation: str = "axial"):
+    """Any (i, j, k) array with its voxel -> RAS affine, in the BENCHMARKS slice layout:
+    (slices, rows, cols) and the (slice, row, col) -> RAS affine."""
+    import nibabel as nib
+
+    img = nib.as_closest_canonical(nib.Nifti1Image(np.asarray(data), np.asarray(affine)))
+    vol = np.asarray(img.dataobj)
+    return slice_volume(vol, orientation), slices_affine(img.affine, vol.shape, orientation)
+
+
 def read_nifti_slices(path: str | Path, orientation: str = "axial"):
     """(slices, rows, cols) in the BENCHMARKS layout and the (slice, row, col) affine."""
     data, aff = load_volume(path)

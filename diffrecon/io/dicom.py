@@ -1,0 +1,137 @@
+"""DICOM series in (CT in Hounsfield units); one module for DICOM geometry.
+
+A folder's files are grouped by SeriesInstanceUID (a folder holding several series is
+refused unless one is chosen), sorted by ImagePositionPatient projected on the slice
+normal (the cross product of the ImageOrientationPatient directions), and converted to
+HU with RescaleSlope/RescaleIntercept. The affine maps (slice, row, col) indices to RAS
+mm (DICOM's patient coordinates are LPS: x and y change sign). Duplicated or unevenly
+spaced slice positions and missing rescale tags are errors; non-square pixels are kept
+(the affine carries both spacings).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffrecon.io.errors import InvalidScanError
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class CTVolume:
+    """hu: (slices, rows, cols) float32 in HU; affine: (slice, row, col) -> RAS mm."""
+
+    name: str
+    hu: np.ndarray
+    affine: np.ndarray
+    source: str = ""
+    metadata: dict = field(default_factory=dict)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(np.linalg.norm(self.affine[:3, i])) for i in range(3))
+
+
+def _series(folder: Path) -> dict[str, list]:
+    import pydicom
+
+    groups: dict[str, list] = defaultdict(list)
+    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+        try:
+            ds = pydicom.dcmread(str(f), stop_before_pixels=False)
+        except Exception:
+            continue  # not DICOM (a README, a thumbnail): skipped
+        if "PixelData" not in ds:
+            continue
+        groups[str(getattr(ds, "SeriesInstanceUID", ""))].append((f, ds))
+    return groups
+
+
+def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVolume:
+    """Read one DICOM series from a folder into a CTVolume (HU, RAS affine)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InvalidScanError(folder, "not a folder of DICOM files")
+    groups = _series(folder)
+    if not groups:
+        raise InvalidScanError(folder, "no DICOM images in the folder")
+    if series_uid is not None:
+        if series_uid not in groups:
+            raise InvalidScanError(folder, f"no series {series_uid} in the folder")
+        items = groups[series_uid]
+    elif len(groups) > 1:
+        desc = ", ".join(f"...{uid[-8:] or '(no UID)'} ({len(v)} images)"
+                         for uid, v in groups.items())
+        raise InvalidScanError(folder, f"holds {len(groups)} series ({desc}); choose one "
+                                       "with series_uid")
+    else:
+        items = next(iter(groups.values()))
+    first = items[0][1]
+    for tag in ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing"):
+        if tag not in first:
+            raise InvalidScanError(folder, f"missing {tag}: the slice geometry is unknown")
+    iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
+    row_dir, col_dir = iop[:3], iop[3:]  # along a row (columns increase), along a column
+    normal = np.cross(row_dir, col_dir)
+    slices = []
+    for f, ds in items:
+        if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+            raise InvalidScanError(f, "missing RescaleSlope/RescaleIntercept: cannot convert "
+                                      "to Hounsfield units")
+        if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
+            raise InvalidScanError(folder, "images of the series differ in orientation")
+        pos = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
+        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) \
+            + float(ds.RescaleIntercept)
+        slices.append((float(pos @ normal), pos, hu))
+    slices.sort(key=lambda s: s[0])
+    d = np.array([s[0] for s in slices])
+    if len(d) > 1:
+        gaps = np.diff(d)
+        if np.any(gaps < 1e-3):
+            raise InvalidScanError(folder, "duplicated slice positions (two images at the same "
+                                           "place along the slice normal)")
+        if np.max(np.abs(gaps - np.median(gaps))) > 0.01 * np.median(gaps) + 1e-3:
+            raise InvalidScanError(folder, f"non-uniform slice spacing ({gaps.min():.3f} to "
+                                           f"{gaps.max():.3f} mm)")
+        dz = float(np.median(gaps))
+    else:
+        dz = float(getattr(first, "SliceThickness", 1.0) or 1.0)
+    shapes = {s[2].shape for s in slices}
+    if len(shapes) > 1:
+        raise InvalidScanError(folder, f"images of the series differ in size: {sorted(shapes)}")
+    dr, dc = (float(v) for v in first.PixelSpacing)  # row spacing, column spacing
+    lps = np.eye(4)
+    lps[:3, 0] = normal * dz
+    lps[:3, 1] = col_dir * dr
+    lps[:3, 2] = row_dir * dc
+    lps[:3, 3] = slices[0][1]
+    meta = {k: str(first.get(k, "")) for k in ("PatientName", "PatientID", "StudyInstanceUID",
+                                                "SeriesInstanceUID", "SeriesDescription",
+                                                "Modality")}
+    return CTVolume(folder.name, np.stack([s[2] for s in slices]), LPS_TO_RAS @ lps,
+                    str(folder), meta)
+
+
+def read_ct_volume(path: str | Path) -> CTVolume:
+    """A CT volume as axial slices in the BENCHMARKS layout (RAS: rows anterior ->
+    posterior, columns patient left -> right), from a NIfTI file or a DICOM folder."""
+    from diffrecon.io.nifti import read_nifti_slices, reslice
+    from diffrecon.io.records import scan_name
+
+    path = Path(path)
+    if path.is_dir():
+        vol = read_dicom_series(path)
+        # DICOM shows the patient's right on the left: reslice into the RAS axial layout
+        vol.hu, vol.affine = reslice(vol.hu, vol.affine, "axial")
+        vol.hu = np.ascontiguousarray(vol.hu, dtype=np.float32)
+        return vol
+    if path.name.endswith((".nii", ".nii.gz")):
+        hu, aff = read_nifti_slices(path, "axial")
+        return CTVolume(scan_name(path), hu.astype(np.float32), aff, str(path))
+    raise InvalidScanError(path, "not a CT volume: expected a NIfTI file or a DICOM folder")
