@@ -16,16 +16,18 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-def _methods(values: list[str]) -> list[str]:
-    from diffrecon.config import MRI_METHODS
+def _methods(values: list[str], modality: str = "mri") -> list[str]:
+    from diffrecon.config import CT_METHODS, MRI_METHODS
 
+    allowed = CT_METHODS if modality == "ct" else MRI_METHODS
     out: list[str] = []
     for v in values:
         for m in v.split(","):
             m = m.strip()
-            if m not in MRI_METHODS:
+            if m not in allowed:
                 raise argparse.ArgumentTypeError(
-                    f"unknown method {m!r}; choose from {', '.join(MRI_METHODS)}"
+                    f"unknown method {m!r} for {modality.upper()}; choose from "
+                    f"{', '.join(allowed)}"
                 )
             if m not in out:
                 out.append(m)
@@ -54,10 +56,14 @@ def _prior_ref(args):
 
 
 def cmd_run(args) -> int:
-    from diffrecon.config import MaskSpec, ReconConfig
+    from diffrecon.config import CTSpec, MaskSpec, ReconConfig
 
+    if args.method is None:
+        args.method = ["fbp"] if args.modality == "ct" else ["cg-sense"]
     config = ReconConfig(
-        methods=_methods(args.method),
+        modality=args.modality,
+        ct=CTSpec(views=args.views, limited_angle=args.limited_angle),
+        methods=_methods(args.method, args.modality),
         diffusion=_prior_ref(args),
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
         out_dir=str(args.out),
@@ -157,10 +163,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", help="reconstruct a batch of scans")
-    r.add_argument("files", nargs="+", type=Path, help="fastMRI/ISMRMRD .h5 or twix .dat")
+    r.add_argument("files", nargs="+", type=Path,
+                   help="MRI: fastMRI/ISMRMRD .h5 or twix .dat; CT: NIfTI or DICOM folder")
+    r.add_argument("--modality", choices=["mri", "ct"], default="mri")
+    r.add_argument("--views", type=int, default=16, help="CT: views over [0, 180) degrees")
+    r.add_argument("--limited-angle", type=float, default=None,
+                   help="CT: views at 0, 1, ..., DEG-1 degrees instead")
     r.add_argument("--method", action="append", default=None,
-                   help="zero-filled, cg-sense, l1-wavelet, admm-tv, dds, dps "
-                        "(repeat or comma-separate; default cg-sense)")
+                   help="MRI: zero-filled, cg-sense, l1-wavelet, admm-tv, dds, dps; CT: fbp, "
+                        "cg-ls, admm-tv (repeat or comma-separate; default cg-sense / fbp)")
     r.add_argument("--accel", type=float, default=4.0, help="acceleration R (fully sampled input)")
     r.add_argument("--mask", default="equispaced",
                    choices=["equispaced", "random", "gaussian", "poisson"])
@@ -235,8 +246,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if getattr(args, "method", "x") is None:
-        args.method = ["cg-sense"]
     _quiet_prefect(args.verbose)
     try:
         return args.func(args)

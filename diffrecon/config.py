@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps")
 NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps"}
 NEEDS_PRIOR = {"dds", "dps"}
-Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps"]
+CT_METHODS = ("fbp", "cg-ls", "admm-tv")
+Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", "fbp",
+                 "cg-ls"]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -42,11 +44,33 @@ class PriorRef(BaseModel):
     seed: int = 0
 
 
+class CTSpec(BaseModel):
+    """Retrospective CT simulation from a volume (parallel beam, B3-style) and solvers."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    views: int = Field(16, ge=1, description="views evenly over [0, 180) degrees")
+    limited_angle: float | None = Field(
+        None, gt=0, le=180, description="views at 0, 1, ..., DEG-1 degrees instead")
+    noise: float = Field(1e-3, ge=0, description="Gaussian sigma relative to max |sinogram|")
+    fbp_filter: Literal["ram-lak", "shepp-logan", "hann"] = "ram-lak"
+    cg_iters: int = Field(30, ge=1)
+    tv_lam: float = Field(1.0, ge=0, description="ADMM-TV weight (CT units), tuned on the "
+                          "CT training volumes")
+
+    def setting(self) -> str:
+        if self.limited_angle:
+            return f"limited 0-{self.limited_angle:g} deg"
+        return f"{self.views} views"
+
+
 class ReconConfig(BaseModel):
     """What to reconstruct and how; one config for a whole batch."""
 
     model_config = ConfigDict(extra="forbid")
 
+    modality: Literal["mri", "ct"] = "mri"
+    ct: CTSpec = Field(default_factory=CTSpec)
     methods: list[Method] = Field(
         default_factory=lambda: ["cg-sense"], min_length=1,
         description="methods to run on each scan",
@@ -67,6 +91,15 @@ class ReconConfig(BaseModel):
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
+
+    @model_validator(mode="after")
+    def _methods_fit_modality(self) -> ReconConfig:
+        allowed = CT_METHODS if self.modality == "ct" else MRI_METHODS
+        wrong = [m for m in self.methods if m not in allowed]
+        if wrong:
+            raise ValueError(f"method(s) {', '.join(wrong)} not available for "
+                             f"{self.modality.upper()}; choose from {', '.join(allowed)}")
+        return self
 
     @property
     def store_root(self) -> str:

@@ -117,3 +117,39 @@ def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, 
     (rec,) = reconstruct_scans([str(wrong)], bad)
     assert rec.state == "failed"
     assert "does not fit this scan (MRI, 96 x 96)" in rec.error
+
+
+def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):
+    import nibabel as nib
+
+    from diffrecon.config import CTSpec
+    from diffrecon.flows.reconstruct import reconstruct_scans
+    from tests.io.test_dicom import write_series
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 32), np.linspace(-1, 1, 32), indexing="ij")
+    body = np.where(yy**2 + xx**2 < 0.6, 40.0, -1000.0)
+    body[12:16, 10:20] = 700.0  # bone
+    vol = np.repeat(body[:, :, None], 3, axis=2).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), str(tmp_path / "phantom.nii.gz"))
+    write_series(tmp_path / "dicom", n=3)
+    config = ReconConfig(modality="ct", methods=["fbp", "admm-tv"], out_dir=str(tmp_path / "o"),
+                         ct=CTSpec(views=24))
+    recs = reconstruct_scans([str(tmp_path / "phantom.nii.gz"), str(tmp_path / "dicom"),
+                              str(tmp_path / "missing.nii.gz")], config)
+    by = {(r.scan, r.method): r for r in recs}
+    fbp_, tv = by[("phantom", "fbp")], by[("phantom", "admm-tv")]
+    assert fbp_.state == tv.state == "done" and fbp_.setting == "24 views"
+    assert tv.psnr > fbp_.psnr
+    out = nib.load(tv.output)
+    assert out.shape == vol.shape
+    np.testing.assert_allclose(out.affine, np.diag([1.5, 1.5, 3.0, 1]), atol=1e-6)
+    hu = out.get_fdata()
+    assert abs(np.median(hu[hu < -500]) + 1000) < 100 and hu.max() > 300  # air and bone in HU
+    assert by[("dicom", "fbp")].state == "done"
+    assert by[("missing", "fbp")].state == "failed"
+    assert "missing.nii.gz: file does not exist" in by[("missing", "fbp")].error
+
+
+def test_methods_must_fit_the_modality():
+    with pytest.raises(ValueError, match="method\\(s\\) cg-sense not available for CT"):
+        ReconConfig(modality="ct", methods=["cg-sense"])

@@ -1,0 +1,115 @@
+"""Prefect tasks of the CT path: volume in, simulated sinogram, FBP / CG-LS / ADMM-TV, NIfTI
+in HU out. Tasks exchange small references; arrays live in the artifact store."""
+
+from __future__ import annotations
+
+import time
+import zlib
+
+import numpy as np
+import torch
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
+
+from diffrecon.config import CTSpec
+from diffrecon.tasks.mri import resolve_device, retry_transient
+from diffrecon.tasks.store import ArrayRef, ArtifactStore
+
+
+class CTMeasurement(BaseModel):
+    name: str
+    sinogram: ArrayRef
+    reference: ArrayRef | None
+    affine: list[list[float]]
+    angles: list[float]
+    n_det: int
+    image_shape: tuple[int, int]
+    setting: str
+
+
+def geometry_of(meas: CTMeasurement):
+    from diffrecon.recon.ct import CTGeometry
+
+    return CTGeometry.parallel(np.asarray(meas.angles), meas.n_det, 1.0, meas.image_shape)
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      task_run_name="ct-prepare-{path}")
+def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
+    """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
+    (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
+    from diffrecon.io.dicom import read_ct_volume
+    from diffrecon.recon.ct import CTGeometry, CTProjector
+
+    vol = read_ct_volume(path)
+    x = np.clip((vol.hu + 1000.0) / 2000.0, 0, 1).astype(np.float64)
+    h, w = x.shape[-2:]
+    n_det = int(np.ceil(np.hypot(h, w))) | 1
+    if spec.limited_angle:
+        angles = np.deg2rad(np.arange(int(spec.limited_angle)))
+    else:
+        angles = np.linspace(0, np.pi, spec.views, endpoint=False)
+    op = CTProjector(CTGeometry.parallel(angles, n_det, 1.0, (h, w)))
+    sino = op.forward(torch.from_numpy(x))
+    rng = np.random.default_rng(zlib.crc32(f"{vol.name}/noise".encode()))
+    sigma = spec.noise * float(sino.abs().max())
+    sino = sino + torch.from_numpy(sigma * rng.standard_normal(tuple(sino.shape)))
+    store = ArtifactStore(store_root)
+    return CTMeasurement(name=vol.name, sinogram=store.put(sino.numpy().astype(np.float32)),
+                         reference=store.put(x.astype(np.float32)), affine=vol.affine.tolist(),
+                         angles=angles.tolist(), n_det=n_det, image_shape=(h, w),
+                         setting=spec.setting())
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
+      task_run_name="{method}-{meas.name}")
+def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: str,
+                   device: str) -> tuple[ArrayRef, float]:
+    from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
+
+    store = ArtifactStore(store_root)
+    dev = resolve_device(device)
+    y = torch.from_numpy(store.get(meas.sinogram)).to(dev, torch.float64)
+    op = CTProjector(geometry_of(meas))
+    t0 = time.perf_counter()
+    if method == "fbp":
+        x = fbp(y, op, spec.fbp_filter)
+    elif method == "cg-ls":
+        x = cg_ls(y, op, iters=spec.cg_iters)
+    elif method == "admm-tv":
+        x = tv_ct(y, op, lam=spec.tv_lam)
+    else:
+        raise ValueError(f"unknown CT method {method!r}")
+    return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0
+
+
+@task(cache_policy=NO_CACHE, task_run_name="ct-qa-{meas.name}")
+def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
+    """PSNR/SSIM with data range 1 in CT units (BENCHMARKS.md), NMSE, DC residual."""
+    from diffrecon.recon import metrics
+    from diffrecon.recon.ct import CTProjector
+
+    store = ArtifactStore(store_root)
+    x = store.get(image)
+    ref = store.get(meas.reference)
+    y = torch.from_numpy(store.get(meas.sinogram)).double()
+    dc = metrics.dc_residual(CTProjector(geometry_of(meas)), torch.from_numpy(x).double(), y)
+    return {"psnr": metrics.psnr(x, ref, 1.0), "ssim": metrics.ssim(x, ref, 1.0),
+            "nmse": metrics.nmse(x, ref), "dc_residual": dc}
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_transient, task_run_name="ct-export-{method}-{meas.name}")
+def export_ct(meas: CTMeasurement, image: ArrayRef, method: str, out_dir: str,
+              store_root: str) -> str:
+    """NIfTI in Hounsfield units with the volume's affine."""
+    from pathlib import Path
+
+    from diffrecon.io.nifti import write_nifti
+
+    x = ArtifactStore(store_root).get(image)
+    hu = x * 2000.0 - 1000.0
+    path = Path(out_dir) / f"{meas.name}_{method}.nii.gz"
+    write_nifti(path, hu.astype(np.float32), np.asarray(meas.affine))
+    return str(path)
