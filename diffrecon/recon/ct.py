@@ -247,16 +247,20 @@ def cg_ls(sinogram: torch.Tensor, projector: CTProjector, lam: float = 0.0, iter
 
 
 def tv_ct(sinogram: torch.Tensor, projector: CTProjector, lam: float = 1.0,
-          iters: int = 40, cg_iters: int = 5, rho: float | None = 10.0) -> torch.Tensor:
-    """ADMM-TV for CT: min 0.5 ||A x - y||^2 + lam TV(x), TV isotropic in-plane, per slice.
+          iters: int = 40, cg_iters: int = 5, rho: float | None = 10.0,
+          along_z: bool = False) -> torch.Tensor:
+    """ADMM-TV for CT: min 0.5 ||A x - y||^2 + lam TV(x), TV isotropic in-plane per slice,
+    or, with ``along_z``, over (z, rows, cols) of the slice stack (one problem per volume,
+    so neighbouring slices regularise each other).
 
     Started from 10 CG-LS iterations (A^T y itself is far off the image's scale).
     """
     from diffrecon.recon.solvers import admm_tv
 
     x0 = cg_ls(sinogram, projector, iters=10)
-    return admm_tv(projector.normal, projector.adjoint(sinogram), lam, dims=(-2, -1), rho=rho,
-                   iters=iters, cg_iters=cg_iters, periodic=False, x0=x0)
+    dims, batch = ((-3, -2, -1), 0) if along_z else ((-2, -1), 1)
+    return admm_tv(projector.normal, projector.adjoint(sinogram), lam, dims=dims, rho=rho,
+                   iters=iters, cg_iters=cg_iters, periodic=False, x0=x0, batch_dims=batch)
 
 
 def fbp(sinogram: torch.Tensor, projector: CTProjector, window: str = "ram-lak"
