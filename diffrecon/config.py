@@ -57,6 +57,7 @@ class CTSpec(BaseModel):
     cg_iters: int = Field(30, ge=1)
     tv_lam: float = Field(1.0, ge=0, description="ADMM-TV weight (CT units), tuned on the "
                           "CT training volumes")
+    tv_along_z: bool = Field(False, description="ADMM-TV over (z, rows, cols) of the volume")
 
     def setting(self) -> str:
         if self.limited_angle:

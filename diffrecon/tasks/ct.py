@@ -78,7 +78,7 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     elif method == "cg-ls":
         x = cg_ls(y, op, iters=spec.cg_iters)
     elif method == "admm-tv":
-        x = tv_ct(y, op, lam=spec.tv_lam)
+        x = tv_ct(y, op, lam=spec.tv_lam, along_z=spec.tv_along_z)
     else:
         raise ValueError(f"unknown CT method {method!r}")
     return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0
