@@ -12,22 +12,25 @@ from diffrecon.config import NEEDS_COIL_MAPS, ReconConfig
 from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
+from diffrecon.tasks.caching import cached
 
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     """All methods of the config on one scan; a failure becomes a 'failed' record."""
     name = scan_name(path)
     store = config.store_root
+    load, prepare, coil_maps, reconstruct, quality = cached(
+        (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps, mri.reconstruct,
+         mri.quality), store)
     records: list[ResultRecord] = []
     try:
-        scan = mri.load_scan(path, store)
-        meas = mri.prepare_measurement(scan, config.mask, store, config.device,
-                                       config.coil_compression)
+        scan = load(path, store)
+        meas = prepare(scan, config.mask, store, config.device, config.coil_compression)
         maps = None
         maps_seconds = 0.0
         if NEEDS_COIL_MAPS.intersection(config.methods):
             t0 = time.perf_counter()
-            maps = mri.estimate_coil_maps(meas, store, config.coil_method, config.device)
+            maps = coil_maps(meas, store, config.coil_method, config.device)
             maps_seconds = time.perf_counter() - t0
     except Exception as exc:  # the scan cannot be used: every method fails with its reason
         get_run_logger().error("scan %s failed: %s", name, exc)
@@ -37,8 +40,8 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
         ]
     for method in config.methods:
         try:
-            out = mri.reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
-            qa = mri.quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
+            out = reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
+            qa = quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
             nifti = mri.export_nifti(meas, out, config.out_dir, store)
             seconds = out.seconds + (maps_seconds if method in NEEDS_COIL_MAPS else 0.0)
             records.append(

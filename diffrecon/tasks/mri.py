@@ -12,6 +12,7 @@ from pydantic import BaseModel
 
 from diffrecon.config import MaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
+from diffrecon.tasks.caching import content_key
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -118,8 +119,8 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
     return torch.from_numpy(store.get(ref)).to(device)
 
 
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient, task_run_name="load-{path}")
+@task(cache_policy=content_key("load", "path", "store_root"), retries=2,
+      retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient, task_run_name="load-{path}")
 def load_scan(path: str, store_root: str) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
     from diffrecon.io import load_scan as read
@@ -152,8 +153,8 @@ def mask_seed(name: str, spec: MaskSpec) -> int:
     return benchmark_seed(name, 0, f"{accel}/{spec.kind}")
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
-      task_run_name="prepare-{scan.name}")
+@task(cache_policy=content_key("prepare", "scan", "spec", "n_virtual"), retries=1,
+      retry_condition_fn=retry_transient, task_run_name="prepare-{scan.name}")
 def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str,
                         n_virtual: int | None = None) -> Measurement:
     """Undersample a fully sampled scan retrospectively and make its reference.
@@ -202,8 +203,8 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     )
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
-      task_run_name="coil-maps-{meas.name}")
+@task(cache_policy=content_key("coil-maps", "meas", "method"), retries=1,
+      retry_condition_fn=retry_transient, task_run_name="coil-maps-{meas.name}")
 def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: str) -> ArrayRef:
     """ESPIRiT maps from the sampled data's fully sampled centre."""
     from diffrecon.recon.coils import estimate_coil_maps as espirit
@@ -214,8 +215,28 @@ def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: 
     return store.put(maps.cpu().numpy())
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
-      task_run_name="{method}-{meas.name}")
+def method_settings(parameters: dict) -> dict:
+    """What a method's result depends on besides its inputs (and the prior's digest)."""
+    method, config = parameters["method"], parameters["config"]
+    out: dict = {"device": resolve_device(config.device).type}
+    if method == "cg-sense":
+        out.update(lam=config.lam, cg_iters=config.cg_iters)
+    elif method == "l1-wavelet":
+        out.update(lam=config.l1_lam)
+    elif method == "admm-tv":
+        out.update(lam=config.tv_lam)
+    elif method in ("dds", "dps"):
+        from diffrecon.recon.diffusion.checkpoint import folder_digest
+        from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+        out.update(diffusion=config.diffusion.model_dump(),
+                   prior_digest=folder_digest(resolve_prior_path(config.diffusion.prior)))
+    return out
+
+
+@task(cache_policy=content_key("reconstruct", "meas", "maps", "method", derive=method_settings),
+      retries=1, retry_condition_fn=retry_transient, task_run_name="{method}-{meas.name}",
+      tags=["gpu"])
 def reconstruct(
     meas: Measurement, maps: ArrayRef | None, method: str, config: ReconConfig
 ) -> ReconOutput:
@@ -251,7 +272,8 @@ def reconstruct(
                        seconds=seconds, nfe=nfe, prior=prior_name)
 
 
-@task(cache_policy=NO_CACHE, task_run_name="qa-{out.method}-{meas.name}")
+@task(cache_policy=content_key("qa", "meas", "out", "maps"),
+      task_run_name="qa-{out.method}-{meas.name}")
 def quality(meas: Measurement, out: ReconOutput, maps: ArrayRef | None, store_root: str) -> dict:
     """PSNR/SSIM/NMSE against the reference (None without one) and the DC residual."""
     from diffrecon.recon import metrics

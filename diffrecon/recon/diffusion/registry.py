@@ -63,15 +63,20 @@ def list_priors(root: str | Path | None = None) -> list[tuple[Path, PriorConfig 
     return out
 
 
-def resolve_prior(name_or_path: str | Path, device="cpu", autocast: bool = True) -> Prior:
-    """A prior from a folder path, or by name from the package's priors directory."""
+def resolve_prior_path(name_or_path: str | Path) -> Path:
+    """A checkpoint folder from a path, or by name from the package's priors directory."""
     p = Path(name_or_path)
     if not p.exists() and (PRIORS_DIR / str(name_or_path)).is_dir():
         p = PRIORS_DIR / str(name_or_path)
     if not p.exists():
         known = ", ".join(d.name for d, *_ in list_priors()) or "none shipped yet"
         raise PriorLoadError(p, f"no such folder or shipped prior (shipped: {known})")
-    return load_prior(p, device=device, autocast=autocast)
+    return p
+
+
+def resolve_prior(name_or_path: str | Path, device="cpu", autocast: bool = True) -> Prior:
+    """A prior from a folder path, or by name from the package's priors directory."""
+    return load_prior(resolve_prior_path(name_or_path), device=device, autocast=autocast)
 
 
 def import_adm_checkpoint(pt_path: str | Path, out: str | Path, adm_config: dict, name: str,

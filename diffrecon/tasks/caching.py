@@ -1,0 +1,118 @@
+"""Content-keyed caching: cache keys from input digests, the relevant configuration, the
+prior's digest and the code version; results persisted as small JSON references.
+
+Never Prefect's default hashing of task inputs (it would pickle and hash whole arrays):
+every cached task gets a cache policy built here (:func:`content_key`), and its result
+(a pydantic reference to arrays in the artifact store) is stored as JSON beside the
+artifact store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import BaseModel
+
+
+@lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus a hash of every diffrecon source file: a changed commit never
+    reuses results computed by other code."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        ver = version("diffrecon")
+    except PackageNotFoundError:  # pragma: no cover - running from a bare checkout
+        ver = "0"
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return f"{ver}+{h.hexdigest()[:16]}"
+
+
+def path_digest(path: str | Path) -> str:
+    """sha256 of a file's bytes, or of a folder's file names and bytes (a DICOM series)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _jsonable(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    return value
+
+
+def make_key(task_name: str, *parts) -> str:
+    """One key from a task's name, the code version and the given parts."""
+    payload = json.dumps([task_name, code_version(), *[_jsonable(p) for p in parts]],
+                         sort_keys=True, default=str)
+    return f"{task_name}-{hashlib.sha256(payload.encode()).hexdigest()}"
+
+
+def key_fn(task_name: str, *names: str, derive=None):
+    """A Prefect ``cache_key_fn`` keyed on the named parameters (string paths by their
+    content) plus whatever ``derive(parameters)`` adds (e.g. the relevant config)."""
+
+    def fn(context, parameters) -> str | None:
+        parts = []
+        for n in names:
+            v = parameters.get(n)
+            if n == "path" and isinstance(v, str):
+                if not Path(v).exists():
+                    return None  # nothing to key on: run (and fail with the reader's message)
+                v = {"path": v, "digest": path_digest(v)}
+            parts.append(v)
+        if derive is not None:
+            parts.append(derive(parameters))
+        return make_key(task_name, *parts)
+
+    return fn
+
+
+def content_key(task_name: str, *names: str, derive=None):
+    """The cache policy of a cached task: :func:`key_fn` as a Prefect cache policy."""
+    from prefect.cache_policies import CachePolicy
+
+    return CachePolicy.from_cache_key_fn(key_fn(task_name, *names, derive=derive))
+
+
+def result_storage(store_root: str):
+    """Where cached results (small JSON references) live: beside the artifact store.
+
+    Prefect wants result storage saved as a block; it is saved under a name derived from
+    the location, so every flow run on the same store finds the same results.
+    """
+    import fsspec
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
+
+    base = f"{store_root.rstrip('/')}/task-results"
+    fs, _ = fsspec.core.url_to_fs(base)
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    if "file" in protocols or "local" in protocols:
+        Path(base).mkdir(parents=True, exist_ok=True)
+        base = str(Path(base).resolve())
+        block = LocalFileSystem(basepath=base)
+    else:
+        block = RemoteFileSystem(basepath=base)
+    name = "diffrecon-results-" + hashlib.sha256(base.encode()).hexdigest()[:16]
+    block.save(name, overwrite=True)
+    return block
+
+
+def cached(tasks, store_root: str):
+    """The tasks with persisted JSON results in this store (their cache_key_fn decides reuse)."""
+    storage = result_storage(store_root)
+    return [t.with_options(persist_result=True, result_storage=storage,
+                           result_serializer="json") for t in tasks]
