@@ -74,6 +74,20 @@ def cmd_run(args) -> int:
     return _run_flow([str(p) for p in args.files], config)
 
 
+def cmd_inbox(args) -> int:
+    from diffrecon.config import MaskSpec, ReconConfig
+    from diffrecon.flows.inbox import process_inbox
+
+    config = ReconConfig(methods=_methods(args.method or ["cg-sense"]),
+                         mask=MaskSpec(kind=args.mask, accel=args.accel), device=args.device)
+    summary = process_inbox(args.inbox, args.out, config, force=args.force,
+                            max_attempts=args.max_attempts, settle_seconds=args.settle)
+    for s in summary:
+        print(f"{s['scan']:32s} {s['state']:12s} {s.get('reason') or ''}")
+    print(f"{len(summary)} scan(s) processed; ledger: {Path(args.out) / 'ledger.sqlite'}")
+    return 0 if all(s["state"] != "failed" for s in summary) else 1
+
+
 def cmd_demo(args) -> int:
     from diffrecon.config import MaskSpec, ReconConfig
     from diffrecon.sample import write_demo_scan
@@ -193,6 +207,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dps-step-size", type=float, default=1.0)
     r.add_argument("--sampler-seed", type=int, default=0)
     r.set_defaults(func=cmd_run)
+
+    ib = sub.add_parser("inbox", help="reconstruct every new scan of an inbox (the nightly run)")
+    ib.add_argument("inbox")
+    ib.add_argument("--out", required=True, help="outbox (outputs and ledger.sqlite)")
+    ib.add_argument("--method", action="append", default=None)
+    ib.add_argument("--accel", type=float, default=4.0)
+    ib.add_argument("--mask", default="equispaced",
+                    choices=["equispaced", "random", "gaussian", "poisson"])
+    ib.add_argument("--force", action="store_true", help="reprocess scans already done")
+    ib.add_argument("--max-attempts", type=int, default=3)
+    ib.add_argument("--settle", type=float, default=30.0,
+                    help="seconds without change before a scan counts as complete")
+    ib.add_argument("--device", default="auto")
+    ib.set_defaults(func=cmd_inbox)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")
     d.add_argument("--out", type=Path, default=Path("demo_output"))

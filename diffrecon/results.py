@@ -20,7 +20,7 @@ class ResultRecord(BaseModel):
     dc_residual: float | None = None
     seconds: float | None = None
     nfe: int | None = None
-    state: str = "done"
+    state: str = "done"  # done | failed (may succeed on a retry) | invalid (bad input)
     error: str | None = None
     output: str | None = None
 

@@ -9,6 +9,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
 from diffrecon.config import NEEDS_COIL_MAPS, ReconConfig
+from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
@@ -34,8 +35,9 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
             maps_seconds = time.perf_counter() - t0
     except Exception as exc:  # the scan cannot be used: every method fails with its reason
         get_run_logger().error("scan %s failed: %s", name, exc)
+        state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
         return [
-            ResultRecord(scan=name, method=m, state="failed", error=str(exc))
+            ResultRecord(scan=name, method=m, state=state, error=str(exc))
             for m in config.methods
         ]
     for method in config.methods:
@@ -67,7 +69,8 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
         meas = ct.prepare_ct(path, config.ct, store)
     except Exception as exc:
         get_run_logger().error("CT volume %s failed: %s", name, exc)
-        return [ResultRecord(scan=name, modality="ct", method=m, state="failed", error=str(exc))
+        state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
+        return [ResultRecord(scan=name, modality="ct", method=m, state=state, error=str(exc))
                 for m in config.methods]
     records = []
     for method in config.methods:

@@ -41,7 +41,7 @@ def test_batch_with_one_corrupt_file_completes_the_others(prefect_harness, batch
         assert cg.setting == "R=2 equispaced"
     for method in ("zero-filled", "cg-sense"):
         r = by[("corrupt", method)]
-        assert r.state == "failed"
+        assert r.state == "invalid"  # bad input: not worth a retry
         assert r.error.startswith("corrupt.h5: truncated or corrupt HDF5 file")
     saved = read_results(out / "results.json")
     assert saved == records
@@ -146,7 +146,7 @@ def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):
     hu = out.get_fdata()
     assert abs(np.median(hu[hu < -500]) + 1000) < 100 and hu.max() > 300  # air and bone in HU
     assert by[("dicom", "fbp")].state == "done"
-    assert by[("missing", "fbp")].state == "failed"
+    assert by[("missing", "fbp")].state == "invalid"
     assert "missing.nii.gz: file does not exist" in by[("missing", "fbp")].error
 
 
