@@ -135,3 +135,139 @@ def read_ct_volume(path: str | Path) -> CTVolume:
         hu, aff = read_nifti_slices(path, "axial")
         return CTVolume(scan_name(path), hu.astype(np.float32), aff, str(path))
     raise InvalidScanError(path, "not a CT volume: expected a NIfTI file or a DICOM folder")
+
+
+def _ds(v: float) -> str:
+    """A decimal string within DICOM's 16 characters (about 10 significant digits)."""
+    for digits in range(10, 3, -1):
+        text = f"{float(v):.{digits}g}"
+        if len(text) <= 16:
+            return text
+    return f"{float(v):.3e}"
+
+
+def _uid() -> str:
+    from pydicom.uid import generate_uid
+
+    return generate_uid()
+
+
+DEIDENTIFIED = {"PatientName": "ANONYMOUS", "PatientBirthDate": "", "PatientSex": "",
+                "PatientAddress": "", "OtherPatientIDs": "", "ReferringPhysicianName": "",
+                "InstitutionName": "", "AccessionNumber": ""}
+
+
+def write_dicom_series(
+    folder: str | Path,
+    image: np.ndarray,
+    affine: np.ndarray,
+    modality: str,
+    series_description: str,
+    source: dict | None = None,
+    deidentify: bool = False,
+    derivation: str = "reconstructed by diffrecon",
+    window: tuple[float, float] | None = None,
+) -> list[Path]:
+    """Write (slices, rows, cols) images as a DICOM series, one file per slice.
+
+    CT: HU as int16 with RescaleSlope 1 / RescaleIntercept 0 (CT Image Storage). MR:
+    magnitude scaled to 0..4095 (MR Image Storage). ``affine`` maps (slice, row, col) to RAS
+    mm; positions and orientation are written in DICOM's LPS. Study and patient attributes
+    come from ``source`` (a dict of DICOM keywords, e.g. from the input's metadata) unless
+    ``deidentify`` replaces the identifiers (patient ID by a one-way hash). One window
+    centre/width for the whole series (from the data unless given). Files are written
+    under temporary names and renamed.
+    """
+    import hashlib
+
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    modality = modality.upper()
+    if modality not in ("CT", "MR"):
+        raise ValueError(f"modality must be CT or MR, got {modality!r}")
+    img = np.abs(image) if np.iscomplexobj(image) else np.asarray(image, dtype=np.float64)
+    if modality == "CT":
+        pixels = np.clip(np.round(img), -32768, 32767).astype(np.int16)
+        sop_class = CTImageStorage
+    else:
+        peak = float(img.max()) or 1.0
+        pixels = np.round(img / peak * 4095).astype(np.uint16)
+        sop_class = MRImageStorage
+    if window is None:
+        lo, hi = np.percentile(pixels, [1, 99.5])
+        window = ((lo + hi) / 2, max(hi - lo, 1.0))
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # the same flip both ways
+    dz, dr, dc = (float(np.linalg.norm(lps[:3, i])) for i in range(3))
+    col_dir, row_dir = lps[:3, 1] / dr, lps[:3, 2] / dc
+    src = dict(source or {})
+    study_uid = src.get("StudyInstanceUID") or _uid()
+    series_uid, frame_uid = _uid(), src.get("FrameOfReferenceUID") or _uid()
+    patient = {"PatientName": src.get("PatientName", ""), "PatientID": src.get("PatientID", "")}
+    if deidentify:
+        patient = {**{k: v for k, v in DEIDENTIFIED.items()},
+                   "PatientID": hashlib.sha256(str(patient["PatientID"]).encode())
+                   .hexdigest()[:16]}
+    paths = []
+    for s in range(pixels.shape[0]):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = _uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = sop_class
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = modality
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.FrameOfReferenceUID = frame_uid
+        ds.StudyID = str(src.get("StudyID", "1"))[:16]
+        ds.SeriesNumber = int(src.get("SeriesNumber", 900))
+        ds.InstanceNumber = s + 1
+        for k, v in patient.items():
+            setattr(ds, k, v)
+        if not deidentify:
+            for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                      "AccessionNumber", "StudyDescription"):
+                if k in src:
+                    setattr(ds, k, src[k])
+        for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+                  "ReferringPhysicianName", "PositionReferenceIndicator", "Laterality",
+                  "AcquisitionNumber"):
+            if k not in ds:
+                setattr(ds, k, "")  # type 2: present, may be empty
+        ds.PatientPosition = str(src.get("PatientPosition", "HFS"))
+        ds.Manufacturer = "diffrecon"
+        if modality == "CT":
+            ds.KVP = ""
+        else:
+            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
+            ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime = "2D", "", ""
+            ds.EchoTrainLength, ds.ImagingFrequency, ds.MagneticFieldStrength = "", "", ""
+            ds.EchoNumbers, ds.NumberOfAverages, ds.SliceThickness = "", "", ""
+        ds.SeriesDescription = series_description[:64]
+        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
+        ds.DerivationDescription = derivation[:1024]
+        ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+        ds.ImagePositionPatient = [_ds(v) for v in lps[:3] @ np.array([s, 0, 0, 1.0])]
+        ds.PixelSpacing = [_ds(dr), _ds(dc)]
+        ds.SliceThickness = _ds(dz)
+        ds.SpacingBetweenSlices = _ds(dz)
+        ds.Rows, ds.Columns = pixels.shape[1:]
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+        ds.PixelRepresentation = 1 if modality == "CT" else 0
+        if modality == "CT":
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
+        ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
+        ds.PixelData = np.ascontiguousarray(pixels[s]).tobytes()
+        path = folder / f"{s + 1:04d}.dcm"
+        tmp = path.with_name(path.name + ".tmp")
+        ds.save_as(str(tmp), enforce_file_format=True)
+        tmp.replace(path)
+        paths.append(path)
+    return paths
