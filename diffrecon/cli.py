@@ -70,6 +70,8 @@ def cmd_run(args) -> int:
         store=args.store,
         device=args.device,
         coil_compression=args.coils,
+        outputs=[o.strip() for o in args.outputs.split(",")],
+        deidentify=args.deidentify,
     )
     return _run_flow([str(p) for p in args.files], config)
 
@@ -196,6 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--coils", type=int, default=None,
                    help="compress to this many virtual coils (SVD) before the coil maps")
+    r.add_argument("--outputs", default="nifti",
+                   help="comma list of nifti, dicom, png (default nifti)")
+    r.add_argument("--deidentify", action="store_true",
+                   help="DICOM outputs: replace patient identifiers (basic profile)")
     r.add_argument("--prior", default="brain-t1-axial-128",
                    help="dds/dps: a shipped prior's name or a checkpoint folder")
     r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")

@@ -89,6 +89,9 @@ class ReconConfig(BaseModel):
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
     diffusion: PriorRef = Field(default_factory=PriorRef)
+    outputs: list[Literal["nifti", "dicom", "png"]] = Field(
+        default_factory=lambda: ["nifti"], description="what to write for each reconstruction")
+    deidentify: bool = Field(False, description="DICOM outputs: replace patient identifiers")
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")

@@ -14,6 +14,13 @@ from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached
+from diffrecon.tasks.export import export
+
+
+def _description(method: str, prior: str | None, setting: str) -> str:
+    """SeriesDescription: the method, its prior and the sampling ("DDS brain-..., R=8")."""
+    return " ".join(p for p in (method.upper() if len(method) <= 4 else method, prior) if p) \
+        + f", {setting}"
 
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
@@ -44,11 +51,14 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
         try:
             out = reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
             qa = quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
-            nifti = mri.export_nifti(meas, out, config.out_dir, store)
+            files = export(name, method, out.image, meas.affine, "mri", config.outputs,
+                           config.out_dir, store, _description(method, out.prior, meas.setting),
+                           config.deidentify)
             seconds = out.seconds + (maps_seconds if method in NEEDS_COIL_MAPS else 0.0)
             records.append(
                 ResultRecord(scan=name, method=method, setting=meas.setting, seconds=seconds,
-                             output=nifti, nfe=out.nfe, prior=out.prior, **qa)
+                             output=files[0] if files else None, nfe=out.nfe, prior=out.prior,
+                             **qa)
             )
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
@@ -77,10 +87,12 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
         try:
             image, seconds = ct.reconstruct_ct(meas, method, config.ct, store, config.device)
             qa = ct.quality_ct(meas, image, store)
-            nifti = ct.export_ct(meas, image, method, config.out_dir, store)
+            files = export(meas.name, method, image, meas.affine, "ct", config.outputs,
+                           config.out_dir, store, _description(method, None, meas.setting),
+                           config.deidentify)
             records.append(ResultRecord(scan=meas.name, modality="ct", method=method,
-                                        setting=meas.setting, seconds=seconds, output=nifti,
-                                        **qa))
+                                        setting=meas.setting, seconds=seconds,
+                                        output=files[0] if files else None, **qa))
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
             records.append(ResultRecord(scan=name, modality="ct", method=method,

@@ -97,19 +97,3 @@ def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
     dc = metrics.dc_residual(CTProjector(geometry_of(meas)), torch.from_numpy(x).double(), y)
     return {"psnr": metrics.psnr(x, ref, 1.0), "ssim": metrics.ssim(x, ref, 1.0),
             "nmse": metrics.nmse(x, ref), "dc_residual": dc}
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient, task_run_name="ct-export-{method}-{meas.name}")
-def export_ct(meas: CTMeasurement, image: ArrayRef, method: str, out_dir: str,
-              store_root: str) -> str:
-    """NIfTI in Hounsfield units with the volume's affine."""
-    from pathlib import Path
-
-    from diffrecon.io.nifti import write_nifti
-
-    x = ArtifactStore(store_root).get(image)
-    hu = x * 2000.0 - 1000.0
-    path = Path(out_dir) / f"{meas.name}_{method}.nii.gz"
-    write_nifti(path, hu.astype(np.float32), np.asarray(meas.affine))
-    return str(path)

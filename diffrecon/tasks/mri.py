@@ -7,7 +7,6 @@ import time
 import numpy as np
 import torch
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from diffrecon.config import MaskSpec, ReconConfig
@@ -291,17 +290,3 @@ def quality(meas: Measurement, out: ReconOutput, maps: ArrayRef | None, store_ro
             op, torch.from_numpy(x), torch.from_numpy(store.get(meas.kspace))
         )
     return qa
-
-
-@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient, task_run_name="export-{out.method}-{meas.name}")
-def export_nifti(meas: Measurement, out: ReconOutput, out_dir: str, store_root: str) -> str:
-    """Write the magnitude image as NIfTI with the acquisition's affine."""
-    from pathlib import Path
-
-    from diffrecon.io.nifti import write_nifti
-
-    store = ArtifactStore(store_root)
-    path = Path(out_dir) / f"{meas.name}_{out.method}.nii.gz"
-    write_nifti(path, store.get(out.image), np.asarray(meas.affine))
-    return str(path)

@@ -1,0 +1,48 @@
+"""Writing a reconstruction out: NIfTI, a DICOM series, a PNG montage (one task for MRI
+and CT). Outputs are written atomically, so a crash leaves a complete file or none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from diffrecon.tasks.mri import retry_transient
+from diffrecon.tasks.store import ArrayRef, ArtifactStore
+
+OUTPUTS = ("nifti", "dicom", "png")
+
+
+@task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
+      retry_condition_fn=retry_transient, task_run_name="export-{method}-{name}")
+def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], modality: str,
+           outputs: list[str], out_dir: str, store_root: str, description: str,
+           deidentify: bool = False, source: dict | None = None) -> list[str]:
+    """Write the requested outputs; CT images arrive in CT units and leave in HU. Returns
+    the paths, the NIfTI first when written."""
+    from diffrecon.io.dicom import write_dicom_series
+    from diffrecon.io.nifti import write_nifti
+    from diffrecon.io.previews import grid, save_png
+
+    x = ArtifactStore(store_root).get(image)
+    if modality == "ct":
+        x = x.astype(np.float32) * 2000.0 - 1000.0
+    else:
+        x = np.abs(x).astype(np.float32)
+    aff = np.asarray(affine)
+    base = Path(out_dir) / f"{name}_{method}"
+    paths: list[str] = []
+    if "nifti" in outputs:
+        paths.append(str(write_nifti(base.with_name(base.name + ".nii.gz"), x, aff)))
+    if "dicom" in outputs:
+        files = write_dicom_series(base.with_name(base.name + "_dicom"), x, aff,
+                                   "CT" if modality == "ct" else "MR", description, source,
+                                   deidentify=deidentify)
+        paths.append(str(files[0].parent))
+    if "png" in outputs:
+        lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(x, 99.5)))
+        paths.append(str(save_png(base.with_name(base.name + ".png"),
+                                  grid(x[:: max(1, len(x) // 16)], vmin=lo, vmax=hi))))
+    return paths
