@@ -10,13 +10,12 @@ crop 0.8, one map set. Runs on a simulated 15-coil 320 x 320 slice and on the re
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 import bart  # benchmarks/bart.py (the script's folder is on sys.path)
 import numpy as np
 import torch
+from common import median_time  # benchmarks/common.py
 
 from diffrecon.recon.coils import estimate_coil_maps
 from diffrecon.recon.diffusion.training import hardware_name
@@ -29,17 +28,6 @@ def time_bart(k: np.ndarray) -> float | None:
     if not bart.available():
         return None
     return bart.ecalib(k, "-m1", "-r", "24", "-k", "6", "-c", "0.8")[1]
-
-
-def timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -60,8 +48,8 @@ def main() -> None:
     for name, k in cases:
         kd = k.to(dev)
         estimate_coil_maps(kd, **params)  # warm-up
-        ours = timed(lambda kd=kd: estimate_coil_maps(kd, **params), args.repeats)
-        sig = timed(lambda k=k: estimate_coil_maps(k, method="sigpy", **params), 1)
+        ours = median_time(lambda kd=kd: estimate_coil_maps(kd, **params), args.repeats)
+        sig = median_time(lambda k=k: estimate_coil_maps(k, method="sigpy", **params), 1)
         bart = time_bart(k[0].numpy())
         ratio_b = f"{bart / ours:9.2f}" if bart else f"{'-':>9s}"
         bart_s = f"{bart:9.2f}" if bart else f"{'n/a':>9s}"

@@ -9,26 +9,14 @@ Cases: 128 x 128 batched over 32 slices (the target: ours no slower than astra) 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import astra
 import numpy as np
 import torch
+from common import median_time  # benchmarks/common.py
 
 from diffrecon.recon.ct import CTGeometry, CTProjector
 from diffrecon.recon.diffusion.training import hardware_name
-
-
-def median_time(fn, repeats: int) -> float:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        out.append(time.perf_counter() - t0)
-    return statistics.median(out)
 
 
 def main() -> None:

@@ -84,6 +84,28 @@ def data_consistency(operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor
     return x
 
 
+@dataclass
+class _Run:
+    """What both samplers set up: scale, noise generator, start x_T, timesteps, data dtype."""
+
+    scale: torch.Tensor | float
+    gen: torch.Generator
+    shape: tuple[int, ...]
+    x: torch.Tensor
+    ts: list[int]
+    dtype: torch.dtype
+
+
+def _start(prior: Prior, operator: LinearOperator, y: torch.Tensor, steps: int, seed: int,
+           scale_factor: float) -> _Run:
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    size = prior.config.image_size
+    shape = (y.shape[0], prior.channels, size, size)
+    return _Run(estimate_scale(prior, operator, y, scale_factor), g, shape,
+                torch.randn(shape, generator=g).to(prior.device),
+                prior.schedule.sampling_timesteps(steps), _data_dtype(prior, y))
+
+
 @torch.no_grad()
 def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
                config: DDSConfig | None = None, progress: Progress | None = None
@@ -91,14 +113,8 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     """Reconstruct data-space images (S, H, W) from measurements ``y`` with DDS."""
     cfg = config or DDSConfig()
     sched = prior.schedule
-    scale = estimate_scale(prior, operator, y, cfg.scale_factor)
-    s = y.shape[0]
-    size = prior.config.image_size
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    shape = (s, prior.channels, size, size)
-    x = torch.randn(shape, generator=g).to(prior.device)
-    ts = sched.sampling_timesteps(cfg.nfe)
-    dtype = _data_dtype(prior, y)
+    run = _start(prior, operator, y, cfg.nfe, cfg.seed, cfg.scale_factor)
+    scale, g, shape, x, ts, dtype = run.scale, run.gen, run.shape, run.x, run.ts, run.dtype
     for i, t in enumerate(ts):
         eps, x0 = prior.predict(x, t)
         if cfg.clip:
@@ -124,14 +140,9 @@ def dps_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     the network and moves x_t against that gradient, with step zeta / ||y - A x0_hat||."""
     cfg = config or DPSConfig()
     sched = prior.schedule
-    scale = estimate_scale(prior, operator, y, cfg.scale_factor)
+    run = _start(prior, operator, y, cfg.steps, cfg.seed, cfg.scale_factor)
+    scale, g, shape, x, ts, dtype = run.scale, run.gen, run.shape, run.x, run.ts, run.dtype
     s = y.shape[0]
-    size = prior.config.image_size
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    shape = (s, prior.channels, size, size)
-    x = torch.randn(shape, generator=g).to(prior.device)
-    ts = sched.sampling_timesteps(cfg.steps)
-    dtype = _data_dtype(prior, y)
     for i, t in enumerate(ts):
         x = x.detach().requires_grad_(True)
         eps, x0 = prior.predict(x, t, grad=True)
