@@ -14,7 +14,7 @@ from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached
-from diffrecon.tasks.export import export
+from diffrecon.tasks.export import export, scan_report
 
 
 def _description(method: str, prior: str | None, setting: str) -> str:
@@ -47,9 +47,11 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
             ResultRecord(scan=name, method=m, state=state, error=str(exc))
             for m in config.methods
         ]
+    images = {}
     for method in config.methods:
         try:
             out = reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
+            images[method] = out.image
             qa = quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
             files = export(name, method, out.image, meas.affine, "mri", config.outputs,
                            config.out_dir, store, _description(method, out.prior, meas.setting),
@@ -66,6 +68,7 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
                 ResultRecord(scan=name, method=method, setting=meas.setting, state="failed",
                              error=str(exc))
             )
+    scan_report(name, "mri", records, images, store)
     return records
 
 
@@ -75,18 +78,21 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
 
     name = scan_name(path)
     store = config.store_root
+    prepare_ct, reconstruct_ct, quality_ct = cached(
+        (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), store)
     try:
-        meas = ct.prepare_ct(path, config.ct, store)
+        meas = prepare_ct(path, config.ct, store)
     except Exception as exc:
         get_run_logger().error("CT volume %s failed: %s", name, exc)
         state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
         return [ResultRecord(scan=name, modality="ct", method=m, state=state, error=str(exc))
                 for m in config.methods]
-    records = []
+    records, images = [], {}
     for method in config.methods:
         try:
-            image, seconds = ct.reconstruct_ct(meas, method, config.ct, store, config.device)
-            qa = ct.quality_ct(meas, image, store)
+            image, seconds = reconstruct_ct(meas, method, config.ct, store, config.device)
+            images[method] = image
+            qa = quality_ct(meas, image, store)
             files = export(meas.name, method, image, meas.affine, "ct", config.outputs,
                            config.out_dir, store, _description(method, None, meas.setting),
                            config.deidentify)
@@ -97,6 +103,7 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
             records.append(ResultRecord(scan=name, modality="ct", method=method,
                                         setting=meas.setting, state="failed", error=str(exc)))
+    scan_report(meas.name, "ct", records, images, store)
     return records
 
 

@@ -9,10 +9,10 @@ import zlib
 import numpy as np
 import torch
 from prefect import task
-from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 
 from diffrecon.config import CTSpec
+from diffrecon.tasks.caching import content_key
 from diffrecon.tasks.mri import resolve_device, retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
@@ -34,8 +34,8 @@ def geometry_of(meas: CTMeasurement):
     return CTGeometry.parallel(np.asarray(meas.angles), meas.n_det, 1.0, meas.image_shape)
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
-      task_run_name="ct-prepare-{path}")
+@task(cache_policy=content_key("ct-prepare", "path", "spec", "store_root"), retries=1,
+      retry_condition_fn=retry_transient, task_run_name="ct-prepare-{path}")
 def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
@@ -62,8 +62,8 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
                          setting=spec.setting())
 
 
-@task(cache_policy=NO_CACHE, retries=1, retry_condition_fn=retry_transient,
-      task_run_name="{method}-{meas.name}")
+@task(cache_policy=content_key("ct-reconstruct", "meas", "method", "spec"), retries=1,
+      retry_condition_fn=retry_transient, task_run_name="{method}-{meas.name}", tags=["gpu"])
 def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: str,
                    device: str) -> tuple[ArrayRef, float]:
     from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
@@ -84,7 +84,7 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0
 
 
-@task(cache_policy=NO_CACHE, task_run_name="ct-qa-{meas.name}")
+@task(cache_policy=content_key("ct-qa", "meas", "image"), task_run_name="ct-qa-{meas.name}")
 def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
     """PSNR/SSIM with data range 1 in CT units (BENCHMARKS.md), NMSE, DC residual."""
     from diffrecon.recon import metrics

@@ -46,3 +46,45 @@ def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], m
         paths.append(str(save_png(base.with_name(base.name + ".png"),
                                   grid(x[:: max(1, len(x) // 16)], vmin=lo, vmax=hi))))
     return paths
+
+
+@task(cache_policy=NO_CACHE, task_run_name="report-{name}")
+def scan_report(name: str, modality: str, records: list, images: dict[str, ArrayRef],
+                store_root: str) -> str:
+    """A markdown artifact per scan: the QA table and a preview of the middle slice of each
+    method, embedded as a PNG data URI so it renders without a file server."""
+    import base64
+    import io
+    import re
+
+    from PIL import Image
+    from prefect.artifacts import create_markdown_artifact
+
+    from diffrecon.io.previews import grid
+
+    store = ArtifactStore(store_root)
+    slices = []
+    for ref in images.values():
+        x = store.get(ref)
+        x = x * 2000.0 - 1000.0 if modality == "ct" else np.abs(x)
+        slices.append(x[len(x) // 2])
+    lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | s | state |",
+             "|---|---|---|---|---|---|---|"]
+    for r in records:
+        def f(v, fmt):
+            return "-" if v is None else fmt.format(v)
+        lines.append(f"| {r.method} | {r.setting or '-'} | {f(r.psnr, '{:.2f}')} | "
+                     f"{f(r.ssim, '{:.3f}')} | {f(r.dc_residual, '{:.4f}')} | "
+                     f"{f(r.seconds, '{:.1f}')} | {r.state} |")
+    if slices and len({s.shape for s in slices}) == 1:
+        lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(
+            np.stack(slices), 99.5)))
+        sheet = grid(np.stack(slices), ncols=len(slices), vmin=lo, vmax=hi)
+        buf = io.BytesIO()
+        Image.fromarray(sheet).save(buf, format="PNG")
+        uri = base64.b64encode(buf.getvalue()).decode()
+        lines += ["", " | ".join(images), "", f"![preview](data:image/png;base64,{uri})"]
+    key = re.sub(r"[^a-z0-9-]+", "-", f"report-{name}".lower()).strip("-")[:100]
+    create_markdown_artifact(markdown="\n".join(lines), key=key,
+                             description=f"QA report for {name}")
+    return key

@@ -153,3 +153,21 @@ def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):
 def test_methods_must_fit_the_modality():
     with pytest.raises(ValueError, match="method\\(s\\) cg-sense not available for CT"):
         ReconConfig(modality="ct", methods=["cg-sense"])
+
+
+def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batch, tmp_path):
+    from prefect.client.orchestration import get_client
+
+    from diffrecon.flows.reconstruct import reconstruct_scans
+
+    reconstruct_scans([str(batch[0])], ReconConfig(methods=["zero-filled", "cg-sense"],
+                                                   mask=MaskSpec(accel=2),
+                                                   out_dir=str(tmp_path / "rep")))
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts()
+    report = next(a for a in arts if a.key == "report-good1")
+    assert report.type == "markdown"
+    assert "| cg-sense | R=2 equispaced |" in report.data
+    assert "![preview](data:image/png;base64," in report.data
+    table = next(a for a in arts if a.key == "reconstruction-results")
+    assert table.type == "table"
