@@ -11,6 +11,7 @@ mkdir -p .devdata/ixi_t1 .devdata/ct .whl
 ls ../shared/data/mri/ixi_t1/*.nii.gz | sort | head -n 26 | xargs -I{} cp {} .devdata/ixi_t1/
 cp ../shared/data/ct/totalsegmentator/pulmonary_ct_cropped.nii.gz \
    ../shared/data/ct/totalsegmentator/aorta_ct_cropped.nii.gz .devdata/ct/
+.venv/bin/python benchmarks/device/prepare_ct.py .devdata/ct   # the DICOM series as NIfTI
 dl() {
   .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
