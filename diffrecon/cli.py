@@ -146,7 +146,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prior_list(args) -> int:
-    from diffrecon.recon.diffusion.registry import PRIORS_DIR, list_priors
+    from diffrecon.recon.diffusion.registry import PRIORS_DIR, card_facts, list_priors
 
     rows = list_priors(args.dir)
     if not rows:
@@ -159,6 +159,9 @@ def cmd_prior_list(args) -> int:
             print(f"{cfg.name:28s} {cfg.modality:4s} {cfg.orientation or '-':9s} "
                   f"{cfg.image_size}x{cfg.image_size} {len(cfg.channels)}ch "
                   f"{cfg.architecture:22s} {folder}")
+            facts = card_facts(folder)
+            if facts:
+                print("    " + "; ".join(f"{k}: {v}" for k, v in facts.items()))
     return 0
 
 

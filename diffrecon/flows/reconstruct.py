@@ -1,4 +1,4 @@
-"""The batch flow: every scan in, a NIfTI per method and one results table out."""
+"""The batch flow: every scan in, the chosen outputs per method and one results table out."""
 
 from __future__ import annotations
 

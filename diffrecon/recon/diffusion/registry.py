@@ -63,6 +63,21 @@ def list_priors(root: str | Path | None = None) -> list[tuple[Path, PriorConfig 
     return out
 
 
+def card_facts(folder: str | Path) -> dict[str, str]:
+    """Key facts of a card.md: the '- key: value' lines for steps, hardware, wall time and
+    the validation loss (empty where the card does not say)."""
+    facts = {}
+    try:
+        text = (Path(folder) / "card.md").read_text()
+    except OSError:
+        return facts
+    for line in text.splitlines():
+        for key in ("steps", "hardware", "wall time", "validation loss (EMA weights)"):
+            if line.startswith(f"- {key}:"):
+                facts[key.split(" (")[0]] = line.split(":", 1)[1].strip()
+    return facts
+
+
 def resolve_prior_path(name_or_path: str | Path) -> Path:
     """A checkpoint folder from a path, or by name from the package's priors directory."""
     p = Path(name_or_path)
