@@ -126,4 +126,4 @@ def test_train_flow_and_cli(prefect_harness, tmp_path, capsys):
     assert (tmp_path / "priors" / ".tiny-ct.train" / "state.pt").exists()
     assert main(["prior", "list", "--dir", str(tmp_path / "priors")]) == 0
     listed = capsys.readouterr().out
-    assert "tiny-ct" in listed and "coronal" in listed
+    assert "tiny-ct" in listed and "coronal" in listed and "steps: 4, batch 2" in listed
