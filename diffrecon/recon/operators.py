@@ -81,6 +81,26 @@ class SingleCoil(Sense):
         super().__init__(torch.ones((1, *shape), dtype=dtype, device=device), mask)
 
 
+class ZSuperResolution(LinearOperator):
+    """Thick slices from thin ones: each group of ``factor`` consecutive slices averaged.
+
+    x: (S, H, W) with S divisible by ``factor``; y: (S / factor, H, W). The adjoint spreads
+    each measured slice back over its group, divided by ``factor``.
+    """
+
+    def __init__(self, factor: int):
+        self.factor = int(factor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = x.shape[-3]
+        if s % self.factor:
+            raise ValueError(f"{s} slices are not divisible by the factor {self.factor}")
+        return x.reshape(*x.shape[:-3], s // self.factor, self.factor, *x.shape[-2:]).mean(-3)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (y / self.factor).repeat_interleave(self.factor, dim=-3)
+
+
 def inner(a: torch.Tensor, b: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
     """Hermitian inner product <a, b> = sum conj(a) b over all but the first batch_dims axes."""
     dims = tuple(range(batch_dims, a.ndim))
