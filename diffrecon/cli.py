@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--coils", type=int, default=None,
                    help="compress to this many virtual coils (SVD) before the coil maps")
     r.add_argument("--outputs", default="nifti",
-                   help="comma list of nifti, dicom, png (default nifti)")
+                   help="comma list of nifti, dicom, png, h5 (default nifti)")
     r.add_argument("--deidentify", action="store_true",
                    help="DICOM outputs: replace patient identifiers (basic profile)")
     r.add_argument("--prior", default="brain-t1-axial-128",

@@ -89,7 +89,7 @@ class ReconConfig(BaseModel):
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
     diffusion: PriorRef = Field(default_factory=PriorRef)
-    outputs: list[Literal["nifti", "dicom", "png"]] = Field(
+    outputs: list[Literal["nifti", "dicom", "png", "h5"]] = Field(
         default_factory=lambda: ["nifti"], description="what to write for each reconstruction")
     deidentify: bool = Field(False, description="DICOM outputs: replace patient identifiers")
     coil_compression: int | None = Field(

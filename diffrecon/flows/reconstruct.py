@@ -115,9 +115,12 @@ def reconstruct_scans(paths: list[str], config: ReconConfig) -> list[ResultRecor
     """
     records: list[ResultRecord] = []
     process = process_ct_volume if config.modality == "ct" else process_scan
-    for path in paths:
-        records.extend(process(str(path), config))
     out = Path(config.out_dir)
+    for path in paths:
+        scan_records = process(str(path), config)
+        if scan_records:  # the QA file of each scan, beside its images
+            write_results(scan_records, out / f"{scan_records[0].scan}_qa.json")
+        records.extend(scan_records)
     write_results(records, out / "results.json")
     create_table_artifact(
         table=table_rows(records),

@@ -12,7 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from diffrecon.tasks.mri import retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
-OUTPUTS = ("nifti", "dicom", "png")
+OUTPUTS = ("nifti", "dicom", "png", "h5")
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
@@ -41,11 +41,32 @@ def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], m
                                    "CT" if modality == "ct" else "MR", description, source,
                                    deidentify=deidentify)
         paths.append(str(files[0].parent))
+    if "h5" in outputs:
+        paths.append(str(write_reconstruction_h5(base.with_name(base.name + ".h5"), x, aff,
+                                                 method, description)))
     if "png" in outputs:
         lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(x, 99.5)))
         paths.append(str(save_png(base.with_name(base.name + ".png"),
                                   grid(x[:: max(1, len(x) // 16)], vmin=lo, vmax=hi))))
     return paths
+
+
+def write_reconstruction_h5(path: Path, image: np.ndarray, affine: np.ndarray, method: str,
+                            description: str) -> Path:
+    """fastMRI-style HDF5 of a reconstruction: ``reconstruction`` (slices, rows, cols)
+    float32 in fastMRI's layout (the last two axes swapped, as fastMRI stores images),
+    with the affine and the method as attributes. Written atomically."""
+    import h5py
+
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("reconstruction", data=np.swapaxes(image, -1, -2).astype(np.float32))
+        f.attrs.update({"method": method, "description": description,
+                        "affine_slice_row_col_to_ras": np.asarray(affine, np.float64),
+                        "layout": "fastMRI (slices, readout, phase): transpose the last "
+                                  "two axes for diffrecon's (slices, rows, cols)"})
+    tmp.replace(path)
+    return path
 
 
 @task(cache_policy=NO_CACHE, task_run_name="report-{name}")

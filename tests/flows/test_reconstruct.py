@@ -171,3 +171,26 @@ def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batc
     assert "![preview](data:image/png;base64," in report.data
     table = next(a for a in arts if a.key == "reconstruction-results")
     assert table.type == "table"
+
+
+def test_all_outputs_and_a_qa_file_per_scan(prefect_harness, batch, tmp_path):
+    import h5py
+    import pydicom
+
+    from diffrecon.flows.reconstruct import reconstruct_scans
+
+    out = tmp_path / "all"
+    (rec,) = reconstruct_scans([str(batch[2])], ReconConfig(
+        methods=["cg-sense"], mask=MaskSpec(accel=2), out_dir=str(out),
+        outputs=["nifti", "dicom", "png", "h5"], deidentify=True))
+    assert rec.output.endswith(".nii.gz")
+    dcm = sorted((out / "good2_cg-sense_dicom").glob("*.dcm"))
+    assert len(dcm) == 1
+    ds = pydicom.dcmread(str(dcm[0]))
+    assert ds.SeriesDescription == "cg-sense, R=2 equispaced" and ds.Modality == "MR"
+    assert ds.PatientName == "ANONYMOUS"
+    with h5py.File(out / "good2_cg-sense.h5") as f:
+        assert f["reconstruction"].shape == (1, 64, 64) and f.attrs["method"] == "cg-sense"
+    assert (out / "good2_cg-sense.png").stat().st_size > 100
+    (qa,) = read_results(out / "good2_qa.json")
+    assert qa.psnr == rec.psnr
