@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
-import time
 
 import numpy as np
 import pydicom
 import pytest
 
 from diffrecon.io.dicom import read_dicom_series, write_dicom_series
+from tests.conftest import free_port, wait_http
 
 
 def oblique_affine():
@@ -86,19 +85,13 @@ def test_validator_reports_no_errors(tmp_path, modality):
     assert errors == []
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def orthanc(tmp_path):
     binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
     plugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
     if not shutil.os.path.exists(binary) or not shutil.os.path.exists(plugin):
         pytest.skip("Orthanc with the DICOMweb plugin is not installed (.ci/run installs it)")
-    http, dicom = _free_port(), _free_port()
+    http, dicom = free_port(), free_port()
     cfg = {"Name": "diffrecon-test", "StorageDirectory": str(tmp_path / "db"),
            "IndexDirectory": str(tmp_path / "db"), "HttpPort": http, "DicomPort": dicom,
            "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
@@ -106,16 +99,8 @@ def orthanc(tmp_path):
     (tmp_path / "orthanc.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen([binary, str(tmp_path / "orthanc.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import httpx
-
     base = f"http://127.0.0.1:{http}"
-    for _ in range(100):
-        try:
-            if httpx.get(base + "/system", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
-    else:
+    if not wait_http(base + "/system", 20):
         proc.terminate()
         pytest.fail("Orthanc did not start")
     yield base
@@ -140,5 +125,5 @@ def test_series_arrives_in_orthanc_by_stow_rs(orthanc, tmp_path):
     assert tags["Modality"] == "CT" and tags["PatientName"] == "ANONYMOUS"
     # a PACS that is not there: retried, then a clear error; the files stay on disk
     with pytest.raises(PacsError, match="failed after 2 attempts"):
-        stow_rs(f"http://127.0.0.1:{_free_port()}/dicom-web", files, retries=1, backoff=0.01)
+        stow_rs(f"http://127.0.0.1:{free_port()}/dicom-web", files, retries=1, backoff=0.01)
     assert all(f.exists() for f in files)
