@@ -76,7 +76,7 @@ def main() -> None:
                                         rho=1e-2, iters=60, cg_iters=5, periodic=False,
                                         x0=op.adjoint(y) * 4, batch_dims=0),
         "dds (slice-wise)": lambda: dds_3d_tv_sample(prior, op, yc, DDS3DConfig(
-            nfe=args.nfe, lam=0.0)),
+            nfe=args.nfe, lam=0.0, rho=0.0)),
         "dds-3d-tv": lambda: dds_3d_tv_sample(prior, op, yc, DDS3DConfig(
             nfe=args.nfe, lam=0.02, rho=1.0)),
     }

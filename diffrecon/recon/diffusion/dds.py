@@ -187,7 +187,8 @@ def dds_3d_tv_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     consistency is one ADMM iteration per diffusion step on
     min 0.5 ||A x - y||^2 + lam ||D_z x||_1: x from CG on (A^H A + rho D_z^H D_z) started at
     Tweedie's x0, then z = soft(D_z x + u, lam / rho), u += D_z x - z, with z and u carried
-    across diffusion steps. ``operator`` acts on the whole volume (slices coupled).
+    across diffusion steps. ``operator`` acts on the whole volume (slices coupled). With
+    ``rho`` = 0 it is slice-wise DDS: the 2D prior per slice, plain CG data consistency.
     """
     from diffrecon.recon.solvers import (
         finite_differences,
@@ -224,14 +225,18 @@ def dds_3d_tv_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
         if cfg.clip:
             x0 = x0.clamp(-1, 1)
         xd = prior.from_model_space(x0, scale).to(aty.device, dtype)
-        if zvar is None:
-            zvar, uvar = dz(xd), torch.zeros_like(dz(xd))
-        xd, _ = conjugate_gradient(lambda v: operator.normal(v) + cfg.rho * dzt(dz(v)),
-                                   aty + cfg.rho * dzt(zvar - uvar), x0=xd,
-                                   max_iter=cfg.cg_iters, tol=0.0, batch_dims=0)
-        d = dz(xd)
-        zvar = soft_threshold(d + uvar, cfg.lam / cfg.rho)
-        uvar = uvar + d - zvar
+        if cfg.rho <= 0:  # no TV: plain DDS data consistency on the whole volume
+            xd, _ = conjugate_gradient(operator.normal, aty, x0=xd, max_iter=cfg.cg_iters,
+                                       tol=0.0, batch_dims=0)
+        else:
+            if zvar is None:
+                zvar, uvar = dz(xd), torch.zeros_like(dz(xd))
+            xd, _ = conjugate_gradient(lambda v: operator.normal(v) + cfg.rho * dzt(dz(v)),
+                                       aty + cfg.rho * dzt(zvar - uvar), x0=xd,
+                                       max_iter=cfg.cg_iters, tol=0.0, batch_dims=0)
+            d = dz(xd)
+            zvar = soft_threshold(d + uvar, cfg.lam / cfg.rho)
+            uvar = uvar + d - zvar
         x0 = prior.to_model_space(xd, scale).to(prior.device)
         if i + 1 == len(ts):
             x = x0
