@@ -103,12 +103,20 @@ def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, 
     assert rec.prior == "tiny-64" and rec.nfe == 3
     assert rec.dc_residual is not None and rec.psnr is not None
 
+    import time
+
     from prefect.client.orchestration import get_client
 
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts()
-    progress = [a for a in arts if a.type == "progress" and "dds on good2" in (a.description or "")]
-    assert progress and progress[0].data == 100.0
+        while True:  # artifacts reach the API asynchronously
+            arts = client.read_artifacts()
+            progress = [a for a in arts if a.type == "progress"
+                        and "dds on good2" in (a.description or "") and a.data == 100.0]
+            if progress or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert progress
 
     bad = ReconConfig(methods=["dds"], out_dir=str(tmp_path / "o2"),
                       diffusion=PriorRef(prior=str(prior_dir), nfe=3))
@@ -156,16 +164,27 @@ def test_methods_must_fit_the_modality():
 
 
 def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batch, tmp_path):
+    import shutil
+    import time
+
     from prefect.client.orchestration import get_client
 
     from diffrecon.flows.reconstruct import reconstruct_scans
 
-    reconstruct_scans([str(batch[0])], ReconConfig(methods=["zero-filled", "cg-sense"],
-                                                   mask=MaskSpec(accel=2),
-                                                   out_dir=str(tmp_path / "rep")))
+    scan = tmp_path / "Report_Scan.h5"  # a name no other test uses (artifact keys are global)
+    shutil.copy(batch[0], scan)
+    reconstruct_scans([str(scan)], ReconConfig(methods=["zero-filled", "cg-sense"],
+                                               mask=MaskSpec(accel=2),
+                                               out_dir=str(tmp_path / "rep")))
+    deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
-        arts = client.read_artifacts()
-    report = next(a for a in arts if a.key == "report-good1")
+        while True:  # artifacts reach the API asynchronously
+            arts = client.read_artifacts()
+            reports = [a for a in arts if a.key == "report-report-scan"]
+            if reports or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    (report,) = reports
     assert report.type == "markdown"
     assert "| cg-sense | R=2 equispaced |" in report.data
     assert "![preview](data:image/png;base64," in report.data
