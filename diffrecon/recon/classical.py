@@ -31,6 +31,14 @@ def sense_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor
     return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
 
 
+def _scaled_problem(kspace, maps, mask):
+    """The SENSE operator, A^H y for k-space scaled to max |y| = 1, and that scale (the
+    regularised methods solve in these units and multiply the result back)."""
+    scale = float(kspace.abs().max()) or 1.0
+    op = Sense(maps, mask)
+    return op, op.adjoint(kspace / scale), scale
+
+
 def cg_sense(
     kspace: torch.Tensor,
     maps: torch.Tensor,
@@ -45,10 +53,7 @@ def cg_sense(
     k-space is scaled to max |y| = 1 for the solve and the result scaled back, so the same
     lam works for any scanner's units. Returns complex images (S, H, W).
     """
-    scale = float(kspace.abs().max()) or 1.0
-    y = kspace / scale
-    op = Sense(maps, mask)
-    b = op.adjoint(y)
+    op, b, scale = _scaled_problem(kspace, maps, mask)
     x, _ = conjugate_gradient(lambda v: op.normal(v) + lam * v, b, max_iter=max_iter, tol=tol)
     return x * scale
 
@@ -68,10 +73,8 @@ def l1_wavelet_sense(
     """
     from diffrecon.recon.wavelets import Wavelet2D
 
-    scale = float(kspace.abs().max()) or 1.0
-    op = Sense(maps, mask)
+    op, b, scale = _scaled_problem(kspace, maps, mask)
     w = Wavelet2D(tuple(kspace.shape[-2:]), levels, wavelet)
-    b = op.adjoint(kspace / scale)
 
     def prox(v, step):
         return w.adjoint(soft_threshold(w.forward(v), lam * step))
@@ -89,8 +92,7 @@ def tv_sense(
     rho: float | None = None,
 ) -> torch.Tensor:
     """argmin 0.5 ||M F S x - y||^2 + lam TV(x) (isotropic, in-plane) by ADMM."""
-    scale = float(kspace.abs().max()) or 1.0
-    op = Sense(maps, mask)
-    x = admm_tv(op.normal, op.adjoint(kspace / scale), lam, dims=(-2, -1), rho=rho,
+    op, b, scale = _scaled_problem(kspace, maps, mask)
+    x = admm_tv(op.normal, b, lam, dims=(-2, -1), rho=rho,
                 iters=iters, cg_iters=cg_iters)
     return x * scale

@@ -176,7 +176,6 @@ def estimate_coil_maps(
     method: str = "torch",
     max_calib: tuple[int, int] = (32, 128),
     slice_batch: int | None = None,
-    calib_width: int | None = None,
     eig: str = "power",
     grid_step: int | None = None,
 ) -> torch.Tensor:
@@ -188,13 +187,11 @@ def estimate_coil_maps(
     Returns maps (slices, coils, H, W) complex64 on the input's device: unit norm over coils
     where the leading eigenvalue exceeds ``crop``, 0 elsewhere. ``method="sigpy"`` runs
     sigpy's EspiritCalib instead (square region: the smaller side of ``calib``).
-    ``calib_width`` is the older name for a square ``calib``; ``eig`` chooses power
+    ``eig`` chooses power
     iteration (default) or an exact ``eigh`` per pixel. ``grid_step`` > 1 solves the
     eigenproblems on every step-th pixel and interpolates the (smooth, phase-referenced)
     maps; default 2 for images of 256 pixels and more a side, else 1 (exact).
     """
-    if calib is None and calib_width is not None:
-        calib = calib_width
     if kspace.ndim != 4:
         raise ValueError(f"k-space must be (slices, coils, ky, kx), got {tuple(kspace.shape)}")
     if mask is None:

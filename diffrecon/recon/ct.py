@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -43,7 +43,6 @@ class CTGeometry:
     origin_det: float = 0.0
     image_shape: tuple[int, int] = (128, 128)
     pixel_size: float = 1.0
-    extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self):
         if self.kind not in ("parallel", "fan-flat", "fan-equiangular"):

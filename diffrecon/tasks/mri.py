@@ -15,28 +15,27 @@ from diffrecon.tasks.caching import content_key
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
-class ScanRef(BaseModel):
-    """A loaded, validated scan: what later tasks need, with arrays in the store."""
+class _KSpaceRefs(BaseModel):
+    """k-space, mask, optional reference and geometry of a scan, as store references."""
 
     name: str
-    source: str
     kspace: ArrayRef
     mask: ArrayRef
     reference: ArrayRef | None = None
     reference_kind: str | None = None
     affine: list[list[float]]
+
+
+class ScanRef(_KSpaceRefs):
+    """A loaded, validated scan: what later tasks need, with arrays in the store."""
+
+    source: str
     fully_sampled: bool
 
 
-class Measurement(BaseModel):
+class Measurement(_KSpaceRefs):
     """The (possibly retrospectively undersampled) data a method reconstructs from."""
 
-    name: str
-    kspace: ArrayRef
-    mask: ArrayRef
-    reference: ArrayRef | None = None
-    reference_kind: str | None = None
-    affine: list[list[float]]
     setting: str
 
 
