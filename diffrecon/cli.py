@@ -70,7 +70,8 @@ def cmd_run(args) -> int:
         store=args.store,
         device=args.device,
         coil_compression=args.coils,
-        outputs=[o.strip() for o in args.outputs.split(",")],
+        outputs=_outputs(args.outputs),
+        pacs=args.pacs,
         deidentify=args.deidentify,
     )
     return _run_flow([str(p) for p in args.files], config)
@@ -81,13 +82,54 @@ def cmd_inbox(args) -> int:
     from diffrecon.flows.inbox import process_inbox
 
     config = ReconConfig(methods=_methods(args.method or ["cg-sense"]),
-                         mask=MaskSpec(kind=args.mask, accel=args.accel), device=args.device)
+                         mask=MaskSpec(kind=args.mask, accel=args.accel), device=args.device,
+                         outputs=_outputs(args.outputs), pacs=args.pacs,
+                         deidentify=args.deidentify)
     summary = process_inbox(args.inbox, args.out, config, force=args.force,
                             max_attempts=args.max_attempts, settle_seconds=args.settle)
     for s in summary:
         print(f"{s['scan']:32s} {s['state']:12s} {s.get('reason') or ''}")
     print(f"{len(summary)} scan(s) processed; ledger: {Path(args.out) / 'ledger.sqlite'}")
     return 0 if all(s["state"] != "failed" for s in summary) else 1
+
+
+def cmd_export(args) -> int:
+    from diffrecon.results import read_results
+    from diffrecon.tasks.export import OUTPUTS, export_result, source_of
+
+    to = _outputs(args.to)
+    wrong = [t for t in to if t not in OUTPUTS]
+    if wrong or not to:
+        raise ValueError(f"--to {args.to}: choose from {', '.join(OUTPUTS)}")
+    overrides = {kw: getattr(args, kw) for kw in ("PatientName", "PatientID",
+                                                  "StudyInstanceUID", "AccessionNumber",
+                                                  "StudyDate")}
+    source, header = source_of(args.source, **overrides)
+    images: list[Path] = []
+    for item in args.results:
+        if item.is_dir():
+            if not (item / "results.json").exists():
+                raise FileNotFoundError(f"{item}: no results.json in this folder")
+            images += [Path(r.output) for r in read_results(item / "results.json")
+                       if r.output and r.state == "done"]
+        elif item.exists():
+            images.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    failed = 0
+    for image in images:
+        try:
+            out = export_result(image, to, args.out or image.parent, args.modality,
+                                args.description, source, header, args.deidentify, args.pacs)
+        except Exception as exc:  # one bad image or a failed send does not stop the rest
+            print(f"{image}: export failed: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for path in out["paths"]:
+            print(f"{image.name}: wrote {path}")
+        if out["sent"]:
+            print(f"{image.name}: sent {out['sent']}")
+    return 1 if failed else 0
 
 
 def cmd_demo(args) -> int:
@@ -173,6 +215,20 @@ def cmd_prior_import(args) -> int:
     return 0
 
 
+def _output_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--outputs", default=default,
+                   help=f"comma list of nifti, dicom, png, h5, pacs (default {default})")
+    p.add_argument("--pacs", default=None,
+                   help="with --outputs ...,pacs: http(s)://host:port/dicom-web (STOW-RS) or "
+                        "dicom://AE_TITLE@host:port (C-STORE)")
+    p.add_argument("--deidentify", action="store_true",
+                   help="DICOM outputs: replace patient identifiers (basic profile)")
+
+
+def _outputs(text: str) -> list[str]:
+    return [o.strip() for o in text.split(",") if o.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="diffrecon",
@@ -201,10 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default="auto", help="auto, cpu or cuda")
     r.add_argument("--coils", type=int, default=None,
                    help="compress to this many virtual coils (SVD) before the coil maps")
-    r.add_argument("--outputs", default="nifti",
-                   help="comma list of nifti, dicom, png, h5 (default nifti)")
-    r.add_argument("--deidentify", action="store_true",
-                   help="DICOM outputs: replace patient identifiers (basic profile)")
+    _output_args(r, "nifti")
     r.add_argument("--prior", default="brain-t1-axial-128",
                    help="dds/dps: a shipped prior's name or a checkpoint folder")
     r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")
@@ -229,7 +282,31 @@ def build_parser() -> argparse.ArgumentParser:
     ib.add_argument("--settle", type=float, default=30.0,
                     help="seconds without change before a scan counts as complete")
     ib.add_argument("--device", default="auto")
+    _output_args(ib, "nifti,png")
     ib.set_defaults(func=cmd_inbox)
+
+    ex = sub.add_parser("export", help="export reconstructions to DICOM, a PACS, HDF5, NIfTI "
+                                       "or PNG")
+    ex.add_argument("results", nargs="+", type=Path,
+                    help="reconstruction NIfTI files, or output folders with results.json")
+    ex.add_argument("--to", required=True, help="comma list of dicom, pacs, h5, nifti, png")
+    ex.add_argument("--out", type=Path, default=None,
+                    help="folder for the files (default: beside each result)")
+    ex.add_argument("--pacs", default=None, help="http(s)://host:port/dicom-web (STOW-RS) or "
+                                                 "dicom://AE_TITLE@host:port (C-STORE)")
+    ex.add_argument("--modality", choices=["mri", "ct"], default=None,
+                    help="only for images without a diffrecon QA record beside them")
+    ex.add_argument("--description", default=None, help="SeriesDescription")
+    ex.add_argument("--source", default=None,
+                    help="the source scan (DICOM folder or raw MRI file): study and patient "
+                         "attributes and the ISMRMRD header come from it")
+    for flag, kw in (("--patient-name", "PatientName"), ("--patient-id", "PatientID"),
+                     ("--study-uid", "StudyInstanceUID"), ("--accession", "AccessionNumber"),
+                     ("--study-date", "StudyDate")):
+        ex.add_argument(flag, dest=kw, default=None, help=f"DICOM {kw} (wins over --source)")
+    ex.add_argument("--deidentify", action="store_true",
+                    help="replace patient identifiers (DICOM basic profile)")
+    ex.set_defaults(func=cmd_export)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")
     d.add_argument("--out", type=Path, default=Path("demo_output"))

@@ -89,8 +89,13 @@ class ReconConfig(BaseModel):
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
     diffusion: PriorRef = Field(default_factory=PriorRef)
-    outputs: list[Literal["nifti", "dicom", "png", "h5"]] = Field(
-        default_factory=lambda: ["nifti"], description="what to write for each reconstruction")
+    outputs: list[Literal["nifti", "dicom", "png", "h5", "pacs"]] = Field(
+        default_factory=lambda: ["nifti"],
+        description="what to write for each reconstruction; 'pacs' writes the DICOM series "
+                    "and sends it to `pacs`")
+    pacs: str | None = Field(
+        None, description="PACS destination: http(s)://host:port/dicom-web (STOW-RS) or "
+                          "dicom://AE_TITLE@host:port (C-STORE)")
     deidentify: bool = Field(False, description="DICOM outputs: replace patient identifiers")
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
@@ -103,6 +108,16 @@ class ReconConfig(BaseModel):
         if wrong:
             raise ValueError(f"method(s) {', '.join(wrong)} not available for "
                              f"{self.modality.upper()}; choose from {', '.join(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _pacs_destination(self) -> ReconConfig:
+        from diffrecon.io.pacs import parse_destination
+
+        if "pacs" in self.outputs and not self.pacs:
+            raise ValueError("output 'pacs' needs a destination: set pacs (--pacs)")
+        if self.pacs:
+            parse_destination(self.pacs)  # a ValueError naming the expected forms
         return self
 
     @property

@@ -23,6 +23,7 @@ class ResultRecord(BaseModel):
     state: str = "done"  # done | failed (may succeed on a retry) | invalid (bad input)
     error: str | None = None
     output: str | None = None
+    sent: str | None = None  # the PACS send: "N instances to DEST"
 
 
 _LIST = TypeAdapter(list[ResultRecord])

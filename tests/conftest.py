@@ -104,3 +104,54 @@ def wait_http(url: str, seconds: float = 60.0) -> bool:
             pass
         time.sleep(0.1)
     return False
+
+
+class Orthanc:
+    """A running Orthanc: ``url`` (REST and DICOMweb under /dicom-web) and ``dicom``
+    (C-STORE destination, AE title ORTHANC)."""
+
+    def __init__(self, http: int, dicom: int):
+        self.url = f"http://127.0.0.1:{http}"
+        self.dicom = f"dicom://ORTHANC@127.0.0.1:{dicom}"
+
+    def series(self) -> list[dict]:
+        import httpx
+
+        return [httpx.get(f"{self.url}/series/{s}").json()
+                for s in httpx.get(self.url + "/series").json()]
+
+    def tags(self, instance: str) -> dict:
+        import httpx
+
+        return httpx.get(f"{self.url}/instances/{instance}/simplified-tags").json()
+
+
+@pytest.fixture
+def orthanc(tmp_path):
+    """A real Orthanc PACS on 127.0.0.1 with a temporary database, stopped after the test."""
+    import json
+    import shutil
+    import subprocess
+
+    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+    plugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
+    if not os.path.exists(binary) or not os.path.exists(plugin):
+        pytest.skip("Orthanc with the DICOMweb plugin is not installed (.ci/run installs it)")
+    http, dicom = free_port(), free_port()
+    folder = tmp_path / "orthanc"
+    folder.mkdir()
+    cfg = {"Name": "diffrecon-test", "StorageDirectory": str(folder / "db"),
+           "IndexDirectory": str(folder / "db"), "HttpPort": http, "DicomPort": dicom,
+           "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
+           "AuthenticationEnabled": False, "Plugins": [plugin],
+           "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
+    (folder / "orthanc.json").write_text(json.dumps(cfg))
+    proc = subprocess.Popen([binary, str(folder / "orthanc.json")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = Orthanc(http, dicom)
+    if not wait_http(server.url + "/system", 20):
+        proc.terminate()
+        pytest.fail("Orthanc did not start")
+    yield server
+    proc.terminate()
+    proc.wait(timeout=20)

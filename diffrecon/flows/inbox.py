@@ -105,14 +105,16 @@ def process_inbox(inbox: str, outbox: str, config: ReconConfig | None = None,
             continue
         states = {r.state for r in records}
         reason = "; ".join(sorted({r.error for r in records if r.error})) or None
+        outputs = [r.output for r in records if r.output]
+        sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
         if "invalid" in states:
             moved = quarantine(path, reason or "invalid input")
             entry = ledger.record(name, str(moved), digest, "quarantined", reason)
         elif states == {"done"}:
-            outputs = [r.output for r in records if r.output] + [str(out_dir / "results.json")]
-            entry = ledger.record(name, str(path), digest, "done", None, outputs)
-        else:
-            entry = ledger.record(name, str(path), digest, "failed", reason)
+            outputs.append(str(out_dir / "results.json"))
+            entry = ledger.record(name, str(path), digest, "done", None, outputs, sent=sent)
+        else:  # retried on the next run; what was written (and sent) is recorded
+            entry = ledger.record(name, str(path), digest, "failed", reason, outputs, sent=sent)
         log.info("scan %s: %s", name, entry.state)
         summary.append({"scan": name, "state": entry.state, "attempts": entry.attempts,
                         "reason": entry.reason})

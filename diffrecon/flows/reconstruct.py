@@ -14,13 +14,20 @@ from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached
-from diffrecon.tasks.export import export, scan_report
+from diffrecon.tasks.export import export, scan_report, send_series, series_description
 
 
-def _description(method: str, prior: str | None, setting: str) -> str:
-    """SeriesDescription: the method, its prior and the sampling ("DDS brain-..., R=8")."""
-    return " ".join(p for p in (method.upper() if len(method) <= 4 else method, prior) if p) \
-        + f", {setting}"
+def _send(name: str, method: str, files: list[str], config: ReconConfig
+          ) -> tuple[str | None, str | None]:
+    """Send the method's DICOM series when the config asks for it: (sent, error). A failed
+    send leaves the series on disk and says where."""
+    if "pacs" not in config.outputs:
+        return None, None
+    folder = next(f for f in files if f.endswith("_dicom"))
+    try:
+        return send_series(name, method, folder, config.pacs), None
+    except Exception as exc:
+        return None, f"PACS send failed ({exc}); the series stays on disk at {folder}"
 
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
@@ -53,14 +60,16 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
             out = reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
             images[method] = out.image
             qa = quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
+            desc = series_description(method, out.prior, meas.setting)
             files = export(name, method, out.image, meas.affine, "mri", config.outputs,
-                           config.out_dir, store, _description(method, out.prior, meas.setting),
-                           config.deidentify)
+                           config.out_dir, store, desc, config.deidentify, scan.source_attrs,
+                           scan.header)
+            sent, error = _send(name, method, files, config)
             seconds = out.seconds + (maps_seconds if method in NEEDS_COIL_MAPS else 0.0)
             records.append(
                 ResultRecord(scan=name, method=method, setting=meas.setting, seconds=seconds,
                              output=files[0] if files else None, nfe=out.nfe, prior=out.prior,
-                             **qa)
+                             sent=sent, error=error, state="failed" if error else "done", **qa)
             )
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
@@ -94,11 +103,13 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
             images[method] = image
             qa = quality_ct(meas, image, store)
             files = export(meas.name, method, image, meas.affine, "ct", config.outputs,
-                           config.out_dir, store, _description(method, None, meas.setting),
-                           config.deidentify)
+                           config.out_dir, store, series_description(method, None, meas.setting),
+                           config.deidentify, meas.source_attrs)
+            sent, error = _send(meas.name, method, files, config)
             records.append(ResultRecord(scan=meas.name, modality="ct", method=method,
                                         setting=meas.setting, seconds=seconds,
-                                        output=files[0] if files else None, **qa))
+                                        output=files[0] if files else None, sent=sent,
+                                        error=error, state="failed" if error else "done", **qa))
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
             records.append(ResultRecord(scan=name, modality="ct", method=method,

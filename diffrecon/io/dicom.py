@@ -111,9 +111,10 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVo
     lps[:3, 1] = col_dir * dr
     lps[:3, 2] = row_dir * dc
     lps[:3, 3] = slices[0][1]
-    meta = {k: str(first.get(k, "")) for k in ("PatientName", "PatientID", "StudyInstanceUID",
-                                                "SeriesInstanceUID", "SeriesDescription",
-                                                "Modality")}
+    meta = {k: str(first.get(k, "")) for k in SOURCE_KEYWORDS + ("SeriesInstanceUID",
+                                                                  "SeriesDescription",
+                                                                  "Modality")
+            if k in first}
     return CTVolume(folder.name, np.stack([s[2] for s in slices]), LPS_TO_RAS @ lps,
                     str(folder), meta)
 
@@ -137,6 +138,37 @@ def read_ct_volume(path: str | Path) -> CTVolume:
     raise InvalidScanError(path, "not a CT volume: expected a NIfTI file or a DICOM folder")
 
 
+# Study and patient attributes a derived series inherits from its source
+SOURCE_KEYWORDS = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+                   "StudyInstanceUID", "StudyID", "StudyDate", "StudyTime", "AccessionNumber",
+                   "StudyDescription", "ReferringPhysicianName", "FrameOfReferenceUID",
+                   "PatientPosition")
+# the same attributes as the ISMRMRD header (and so the raw-data readers) name them
+_HEADER_KEYS = {"patient_name": "PatientName", "patient_id": "PatientID",
+                "study_instance_uid": "StudyInstanceUID", "patient_birthdate": "PatientBirthDate",
+                "patient_sex": "PatientSex", "study_date": "StudyDate",
+                "study_time": "StudyTime", "accession_number": "AccessionNumber",
+                "study_description": "StudyDescription",
+                "frame_of_reference_uid": "FrameOfReferenceUID",
+                "patient_position": "PatientPosition"}
+
+
+def source_attributes(metadata: dict | None, **overrides: str | None) -> dict[str, str]:
+    """The study/patient attributes (DICOM keywords) of a source, from a reader's metadata
+    (DICOM keywords from the DICOM reader, ISMRMRD names from the raw-data readers), with
+    ``overrides`` (keywords given on the command line) taking precedence when not None."""
+    out: dict[str, str] = {}
+    for key, value in (metadata or {}).items():
+        kw = key if key in SOURCE_KEYWORDS else _HEADER_KEYS.get(key)
+        if kw and isinstance(value, str | int | float) and str(value):
+            out[kw] = str(value)
+    out.update({k: str(v) for k, v in overrides.items() if v is not None})
+    unknown = set(out) - set(SOURCE_KEYWORDS)
+    if unknown:
+        raise ValueError(f"not a study or patient attribute: {', '.join(sorted(unknown))}")
+    return out
+
+
 def _ds(v: float) -> str:
     """A decimal string within DICOM's 16 characters (about 10 significant digits)."""
     for digits in range(10, 3, -1):
@@ -146,10 +178,12 @@ def _ds(v: float) -> str:
     return f"{float(v):.3e}"
 
 
-def _uid() -> str:
+def _uid(*seed: str) -> str:
+    """A new UID; with a seed, the same UID for the same seed (re-exporting a result then
+    gives the same series, which a PACS recognises as already stored)."""
     from pydicom.uid import generate_uid
 
-    return generate_uid()
+    return generate_uid(entropy_srcs=["diffrecon", *seed] if seed else None)
 
 
 DEIDENTIFIED = {"PatientName": "ANONYMOUS", "PatientBirthDate": "", "PatientSex": "",
@@ -167,6 +201,7 @@ def write_dicom_series(
     deidentify: bool = False,
     derivation: str = "reconstructed by diffrecon",
     window: tuple[float, float] | None = None,
+    uid_seed: str | None = None,
 ) -> list[Path]:
     """Write (slices, rows, cols) images as a DICOM series, one file per slice.
 
@@ -177,6 +212,11 @@ def write_dicom_series(
     ``deidentify`` replaces the identifiers (patient ID by a one-way hash). One window
     centre/width for the whole series (from the data unless given). Files are written
     under temporary names and renamed.
+
+    UIDs: new ones, or derived from ``uid_seed`` (e.g. the image's content digest and the
+    method) so that exporting the same result twice writes the same series. De-identified
+    series replace the study and frame-of-reference UIDs by UIDs derived from them (the
+    series of one study stay together) and drop dates and other identifiers.
     """
     import hashlib
 
@@ -203,8 +243,14 @@ def write_dicom_series(
     dz, dr, dc = (float(np.linalg.norm(lps[:3, i])) for i in range(3))
     col_dir, row_dir = lps[:3, 1] / dr, lps[:3, 2] / dc
     src = dict(source or {})
-    study_uid = src.get("StudyInstanceUID") or _uid()
-    series_uid, frame_uid = _uid(), src.get("FrameOfReferenceUID") or _uid()
+    def new_uid(*parts: str) -> str:  # derived from the seed, or random without one
+        return _uid(uid_seed, *parts) if uid_seed else _uid()
+
+    study_uid = src.get("StudyInstanceUID") or new_uid("study")
+    frame_uid = src.get("FrameOfReferenceUID") or new_uid("frame")
+    if deidentify:
+        study_uid, frame_uid = _uid("deid", study_uid), _uid("deid", frame_uid)
+    series_uid = new_uid("series", study_uid)
     patient = {"PatientName": src.get("PatientName", ""), "PatientID": src.get("PatientID", "")}
     if deidentify:
         patient = {**{k: v for k, v in DEIDENTIFIED.items()},
@@ -214,7 +260,7 @@ def write_dicom_series(
     for s in range(pixels.shape[0]):
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = _uid()
+        meta.MediaStorageSOPInstanceUID = new_uid(series_uid, str(s))
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = Dataset()
         ds.file_meta = meta
@@ -224,14 +270,17 @@ def write_dicom_series(
         ds.StudyInstanceUID = study_uid
         ds.SeriesInstanceUID = series_uid
         ds.FrameOfReferenceUID = frame_uid
-        ds.StudyID = str(src.get("StudyID", "1"))[:16]
+        ds.StudyID = "1" if deidentify else str(src.get("StudyID", "1"))[:16]
         ds.SeriesNumber = int(src.get("SeriesNumber", 900))
         ds.InstanceNumber = s + 1
         for k, v in patient.items():
             setattr(ds, k, v)
+        if deidentify:
+            ds.PatientIdentityRemoved = "YES"
+            ds.DeidentificationMethod = "diffrecon: DICOM basic profile (PS3.15 E.1)"
         if not deidentify:
             for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                      "AccessionNumber", "StudyDescription"):
+                      "AccessionNumber", "StudyDescription", "ReferringPhysicianName"):
                 if k in src:
                     setattr(ds, k, src[k])
         for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",

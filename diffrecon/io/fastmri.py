@@ -119,6 +119,19 @@ def read_fastmri(path: str | Path) -> MRIAcquisition:
     return acq.validate()
 
 
+def acquisition_header(acq: MRIAcquisition) -> str:
+    """The ISMRMRD XML header of an acquisition (as written into fastMRI files)."""
+    info = HeaderInfo(
+        encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
+        recon_matrix=tuple(int(v) for v in acq.recon_matrix),
+        encoded_fov_mm=tuple(float(v) for v in acq.fov_mm),
+        recon_fov_mm=tuple(float(v) for v in acq.metadata.get("recon_fov_mm", acq.fov_mm)),
+        frequency_hz=float(acq.metadata.get("frequency_hz", 0.0)),
+        study={k2: v for k2, v in acq.metadata.items() if isinstance(v, str)},
+    )
+    return build_header(info, acq.kspace.shape[-2])
+
+
 def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:
     """Write an MRIAcquisition as a fastMRI-style HDF5 file (atomically: temp name, rename)."""
     import h5py
@@ -130,14 +143,6 @@ def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:
     k = np.swapaxes(acq.kspace, -1, -2)
     if single:
         k = k[:, 0]
-    info = HeaderInfo(
-        encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
-        recon_matrix=tuple(int(v) for v in acq.recon_matrix),
-        encoded_fov_mm=tuple(float(v) for v in acq.fov_mm),
-        recon_fov_mm=tuple(float(v) for v in acq.metadata.get("recon_fov_mm", acq.fov_mm)),
-        frequency_hz=float(acq.metadata.get("frequency_hz", 0.0)),
-        study={k2: v for k2, v in acq.metadata.items() if isinstance(v, str)},
-    )
     with h5py.File(tmp, "w") as f:
         f.create_dataset("kspace", data=np.ascontiguousarray(k).astype(np.complex64))
         mask = acq.mask.astype(bool)
@@ -148,7 +153,7 @@ def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:
         if acq.reference is not None:
             key = acq.reference_kind or ("reconstruction_esc" if single else "reconstruction_rss")
             f.create_dataset(key, data=np.swapaxes(acq.reference, -1, -2).astype(np.float32))
-        f.create_dataset("ismrmrd_header", data=build_header(info, acq.kspace.shape[-2]))
+        f.create_dataset("ismrmrd_header", data=acquisition_header(acq))
         for key, value in acq.metadata.get("attrs", {}).items():
             f.attrs[key] = value
         if acq.reference is not None and "max" not in f.attrs:

@@ -127,3 +127,13 @@ def build_header(info: HeaderInfo, n_lines: int | None = None) -> str:
         sub(e, "center", int(n) // 2)
     sub(enc, "trajectory", "cartesian")
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def strip_identifiers(text: str) -> str:
+    """The header without its subject and study information (for de-identified exports)."""
+    ET.register_namespace("", NS)
+    root = ET.fromstring(text)
+    for tag in ("subjectInformation", "studyInformation"):
+        for el in root.findall(f"{{{NS}}}{tag}"):
+            root.remove(el)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")

@@ -26,6 +26,7 @@ class CTMeasurement(BaseModel):
     n_det: int
     image_shape: tuple[int, int]
     setting: str
+    source_attrs: dict[str, str] = {}  # study/patient DICOM attributes, for DICOM exports
 
 
 def geometry_of(meas: CTMeasurement):
@@ -39,7 +40,7 @@ def geometry_of(meas: CTMeasurement):
 def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
-    from diffrecon.io.dicom import read_ct_volume
+    from diffrecon.io.dicom import read_ct_volume, source_attributes
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
     vol = read_ct_volume(path)
@@ -59,7 +60,7 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     return CTMeasurement(name=vol.name, sinogram=store.put(sino.numpy().astype(np.float32)),
                          reference=store.put(x.astype(np.float32)), affine=vol.affine.tolist(),
                          angles=angles.tolist(), n_det=n_det, image_shape=(h, w),
-                         setting=spec.setting())
+                         setting=spec.setting(), source_attrs=source_attributes(vol.metadata))
 
 
 @task(cache_policy=content_key("ct-reconstruct", "meas", "method", "spec"), retries=1,

@@ -10,40 +10,57 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from diffrecon.tasks.mri import retry_transient
-from diffrecon.tasks.store import ArrayRef, ArtifactStore
+from diffrecon.tasks.store import ArrayRef, ArtifactStore, array_digest
 
-OUTPUTS = ("nifti", "dicom", "png", "h5")
+OUTPUTS = ("nifti", "dicom", "png", "h5", "pacs")
+
+
+def series_description(method: str, prior: str | None, setting: str) -> str:
+    """SeriesDescription: the method, its prior and the sampling ("DDS brain-..., R=8")."""
+    return " ".join(p for p in (method.upper() if len(method) <= 4 else method, prior) if p) \
+        + f", {setting}"
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
       retry_condition_fn=retry_transient, task_run_name="export-{method}-{name}")
 def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], modality: str,
            outputs: list[str], out_dir: str, store_root: str, description: str,
-           deidentify: bool = False, source: dict | None = None) -> list[str]:
-    """Write the requested outputs; CT images arrive in CT units and leave in HU. Returns
-    the paths, the NIfTI first when written."""
+           deidentify: bool = False, source: dict | None = None,
+           header: str | None = None) -> list[str]:
+    """Write the requested outputs of an image in the store (CT in CT units); the paths,
+    the NIfTI first when written. DICOM UIDs derive from the image's digest."""
+    x = ArtifactStore(store_root).get(image)
+    x = x.astype(np.float32) * 2000.0 - 1000.0 if modality == "ct" else x
+    return write_outputs(name, method, x, np.asarray(affine), modality, outputs, out_dir,
+                         description, deidentify, source, header,
+                         uid_seed=f"{image.digest}/{method}")
+
+
+def write_outputs(name: str, method: str, image: np.ndarray, affine: np.ndarray,
+                  modality: str, outputs: list[str], out_dir: str | Path, description: str,
+                  deidentify: bool = False, source: dict | None = None,
+                  header: str | None = None, uid_seed: str | None = None) -> list[str]:
+    """Write ``OUT/<name>_<method>.nii.gz`` / ``_dicom/`` / ``.h5`` / ``.png`` for an image
+    in output units (MRI: magnitude or complex; CT: HU). One function for the flows and
+    ``diffrecon export``. Returns the paths written, the NIfTI first."""
     from diffrecon.io.dicom import write_dicom_series
     from diffrecon.io.nifti import write_nifti
     from diffrecon.io.previews import grid, save_png
 
-    x = ArtifactStore(store_root).get(image)
-    if modality == "ct":
-        x = x.astype(np.float32) * 2000.0 - 1000.0
-    else:
-        x = np.abs(x).astype(np.float32)
-    aff = np.asarray(affine)
+    x = np.asarray(image, np.float32) if modality == "ct" else np.abs(image).astype(np.float32)
+    aff = np.asarray(affine, np.float64)
     base = Path(out_dir) / f"{name}_{method}"
     paths: list[str] = []
     if "nifti" in outputs:
         paths.append(str(write_nifti(base.with_name(base.name + ".nii.gz"), x, aff)))
-    if "dicom" in outputs:
+    if "dicom" in outputs or "pacs" in outputs:
         files = write_dicom_series(base.with_name(base.name + "_dicom"), x, aff,
                                    "CT" if modality == "ct" else "MR", description, source,
-                                   deidentify=deidentify)
+                                   deidentify=deidentify, uid_seed=uid_seed)
         paths.append(str(files[0].parent))
     if "h5" in outputs:
         paths.append(str(write_reconstruction_h5(base.with_name(base.name + ".h5"), x, aff,
-                                                 method, description)))
+                                                 method, description, header, deidentify)))
     if "png" in outputs:
         lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(x, 99.5)))
         paths.append(str(save_png(base.with_name(base.name + ".png"),
@@ -51,12 +68,28 @@ def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], m
     return paths
 
 
+@task(cache_policy=NO_CACHE, task_run_name="send-{method}-{name}")
+def send_series(name: str, method: str, folder: str, destination: str) -> str:
+    """Send a written DICOM series to the PACS (retries inside, see ``io.pacs``); a line
+    for the results and the ledger. The files stay on disk whatever happens."""
+    from diffrecon.io.pacs import send
+
+    files = sorted(Path(folder).glob("*.dcm"))
+    out = send(destination, files)
+    return f"{out['instances']} instances to {destination}"
+
+
 def write_reconstruction_h5(path: Path, image: np.ndarray, affine: np.ndarray, method: str,
-                            description: str) -> Path:
+                            description: str, header: str | None = None,
+                            deidentify: bool = False) -> Path:
     """fastMRI-style HDF5 of a reconstruction: ``reconstruction`` (slices, rows, cols)
     float32 in fastMRI's layout (the last two axes swapped, as fastMRI stores images),
-    with the affine and the method as attributes. Written atomically."""
+    with the affine and the method as attributes and the source's ISMRMRD header as
+    ``ismrmrd_header`` (without subject and study information when de-identifying).
+    Written atomically."""
     import h5py
+
+    from diffrecon.io.ismrmrd_header import strip_identifiers
 
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
@@ -65,6 +98,9 @@ def write_reconstruction_h5(path: Path, image: np.ndarray, affine: np.ndarray, m
                         "affine_slice_row_col_to_ras": np.asarray(affine, np.float64),
                         "layout": "fastMRI (slices, readout, phase): transpose the last "
                                   "two axes for diffrecon's (slices, rows, cols)"})
+        if header:
+            f.create_dataset("ismrmrd_header",
+                             data=strip_identifiers(header) if deidentify else header)
     tmp.replace(path)
     return path
 
@@ -109,3 +145,75 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
     create_markdown_artifact(markdown="\n".join(lines), key=key,
                              description=f"QA report for {name}")
     return key
+
+
+def find_record(image_path: str | Path):
+    """The ResultRecord whose output is ``image_path``, from the results.json or QA files
+    beside it (None when the image was not written by diffrecon's flows)."""
+    from diffrecon.results import read_results
+
+    image_path = Path(image_path).resolve()
+    folder = image_path.parent
+    for qa in [folder / "results.json", *sorted(folder.glob("*_qa.json"))]:
+        if qa.exists():
+            for r in read_results(qa):
+                if r.output and Path(r.output).resolve() == image_path:
+                    return r
+    return None
+
+
+def source_of(path: str | Path | None, **overrides: str | None) -> tuple[dict, str | None]:
+    """(study/patient attributes, ISMRMRD header) of a source scan: a DICOM folder or a raw
+    MRI file; the attributes given (DICOM keywords) win. No path: the overrides only."""
+    from diffrecon.io.dicom import read_dicom_series, source_attributes
+
+    metadata, header = {}, None
+    if path is not None and Path(path).is_dir():
+        metadata = read_dicom_series(path).metadata
+    elif path is not None:
+        from diffrecon.io import load_scan
+        from diffrecon.io.fastmri import acquisition_header
+
+        acq = load_scan(path)
+        metadata, header = acq.metadata, acquisition_header(acq)
+    return source_attributes(metadata, **overrides), header
+
+
+def export_result(image_path: str | Path, to: list[str], out_dir: str | Path,
+                  modality: str | None = None, description: str | None = None,
+                  source: dict | None = None, header: str | None = None,
+                  deidentify: bool = False, pacs: str | None = None) -> dict:
+    """Export a reconstruction NIfTI (as the flows write it) to other formats and/or a PACS:
+    what ``diffrecon export`` does for one image. Modality, method and description come
+    from the QA record beside the image when there is one. Returns {"paths", "sent"}."""
+    from diffrecon.io.errors import InvalidScanError
+    from diffrecon.io.nifti import read_nifti_slices
+    from diffrecon.io.records import scan_name
+
+    if "pacs" in to and not pacs:
+        raise ValueError("--to pacs needs a destination (--pacs)")
+    record = find_record(image_path)
+    modality = modality or (record.modality if record else None)
+    if modality not in ("mri", "ct"):
+        raise ValueError(f"{image_path}: not a diffrecon result with a QA record; give "
+                         "--modality mri or ct")
+    try:
+        x, aff = read_nifti_slices(image_path, "axial")
+    except Exception as exc:
+        raise InvalidScanError(image_path, f"cannot read the image ({exc})") from None
+    name = record.scan if record else scan_name(image_path)
+    method = record.method if record else "export"
+    if description is None:
+        description = (series_description(record.method, record.prior, record.setting or "")
+                       if record else f"diffrecon export of {name}")
+    paths = write_outputs(name, method, x, aff, modality, to, out_dir, description,
+                          deidentify, source, header,
+                          uid_seed=f"{array_digest(x)}/{method}")
+    sent = None
+    if "pacs" in to:
+        from diffrecon.io.pacs import send
+
+        folder = next(p for p in paths if p.endswith("_dicom"))
+        out = send(pacs, sorted(Path(folder).glob("*.dcm")))
+        sent = f"{out['instances']} instances to {pacs}"
+    return {"paths": paths, "sent": sent}

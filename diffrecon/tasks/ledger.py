@@ -4,7 +4,8 @@ SQLite (one file, ``OUTBOX/ledger.sqlite``) rather than JSON lines: updates are 
 transactions, several workers on a shared outbox serialise on the database lock instead
 of interleaving appends, and a physicist can query it with any SQLite tool. A row per
 scan: name, path, content digest, state (done | failed | quarantined), attempts, reason,
-outputs (JSON list), updated (UTC ISO time).
+outputs (JSON list), sent (the PACS sends, e.g. "cg-sense: 5 instances to dicom://..."),
+updated (UTC ISO time).
 """
 
 from __future__ import annotations
@@ -24,9 +25,11 @@ CREATE TABLE IF NOT EXISTS scans (
     attempts INTEGER NOT NULL DEFAULT 0,
     reason TEXT,
     outputs TEXT NOT NULL DEFAULT '[]',
-    updated TEXT NOT NULL
+    updated TEXT NOT NULL,
+    sent TEXT
 )
 """
+COLUMNS = "name, path, digest, state, attempts, reason, outputs, updated, sent"
 
 
 @dataclass
@@ -39,6 +42,7 @@ class Entry:
     reason: str | None
     outputs: list[str]
     updated: str
+    sent: str | None = None
 
 
 class Ledger:
@@ -47,26 +51,27 @@ class Ledger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._db() as db:
             db.execute(SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(scans)")}
+            if "sent" not in have:  # a ledger written before sends were recorded
+                db.execute("ALTER TABLE scans ADD COLUMN sent TEXT")
 
     def _db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
 
     def get(self, name: str) -> Entry | None:
         with self._db() as db:
-            row = db.execute("SELECT name, path, digest, state, attempts, reason, outputs, "
-                             "updated FROM scans WHERE name = ?", (name,)).fetchone()
-        if row is None:
-            return None
-        return Entry(*row[:6], json.loads(row[6]), row[7])
+            row = db.execute(f"SELECT {COLUMNS} FROM scans WHERE name = ?",
+                             (name,)).fetchone()
+        return None if row is None else _entry(row)
 
     def all(self) -> list[Entry]:
         with self._db() as db:
-            rows = db.execute("SELECT name, path, digest, state, attempts, reason, outputs, "
-                              "updated FROM scans ORDER BY name").fetchall()
-        return [Entry(*r[:6], json.loads(r[6]), r[7]) for r in rows]
+            rows = db.execute(f"SELECT {COLUMNS} FROM scans ORDER BY name").fetchall()
+        return [_entry(r) for r in rows]
 
     def record(self, name: str, path: str, digest: str, state: str, reason: str | None = None,
-               outputs: list[str] | None = None, attempt: bool = True) -> Entry:
+               outputs: list[str] | None = None, attempt: bool = True,
+               sent: str | None = None) -> Entry:
         """Write a scan's new state; ``attempt`` counts one more processing attempt (reset
         when the content digest changes)."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -75,10 +80,15 @@ class Ledger:
         attempts += 1 if attempt else 0
         with self._db() as db:
             db.execute(
-                "INSERT INTO scans (name, path, digest, state, attempts, reason, outputs, "
-                "updated) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(name) DO UPDATE SET "
+                f"INSERT INTO scans ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT(name) DO UPDATE SET "
                 "path = excluded.path, digest = excluded.digest, state = excluded.state, "
                 "attempts = excluded.attempts, reason = excluded.reason, "
-                "outputs = excluded.outputs, updated = excluded.updated",
-                (name, path, digest, state, attempts, reason, json.dumps(outputs or []), now))
+                "outputs = excluded.outputs, updated = excluded.updated, sent = excluded.sent",
+                (name, path, digest, state, attempts, reason, json.dumps(outputs or []), now,
+                 sent))
         return self.get(name)
+
+
+def _entry(row: tuple) -> Entry:
+    return Entry(*row[:6], json.loads(row[6]), row[7], row[8])

@@ -31,6 +31,8 @@ class ScanRef(_KSpaceRefs):
 
     source: str
     fully_sampled: bool
+    header: str | None = None  # the ISMRMRD XML header, carried into HDF5 exports
+    source_attrs: dict[str, str] = {}  # study/patient DICOM attributes, for DICOM exports
 
 
 class Measurement(_KSpaceRefs):
@@ -122,6 +124,8 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
 def load_scan(path: str, store_root: str) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
     from diffrecon.io import load_scan as read
+    from diffrecon.io.dicom import source_attributes
+    from diffrecon.io.fastmri import acquisition_header
 
     acq = read(path)
     store = ArtifactStore(store_root)
@@ -139,6 +143,8 @@ def load_scan(path: str, store_root: str) -> ScanRef:
         reference_kind=acq.reference_kind,
         affine=acq.affine.tolist(),
         fully_sampled=acq.fully_sampled,
+        header=acquisition_header(acq),
+        source_attrs=source_attributes(acq.metadata),
     )
 
 

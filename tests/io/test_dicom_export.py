@@ -3,7 +3,6 @@ Orthanc PACS receiving the series by STOW-RS."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 
@@ -12,7 +11,7 @@ import pydicom
 import pytest
 
 from diffrecon.io.dicom import read_dicom_series, write_dicom_series
-from tests.conftest import free_port, wait_http
+from tests.conftest import free_port
 
 
 def oblique_affine():
@@ -85,29 +84,6 @@ def test_validator_reports_no_errors(tmp_path, modality):
     assert errors == []
 
 
-@pytest.fixture
-def orthanc(tmp_path):
-    binary = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
-    plugin = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
-    if not shutil.os.path.exists(binary) or not shutil.os.path.exists(plugin):
-        pytest.skip("Orthanc with the DICOMweb plugin is not installed (.ci/run installs it)")
-    http, dicom = free_port(), free_port()
-    cfg = {"Name": "diffrecon-test", "StorageDirectory": str(tmp_path / "db"),
-           "IndexDirectory": str(tmp_path / "db"), "HttpPort": http, "DicomPort": dicom,
-           "RemoteAccessAllowed": False, "AuthenticationEnabled": False,
-           "Plugins": [plugin], "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
-    (tmp_path / "orthanc.json").write_text(json.dumps(cfg))
-    proc = subprocess.Popen([binary, str(tmp_path / "orthanc.json")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http}"
-    if not wait_http(base + "/system", 20):
-        proc.terminate()
-        pytest.fail("Orthanc did not start")
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
-
-
 def test_series_arrives_in_orthanc_by_stow_rs(orthanc, tmp_path):
     import httpx
 
@@ -116,14 +92,82 @@ def test_series_arrives_in_orthanc_by_stow_rs(orthanc, tmp_path):
     hu = np.random.default_rng(2).uniform(-1000, 1000, (5, 16, 16)).astype(np.float32)
     files = write_dicom_series(tmp_path / "s", hu, oblique_affine(), "CT", "DDS to PACS",
                                SOURCE, deidentify=True)
-    assert stow_rs(orthanc + "/dicom-web", files)["instances"] == 5
-    (series_id,) = httpx.get(orthanc + "/series").json()
-    series = httpx.get(f"{orthanc}/series/{series_id}").json()
+    assert stow_rs(orthanc.url + "/dicom-web", files)["instances"] == 5
+    (series_id,) = httpx.get(orthanc.url + "/series").json()
+    series = httpx.get(f"{orthanc.url}/series/{series_id}").json()
     assert len(series["Instances"]) == 5
     assert series["MainDicomTags"]["SeriesDescription"] == "DDS to PACS"
-    tags = httpx.get(f"{orthanc}/instances/{series['Instances'][0]}/simplified-tags").json()
+    tags = httpx.get(f"{orthanc.url}/instances/{series['Instances'][0]}/simplified-tags").json()
     assert tags["Modality"] == "CT" and tags["PatientName"] == "ANONYMOUS"
     # a PACS that is not there: retried, then a clear error; the files stay on disk
     with pytest.raises(PacsError, match="failed after 2 attempts"):
         stow_rs(f"http://127.0.0.1:{free_port()}/dicom-web", files, retries=1, backoff=0.01)
     assert all(f.exists() for f in files)
+
+
+def test_series_arrives_by_c_store_and_a_resend_is_the_same_series(orthanc, tmp_path):
+    from diffrecon.io.pacs import PacsError, c_store, send
+
+    hu = np.random.default_rng(3).uniform(-1000, 1000, (3, 16, 16)).astype(np.float32)
+    files = write_dicom_series(tmp_path / "s", hu, oblique_affine(), "CT", "FBP, 8 views",
+                               SOURCE, uid_seed="digest/fbp")
+    assert send(orthanc.dicom, files) == {"status": 0, "instances": 3,
+                                          "destination": orthanc.dicom}
+    (series,) = orthanc.series()
+    assert len(series["Instances"]) == 3
+    tags = orthanc.tags(series["Instances"][0])
+    assert tags["PatientName"] == "Doe^Jane" and tags["StudyInstanceUID"] == "1.2.3.99"
+    # the same result exported again: the same UIDs, so the PACS holds one series of 3
+    again = write_dicom_series(tmp_path / "t", hu, oblique_affine(), "CT", "FBP, 8 views",
+                               SOURCE, uid_seed="digest/fbp")
+    assert [pydicom.dcmread(str(f)).SOPInstanceUID for f in again] == \
+        [pydicom.dcmread(str(f)).SOPInstanceUID for f in files]
+    send(orthanc.dicom, again)
+    (series,) = orthanc.series()
+    assert len(series["Instances"]) == 3
+    # nobody listening: retried, then a clear error; the files stay
+    with pytest.raises(PacsError, match=r"C-STORE to dicom://ORTHANC@127.0.0.1:\d+ failed "
+                                        r"after 2 attempts \(no association"):
+        c_store("127.0.0.1", free_port(), files, retries=1, backoff=0.01, timeout=2)
+    assert all(f.exists() for f in files)
+
+
+def test_destinations_are_parsed_or_refused():
+    from diffrecon.io.pacs import parse_destination
+
+    assert parse_destination("dicom://PACS@10.0.0.1:104") == {
+        "kind": "c-store", "host": "10.0.0.1", "port": 104, "called": "PACS",
+        "calling": "DIFFRECON"}
+    assert parse_destination("dicom://ME:PACS@h:11112")["calling"] == "ME"
+    assert parse_destination("http://127.0.0.1:8042/dicom-web/") == {
+        "kind": "stow-rs", "url": "http://127.0.0.1:8042/dicom-web"}
+    with pytest.raises(ValueError, match="expected http"):
+        parse_destination("pacs.example.org:104")
+
+
+def test_source_attributes_from_dicom_and_raw_headers():
+    from diffrecon.io.dicom import source_attributes
+
+    raw = {"patient_name": "Doe^Jane", "patient_id": "12345", "study_instance_uid": "1.2.3",
+           "protocol_name": "gre", "frequency_hz": 123.0e6, "attrs": {"max": "1"}}
+    assert source_attributes(raw) == {"PatientName": "Doe^Jane", "PatientID": "12345",
+                                      "StudyInstanceUID": "1.2.3"}
+    dicom = {"PatientName": "Roe^Rich", "StudyDate": "20250102", "SeriesInstanceUID": "9.9",
+             "Modality": "CT"}
+    assert source_attributes(dicom, PatientID="77", StudyDate=None) == {
+        "PatientName": "Roe^Rich", "StudyDate": "20250102", "PatientID": "77"}
+    with pytest.raises(ValueError, match="not a study or patient attribute: SeriesNumber"):
+        source_attributes({}, SeriesNumber="3")
+
+
+def test_deidentified_uids_are_replaced_consistently(tmp_path):
+    img = np.ones((2, 8, 8), np.float32)
+    a = write_dicom_series(tmp_path / "a", img, oblique_affine(), "MR", "a", SOURCE,
+                           deidentify=True)
+    b = write_dicom_series(tmp_path / "b", img, oblique_affine(), "MR", "b", SOURCE,
+                           deidentify=True)
+    ta, tb = pydicom.dcmread(str(a[0])), pydicom.dcmread(str(b[0]))
+    assert ta.StudyInstanceUID != SOURCE["StudyInstanceUID"]
+    assert ta.StudyInstanceUID == tb.StudyInstanceUID  # two series of one study stay together
+    assert ta.SeriesInstanceUID != tb.SeriesInstanceUID
+    assert ta.PatientIdentityRemoved == "YES" and "12345" not in str(ta)
