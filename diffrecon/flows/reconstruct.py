@@ -27,7 +27,9 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
     try:
         return send_series(name, method, folder, config.pacs), None
     except Exception as exc:
-        return None, f"PACS send failed ({exc}); the series stays on disk at {folder}"
+        error = f"PACS send failed ({exc}); the series stays on disk at {folder}"
+        get_run_logger().error("%s of %s: %s", method, name, error)
+        return None, error
 
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:

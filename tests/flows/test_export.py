@@ -67,6 +67,30 @@ def test_inbox_sends_to_the_pacs_and_the_ledger_says_so(prefect_harness, orthanc
         assert f["reconstruction"].shape == (2, 32, 32)
         assert b"Doe^Jane" in f["ismrmrd_header"][()]  # the raw header, carried over
 
+    # identifiers never reach the server: logs (the failed send was logged), artifacts,
+    # run names
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterLevel
+
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # logs and artifacts reach the API asynchronously
+            errors = client.read_logs(LogFilter(level=LogFilterLevel(ge_=40)))
+            arts = client.read_artifacts()
+            if (any("PACS send failed" in e.message for e in errors)
+                    and any(a.key == "report-dora" for a in arts)) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        logs = client.read_logs()
+        runs = client.read_flow_runs()
+    assert any("PACS send failed" in e.message for e in errors)
+    assert any(a.key == "report-dora" for a in arts)
+    seen = " ".join([e.message for e in logs] + [str(a.data) for a in arts]
+                    + [r.name for r in runs] + [str(r.parameters) for r in runs])
+    for secret in ("Doe^Jane", "Doe", "PID-4711"):
+        assert secret not in seen
+
 
 def test_export_cli_to_dicom_h5_and_stow_rs(prefect_harness, orthanc, scan_inbox, tmp_path,
                                             capsys):
