@@ -100,6 +100,9 @@ class ReconConfig(BaseModel):
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
+    slice_batch: int | None = Field(
+        None, ge=1, description="slices reconstructed together (None: all of a scan); "
+                                "halved and retried on CUDA out-of-memory")
 
     @model_validator(mode="after")
     def _methods_fit_modality(self) -> ReconConfig:

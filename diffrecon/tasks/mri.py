@@ -115,6 +115,34 @@ def _diffusion(method: str, k, maps, mask, config: ReconConfig, dev, log_name: s
     return x, (prior.nfe - before) // k.shape[0], prior.name
 
 
+def in_slice_batches(fn, n: int, batch: int | None, what: str = "") -> torch.Tensor:
+    """``fn(a, b)`` over slices [a, b) in batches of ``batch`` (None: all at once), joined.
+
+    On CUDA out-of-memory the cache is emptied and the failed batch retried with half as
+    many slices (down to one); finished batches are kept. Used for every 2D method, whose
+    slices are independent.
+    """
+    size = batch or n
+    parts, a = [], 0
+    while a < n:
+        b = min(n, a + size)
+        try:
+            parts.append(fn(a, b))
+            a = b
+        except torch.cuda.OutOfMemoryError:
+            if b - a == 1:
+                raise
+            size = max(1, (b - a) // 2)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            try:
+                get_run_logger().warning("%s: CUDA out of memory with %d slices, retrying "
+                                         "with %d", what, b - a, size)
+            except Exception:  # outside a Prefect run
+                pass
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+
 def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(store.get(ref)).to(device)
 
@@ -251,24 +279,30 @@ def reconstruct(
     dev = resolve_device(config.device)
     k = _tensor(store, meas.kspace, dev)
     mask = _tensor(store, meas.mask, dev)
+    if method != "zero-filled" and maps is None:
+        raise ValueError(f"{method} needs coil maps")
+    s = _tensor(store, maps, dev) if maps is not None else None
     t0 = time.perf_counter()
-    nfe = prior_name = None
-    if method == "zero-filled":
-        x = classical.zero_filled(k, mask)
-    else:
-        if maps is None:
-            raise ValueError(f"{method} needs coil maps")
-        s = _tensor(store, maps, dev)
+    extra: dict = {}
+
+    def run(a: int, b: int) -> torch.Tensor:  # slices a..b-1: they are independent in 2D
+        kb, sb = k[a:b], (s[a:b] if s is not None else None)
+        if method == "zero-filled":
+            return classical.zero_filled(kb, mask)
         if method == "cg-sense":
-            x = classical.cg_sense(k, s, mask, config.lam, config.cg_iters)
-        elif method == "l1-wavelet":
-            x = classical.l1_wavelet_sense(k, s, mask, config.l1_lam)
-        elif method == "admm-tv":
-            x = classical.tv_sense(k, s, mask, config.tv_lam)
-        elif method in ("dds", "dps"):
-            x, nfe, prior_name = _diffusion(method, k, s, mask, config, dev, meas.name)
-        else:
-            raise ValueError(f"unknown method {method!r}")
+            return classical.cg_sense(kb, sb, mask, config.lam, config.cg_iters)
+        if method == "l1-wavelet":
+            return classical.l1_wavelet_sense(kb, sb, mask, config.l1_lam)
+        if method == "admm-tv":
+            return classical.tv_sense(kb, sb, mask, config.tv_lam)
+        if method in ("dds", "dps"):
+            xb, nfe, extra["prior"] = _diffusion(method, kb, sb, mask, config, dev, meas.name)
+            extra["nfe"] = nfe
+            return xb
+        raise ValueError(f"unknown method {method!r}")
+
+    x = in_slice_batches(run, k.shape[0], config.slice_batch, f"{method} on {meas.name}")
+    nfe, prior_name = extra.get("nfe"), extra.get("prior")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
