@@ -55,6 +55,21 @@ def _prior_ref(args):
                     dps_step_size=args.dps_step_size, seed=args.sampler_seed)
 
 
+def _dask_spec(text: str | None):
+    from diffrecon.config import DaskSpec
+
+    if text is None:
+        return None
+    if text == "cuda":
+        return DaskSpec(cuda=True)
+    if "://" in text:
+        return DaskSpec(address=text)
+    if text.isdigit() and int(text) > 0:
+        return DaskSpec(n_workers=int(text))
+    raise ValueError(f"--dask {text}: give a number of workers, a scheduler address "
+                     "(tcp://host:8786) or 'cuda'")
+
+
 def cmd_run(args) -> int:
     from diffrecon.config import CTSpec, MaskSpec, ReconConfig
 
@@ -73,6 +88,8 @@ def cmd_run(args) -> int:
         outputs=_outputs(args.outputs),
         pacs=args.pacs,
         deidentify=args.deidentify,
+        slice_batch=args.slice_batch,
+        dask=_dask_spec(args.dask),
     )
     return _run_flow([str(p) for p in args.files], config)
 
@@ -268,6 +285,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dps-steps", type=int, default=1000)
     r.add_argument("--dps-step-size", type=float, default=1.0)
     r.add_argument("--sampler-seed", type=int, default=0)
+    r.add_argument("--slice-batch", type=int, default=None,
+                   help="slices reconstructed together (halved on CUDA out-of-memory)")
+    r.add_argument("--dask", default=None, metavar="N|tcp://HOST:PORT|cuda",
+                   help="scale out: a local Dask cluster of N workers, an existing scheduler, "
+                        "or one worker per GPU (dask_cuda)")
     r.set_defaults(func=cmd_run)
 
     ib = sub.add_parser("inbox", help="reconstruct every new scan of an inbox (the nightly run)")

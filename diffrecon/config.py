@@ -65,6 +65,20 @@ class CTSpec(BaseModel):
         return f"{self.views} views"
 
 
+class DaskSpec(BaseModel):
+    """Scale-out of a batch over a Dask cluster: one scan per task, each task holding one
+    GPU (Dask resource ``GPU=1``), so a worker per GPU runs one scan at a time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str | None = Field(None, description="an existing scheduler, e.g. "
+                                "tcp://head:8786 (its workers started with --resources GPU=1)")
+    n_workers: int = Field(2, ge=1, description="local cluster: workers (one per GPU)")
+    cuda: bool = Field(False, description="local cluster: dask_cuda.LocalCUDACluster, one "
+                                          "worker per visible GPU")
+    processes: bool = Field(True, description="local cluster: a process per worker")
+
+
 class ReconConfig(BaseModel):
     """What to reconstruct and how; one config for a whole batch."""
 
@@ -100,6 +114,7 @@ class ReconConfig(BaseModel):
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
+    dask: DaskSpec | None = Field(None, description="scale a batch out over a Dask cluster")
     slice_batch: int | None = Field(
         None, ge=1, description="slices reconstructed together (None: all of a scan); "
                                 "halved and retried on CUDA out-of-memory")

@@ -24,6 +24,7 @@ class ResultRecord(BaseModel):
     error: str | None = None
     output: str | None = None
     sent: str | None = None  # the PACS send: "N instances to DEST"
+    worker: str | None = None  # the Dask worker that reconstructed it (scale-out runs)
 
 
 _LIST = TypeAdapter(list[ResultRecord])

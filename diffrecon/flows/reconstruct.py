@@ -5,10 +5,11 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
-from diffrecon.config import NEEDS_COIL_MAPS, ReconConfig
+from diffrecon.config import NEEDS_COIL_MAPS, DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
@@ -120,17 +121,66 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
     return records
 
 
+def _scan_run_name() -> str:
+    from prefect.runtime import task_run
+
+    return f"scan-{scan_name(task_run.parameters['path'])}"
+
+
+@task(cache_policy=NO_CACHE, task_run_name=_scan_run_name)
+def reconstruct_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
+    """One scan as one task, for scale-out: its own tasks run inside it on the worker."""
+    try:
+        from distributed import get_worker
+
+        worker = get_worker().name
+    except (ImportError, ValueError):  # not on a Dask worker
+        worker = None
+    process = process_ct_volume if config.modality == "ct" else process_scan
+    return [r.model_copy(update={"worker": str(worker)}) if worker is not None else r
+            for r in process(path, config)]
+
+
+def dask_runner(spec: DaskSpec):
+    """prefect-dask's DaskTaskRunner for a DaskSpec: an existing scheduler, or a local
+    (CUDA) cluster whose workers each offer the resource GPU=1."""
+    from prefect_dask import DaskTaskRunner
+
+    if spec.address:
+        return DaskTaskRunner(address=spec.address)
+    if spec.cuda:
+        return DaskTaskRunner(cluster_class="dask_cuda.LocalCUDACluster",
+                              cluster_kwargs={"resources": {"GPU": 1}})
+    return DaskTaskRunner(cluster_kwargs={"n_workers": spec.n_workers, "threads_per_worker": 1,
+                                          "processes": spec.processes,
+                                          "resources": {"GPU": 1}})
+
+
+def _scale_out(paths: list[str], config: ReconConfig) -> list[list[ResultRecord]]:
+    """Every scan as a task on the Dask cluster, each holding one GPU resource."""
+    import dask
+
+    with dask_runner(config.dask) as runner, dask.annotate(resources={"GPU": 1}):
+        futures = [runner.submit(reconstruct_scan, {"path": str(p), "config": config})
+                   for p in paths]
+        return [f.result() for f in futures]
+
+
 @flow(name="reconstruct-scans")
 def reconstruct_scans(paths: list[str], config: ReconConfig) -> list[ResultRecord]:
     """Reconstruct every scan with every method of ``config``; write results.json.
 
     A bad scan fails its own tasks with the reader's message and the others complete.
+    With ``config.dask`` the scans run in parallel on a Dask cluster.
     """
     records: list[ResultRecord] = []
     process = process_ct_volume if config.modality == "ct" else process_scan
     out = Path(config.out_dir)
-    for path in paths:
-        scan_records = process(str(path), config)
+    if config.dask is not None:
+        per_scan = _scale_out(paths, config)
+    else:
+        per_scan = [process(str(path), config) for path in paths]
+    for scan_records in per_scan:
         if scan_records:  # the QA file of each scan, beside its images
             write_results(scan_records, out / f"{scan_records[0].scan}_qa.json")
         records.extend(scan_records)
