@@ -45,9 +45,10 @@ def test_deploy_and_a_worker_runs_the_batch_once(server, tmp_path):
 
     scan = write_fastmri(make_acquisition(n_slices=1, n_coils=6, ny=64, nx=64), tmp_path / "s.h5")
     cli("work-pool", "create", "diffrecon-gpu", "--type", "process")
+    cli("work-pool", "create", "diffrecon-cpu", "--type", "process")
     listed = cli("deploy", "--prefect-file", "deployments/prefect.yaml", "--all")
     for name in ("process-inbox/nightly-inbox", "reconstruct-scans/batch",
-                 "train-prior/train-prior"):
+                 "train-prior/train-prior", "export-results/export"):
         assert name in listed or name.split("/")[1] in listed
     out_dir = tmp_path / "out"
     cli("deployment", "run", "reconstruct-scans/batch", "--param",
@@ -65,3 +66,30 @@ def test_deploy_and_a_worker_runs_the_batch_once(server, tmp_path):
     (schedule,) = nightly[0]["schedules"]
     assert schedule["schedule"]["cron"] == "0 1 * * *"
     assert schedule["schedule"]["timezone"] == "Europe/London"
+
+    # the export deployment runs on the CPU pool's worker
+    cli("deployment", "run", "export-results/export", "--param",
+        f"images={json.dumps([rec['output']])}", "--param", 'to=["dicom", "h5"]')
+    cli("worker", "start", "--pool", "diffrecon-cpu", "--run-once")
+    assert len(list((out_dir / "s_zero-filled_dicom").glob("*.dcm"))) == 1
+    assert (out_dir / "s_zero-filled.h5").exists()
+    runs = httpx.post(f"{api}/flow_runs/filter", json={}).json()
+    assert [r["state_type"] for r in runs if r["deployment_id"] == deps["export"]["id"]] == \
+        ["COMPLETED"]
+
+
+def test_kubernetes_gpu_pool_from_the_template(server):
+    """The documented Kubernetes pool: the server accepts the base job template, and its
+    job requests and limits nvidia.com/gpu."""
+    template = ROOT / "deployments" / "k8s-gpu-job-template.json"
+    out = subprocess.run([PREFECT, "--no-prompt", "work-pool", "create", "diffrecon-gpu-k8s",
+                          "--type", "kubernetes", "--base-job-template", str(template)],
+                         env=server, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    api = server["PREFECT_API_URL"]
+    pool = httpx.get(f"{api}/work_pools/diffrecon-gpu-k8s").json()
+    assert pool["type"] == "kubernetes"
+    container = pool["base_job_template"]["job_configuration"]["job_manifest"]["spec"][
+        "template"]["spec"]["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "{{ gpus }}"
+    assert pool["base_job_template"]["variables"]["properties"]["gpus"]["default"] == 1

@@ -1,0 +1,38 @@
+"""Exports as a flow of their own, for the CPU work pool: DICOM/HDF5/PNG/NIfTI files and
+PACS sends of finished reconstructions, without holding a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from diffrecon.tasks.export import export_result, source_of
+
+
+@task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10,
+      task_run_name="export-{image}")
+def _export_one(image: str, to: list[str], out_dir: str | None, pacs: str | None,
+                source: dict, header: str | None, deidentify: bool) -> dict:
+    return export_result(image, to, out_dir or Path(image).parent, source=source,
+                         header=header, deidentify=deidentify, pacs=pacs)
+
+
+@flow(name="export-results")
+def export_results(images: list[str], to: list[str], out_dir: str | None = None,
+                   pacs: str | None = None, source: str | None = None,
+                   deidentify: bool = False) -> list[dict]:
+    """Export reconstruction NIfTI files (as the flows write them) ``to`` dicom, pacs, h5,
+    nifti, png; study/patient attributes from ``source`` (a DICOM folder or raw file).
+    One image failing does not stop the others; each gets {"image", "state", ...}."""
+    attrs, header = source_of(source)
+    out = []
+    for image in images:
+        try:
+            r = _export_one(image, to, out_dir, pacs, attrs, header, deidentify)
+            out.append({"image": image, "state": "done", **r})
+        except Exception as exc:
+            get_run_logger().error("export of %s failed: %s", Path(image).name, exc)
+            out.append({"image": image, "state": "failed", "error": str(exc)})
+    return out
