@@ -14,7 +14,7 @@ from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
-from diffrecon.tasks.caching import cached
+from diffrecon.tasks.caching import cached, scan_run_name
 from diffrecon.tasks.export import export, scan_report, send_series, series_description
 
 
@@ -121,13 +121,7 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
     return records
 
 
-def _scan_run_name() -> str:
-    from prefect.runtime import task_run
-
-    return f"scan-{scan_name(task_run.parameters['path'])}"
-
-
-@task(cache_policy=NO_CACHE, task_run_name=_scan_run_name)
+@task(cache_policy=NO_CACHE, task_run_name=scan_run_name("scan"))
 def reconstruct_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     """One scan as one task, for scale-out: its own tasks run inside it on the worker."""
     try:

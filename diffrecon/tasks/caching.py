@@ -116,3 +116,17 @@ def cached(tasks, store_root: str):
     storage = result_storage(store_root)
     return [t.with_options(persist_result=True, result_storage=storage,
                            result_serializer="json") for t in tasks]
+
+
+def scan_run_name(prefix: str):
+    """A task-run name from the ``path`` parameter's scan name (the file stem), never the
+    whole path: folders may carry names that must not reach the UI."""
+
+    def name() -> str:
+        from prefect.runtime import task_run
+
+        from diffrecon.io.records import scan_name
+
+        return f"{prefix}-{scan_name(task_run.parameters['path'])}"
+
+    return name

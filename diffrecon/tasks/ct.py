@@ -12,7 +12,7 @@ from prefect import task
 from pydantic import BaseModel
 
 from diffrecon.config import CTSpec
-from diffrecon.tasks.caching import content_key
+from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.mri import resolve_device, retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
@@ -36,7 +36,7 @@ def geometry_of(meas: CTMeasurement):
 
 
 @task(cache_policy=content_key("ct-prepare", "path", "spec", "store_root"), retries=1,
-      retry_condition_fn=retry_transient, task_run_name="ct-prepare-{path}")
+      retry_condition_fn=retry_transient, task_run_name=scan_run_name("ct-prepare"))
 def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from diffrecon.config import MaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.tasks.caching import content_key
+from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -148,7 +148,8 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
 
 
 @task(cache_policy=content_key("load", "path", "store_root"), retries=2,
-      retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient, task_run_name="load-{path}")
+      retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
+      task_run_name=scan_run_name("load"))
 def load_scan(path: str, store_root: str) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
     from diffrecon.io import load_scan as read

@@ -84,10 +84,12 @@ def test_inbox_sends_to_the_pacs_and_the_ledger_says_so(prefect_harness, orthanc
             time.sleep(0.2)
         logs = client.read_logs()
         runs = client.read_flow_runs()
+        tasks = client.read_task_runs()
     assert any("PACS send failed" in e.message for e in errors)
     assert any(a.key == "report-dora" for a in arts)
     seen = " ".join([e.message for e in logs] + [str(a.data) for a in arts]
-                    + [r.name for r in runs] + [str(r.parameters) for r in runs])
+                    + [r.name for r in runs + tasks] + [str(r.parameters) for r in runs])
+    assert "load-dora" in {t.name for t in tasks}  # task runs named by the file stem
     for secret in ("Doe^Jane", "Doe", "PID-4711"):
         assert secret not in seen
 
