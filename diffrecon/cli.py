@@ -50,9 +50,13 @@ def _run_flow(paths: list[str], config) -> int:
 def _prior_ref(args):
     from diffrecon.config import PriorRef
 
-    return PriorRef(prior=args.prior, nfe=args.nfe, eta=args.eta, cg_iters=args.cg_iters,
-                    gamma=args.gamma, dps_steps=args.dps_steps,
-                    dps_step_size=args.dps_step_size, seed=args.sampler_seed)
+    ct = getattr(args, "modality", "mri") == "ct"
+    prior = args.prior or ("ct-axial-128" if ct else "brain-t1-axial-128")
+    aux = args.prior_aux or ("ct-coronal-128" if ct else None)
+    return PriorRef(prior=prior, aux_prior=aux, nfe=args.nfe, eta=args.eta,
+                    cg_iters=args.cg_iters, gamma=args.gamma, dps_steps=args.dps_steps,
+                    dps_step_size=args.dps_step_size, seed=args.sampler_seed,
+                    pattern=args.pattern, tv_lam=args.z_tv_lam, tv_rho=args.z_tv_rho)
 
 
 def _dask_spec(text: str | None):
@@ -77,7 +81,7 @@ def cmd_run(args) -> int:
         args.method = ["fbp"] if args.modality == "ct" else ["cg-sense"]
     config = ReconConfig(
         modality=args.modality,
-        ct=CTSpec(views=args.views, limited_angle=args.limited_angle),
+        ct=CTSpec(views=args.views, limited_angle=args.limited_angle, size=args.ct_size),
         methods=_methods(args.method, args.modality),
         diffusion=_prior_ref(args),
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
@@ -275,8 +279,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--coils", type=int, default=None,
                    help="compress to this many virtual coils (SVD) before the coil maps")
     _output_args(r, "nifti")
-    r.add_argument("--prior", default="brain-t1-axial-128",
-                   help="dds/dps: a shipped prior's name or a checkpoint folder")
+    r.add_argument("--ct-size", type=int, default=None,
+                   help="CT: pad (air) or crop slices to N x N first (the CT priors need 128)")
+    r.add_argument("--prior", default=None,
+                   help="dds/dps/dds-3d-tv/dds-perpendicular: a shipped prior's name or a "
+                        "checkpoint folder (default brain-t1-axial-128; CT: ct-axial-128)")
+    r.add_argument("--prior-aux", default=None,
+                   help="dds-perpendicular: the perpendicular prior (CT default ct-coronal-128)")
+    r.add_argument("--pattern", default="AAB",
+                   help="dds-perpendicular: primary (A) / auxiliary (B) per diffusion step")
+    r.add_argument("--z-tv-lam", type=float, default=0.04, help="dds-3d-tv: TV weight along z")
+    r.add_argument("--z-tv-rho", type=float, default=10.0, help="dds-3d-tv: ADMM penalty")
     r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")
     r.add_argument("--eta", type=float, default=0.85, help="dds: noise mixing")
     r.add_argument("--cg-iters", type=int, default=5, help="dds: data-consistency CG steps")

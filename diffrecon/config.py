@@ -6,12 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps")
-NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps"}
-NEEDS_PRIOR = {"dds", "dps"}
-CT_METHODS = ("fbp", "cg-ls", "admm-tv")
+VOLUME_METHODS = ("dds-3d-tv", "dds-perpendicular")  # a scan's slices as one volume
+MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps",
+               *VOLUME_METHODS)
+NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", *VOLUME_METHODS}
+NEEDS_PRIOR = {"dds", "dps", *VOLUME_METHODS}
+CT_METHODS = ("fbp", "cg-ls", "admm-tv", "dds", *VOLUME_METHODS)
 Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", "fbp",
-                 "cg-ls"]
+                 "cg-ls", "dds-3d-tv", "dds-perpendicular"]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -34,7 +36,14 @@ class PriorRef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prior: str = Field("brain-t1-axial-128", description="shipped prior name or folder")
+    prior: str = Field("brain-t1-axial-128", description="shipped prior name or folder "
+                       "(for CT use e.g. ct-axial-128)")
+    aux_prior: str | None = Field(None, description="dds-perpendicular: the prior of the "
+                                  "perpendicular orientation (e.g. ct-coronal-128)")
+    pattern: str = Field("AAB", pattern="^[AB]+$", description="dds-perpendicular: primary "
+                         "(A) / auxiliary (B) prior per diffusion step, repeated")
+    tv_lam: float = Field(0.04, ge=0, description="dds-3d-tv: TV weight along z")
+    tv_rho: float = Field(10.0, ge=0, description="dds-3d-tv: ADMM penalty (0: no TV)")
     nfe: int = Field(50, ge=1, le=1000, description="DDS network evaluations per slice")
     eta: float = Field(0.85, ge=0, le=1, description="DDS noise mixing")
     cg_iters: int = Field(5, ge=0, description="DDS data-consistency CG iterations")
@@ -58,6 +67,9 @@ class CTSpec(BaseModel):
     tv_lam: float = Field(1.0, ge=0, description="ADMM-TV weight (CT units), tuned on the "
                           "CT training volumes")
     tv_along_z: bool = Field(False, description="ADMM-TV over (z, rows, cols) of the volume")
+    size: int | None = Field(None, ge=8, description="pad (air) or crop the slices to size x "
+                             "size before simulating, as B3 does (128); the diffusion methods "
+                             "need the prior's size")
 
     def setting(self) -> str:
         if self.limited_angle:

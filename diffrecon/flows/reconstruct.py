@@ -9,13 +9,22 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from diffrecon.config import NEEDS_COIL_MAPS, DaskSpec, ReconConfig
+from diffrecon.config import NEEDS_COIL_MAPS, NEEDS_PRIOR, DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_name
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached, scan_run_name
 from diffrecon.tasks.export import export, scan_report, send_series, series_description
+
+
+def _prior_names(config: ReconConfig, method: str) -> str | None:
+    """The prior(s) a method used, by the names the user gave (folder names for paths)."""
+    if method not in NEEDS_PRIOR:
+        return None
+    ref = config.diffusion
+    names = [ref.prior] + ([ref.aux_prior] if method == "dds-perpendicular" else [])
+    return " + ".join(Path(n).name for n in names if n)
 
 
 def _send(name: str, method: str, files: list[str], config: ReconConfig
@@ -102,15 +111,20 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
     records, images = [], {}
     for method in config.methods:
         try:
-            image, seconds = reconstruct_ct(meas, method, config.ct, store, config.device)
+            diffusion = config.diffusion if method in NEEDS_PRIOR else None
+            image, seconds, nfe = reconstruct_ct(meas, method, config.ct, store, config.device,
+                                                 diffusion, config.slice_batch)
+            prior = _prior_names(config, method)
             images[method] = image
             qa = quality_ct(meas, image, store)
             files = export(meas.name, method, image, meas.affine, "ct", config.outputs,
-                           config.out_dir, store, series_description(method, None, meas.setting),
+                           config.out_dir, store, series_description(method, prior,
+                                                                     meas.setting),
                            config.deidentify, meas.source_attrs)
             sent, error = _send(meas.name, method, files, config)
             records.append(ResultRecord(scan=meas.name, modality="ct", method=method,
-                                        setting=meas.setting, seconds=seconds,
+                                        setting=meas.setting, seconds=seconds, nfe=nfe,
+                                        prior=prior,
                                         output=files[0] if files else None, sent=sent,
                                         error=error, state="failed" if error else "done", **qa))
         except Exception as exc:

@@ -11,7 +11,7 @@ import torch
 from prefect import task
 from pydantic import BaseModel
 
-from diffrecon.config import CTSpec
+from diffrecon.config import NEEDS_PRIOR, CTSpec, PriorRef
 from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.mri import resolve_device, retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
@@ -41,10 +41,17 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
     from diffrecon.io.dicom import read_ct_volume, source_attributes
+    from diffrecon.io.nifti import pad_or_crop
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
     vol = read_ct_volume(path)
     x = np.clip((vol.hu + 1000.0) / 2000.0, 0, 1).astype(np.float64)
+    affine = np.asarray(vol.affine, np.float64).copy()
+    if spec.size is not None:  # B3: padded with air or centre-cropped to size x size
+        for axis, n in ((1, x.shape[1]), (2, x.shape[2])):
+            shift = (n - spec.size) // 2 if n > spec.size else -((spec.size - n) // 2)
+            affine[:3, 3] += affine[:3, axis] * shift  # new index i is old index i + shift
+        x = pad_or_crop(x, spec.size, 0.0)
     h, w = x.shape[-2:]
     n_det = int(np.ceil(np.hypot(h, w))) | 1
     if spec.limited_angle:
@@ -58,15 +65,30 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
     sino = sino + torch.from_numpy(sigma * rng.standard_normal(tuple(sino.shape)))
     store = ArtifactStore(store_root)
     return CTMeasurement(name=vol.name, sinogram=store.put(sino.numpy().astype(np.float32)),
-                         reference=store.put(x.astype(np.float32)), affine=vol.affine.tolist(),
+                         reference=store.put(x.astype(np.float32)), affine=affine.tolist(),
                          angles=angles.tolist(), n_det=n_det, image_shape=(h, w),
                          setting=spec.setting(), source_attrs=source_attributes(vol.metadata))
 
 
-@task(cache_policy=content_key("ct-reconstruct", "meas", "method", "spec"), retries=1,
-      retry_condition_fn=retry_transient, task_run_name="{method}-{meas.name}", tags=["gpu"])
+def _prior_settings(parameters: dict) -> dict:
+    """What a diffusion method's result depends on besides the measurement: the sampler
+    settings and the priors' digests."""
+    from diffrecon.tasks.mri import diffusion_settings
+
+    if parameters["method"] not in NEEDS_PRIOR:
+        return {}
+    return diffusion_settings(parameters["diffusion"], parameters["method"])
+
+
+@task(cache_policy=content_key("ct-reconstruct", "meas", "method", "spec",
+                               derive=_prior_settings),
+      retries=1, retry_condition_fn=retry_transient, task_run_name="{method}-{meas.name}",
+      tags=["gpu"])
 def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: str,
-                   device: str) -> tuple[ArrayRef, float]:
+                   device: str, diffusion: PriorRef | None = None,
+                   slice_batch: int | None = None) -> tuple[ArrayRef, float, int | None]:
+    """One CT method on the measurement: (image in CT units, seconds, network evaluations
+    per slice or None)."""
     from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
 
     store = ArtifactStore(store_root)
@@ -74,15 +96,22 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     y = torch.from_numpy(store.get(meas.sinogram)).to(dev, torch.float64)
     op = CTProjector(geometry_of(meas))
     t0 = time.perf_counter()
+    nfe = None
     if method == "fbp":
         x = fbp(y, op, spec.fbp_filter)
     elif method == "cg-ls":
         x = cg_ls(y, op, iters=spec.cg_iters)
     elif method == "admm-tv":
         x = tv_ct(y, op, lam=spec.tv_lam, along_z=spec.tv_along_z)
+    elif method in NEEDS_PRIOR:
+        from diffrecon.tasks.mri import run_diffusion
+
+        x, nfe, _ = run_diffusion(method, lambda a, b: op, y.float(), diffusion or PriorRef(), dev,
+                                  f"{method} on {meas.name}", slice_batch, "ct",
+                                  tuple(meas.image_shape))
     else:
         raise ValueError(f"unknown CT method {method!r}")
-    return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0
+    return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0, nfe
 
 
 @task(cache_policy=content_key("ct-qa", "meas", "image"), task_run_name="ct-qa-{meas.name}")

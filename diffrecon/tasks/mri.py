@@ -9,7 +9,7 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from diffrecon.config import MaskSpec, ReconConfig
+from diffrecon.config import NEEDS_PRIOR, MaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
@@ -82,26 +82,11 @@ def cached_prior(name_or_path: str, device: torch.device):
     return _PRIORS[key]
 
 
-def _diffusion(method: str, k, maps, mask, config: ReconConfig, dev, log_name: str):
-    """DDS or DPS with a progress artifact; returns (image, nfe, prior name)."""
+def _progress_artifact(what: str):
+    """A Prefect progress artifact and the callback (step, total) that updates it."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-    from diffrecon.recon.diffusion.dds import DDSConfig, DPSConfig, sample
-    from diffrecon.recon.operators import Sense
-
-    ref = config.diffusion
-    prior = cached_prior(ref.prior, dev)
-    if prior.config.modality != "mri" or prior.config.image_size != k.shape[-1] \
-            or prior.config.image_size != k.shape[-2]:
-        raise ValueError(f"prior {prior.name} ({prior.config.modality}, "
-                         f"{prior.config.image_size} x {prior.config.image_size}) does not fit "
-                         f"this scan (MRI, {k.shape[-2]} x {k.shape[-1]})")
-    if method == "dds":
-        cfg = DDSConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
-                        seed=ref.seed)
-    else:
-        cfg = DPSConfig(steps=ref.dps_steps, step_size=ref.dps_step_size, seed=ref.seed)
-    art = create_progress_artifact(0.0, description=f"{method} on {log_name}")
+    art = create_progress_artifact(0.0, description=what)
     last = [0.0]
 
     def progress(i: int, n: int) -> None:
@@ -110,9 +95,67 @@ def _diffusion(method: str, k, maps, mask, config: ReconConfig, dev, log_name: s
             update_progress_artifact(art, pct)
             last[0] = pct
 
-    before = prior.nfe
-    x = sample(prior, Sense(maps, mask), k, cfg, progress)
-    return x, (prior.nfe - before) // k.shape[0], prior.name
+    return progress
+
+
+def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
+                  slice_batch: int | None, modality: str, image_shape: tuple[int, int]):
+    """DDS/DPS (slices independent, in slice batches with CUDA OOM halving) or a volume
+    method (dds-3d-tv, dds-perpendicular: all slices together, the network in batches of
+    ``slice_batch``), with a progress artifact. ``make_op(a, b)`` is the operator of slices
+    a..b-1. Returns (image, network evaluations per slice, prior name)."""
+    from diffrecon.config import VOLUME_METHODS
+    from diffrecon.recon.diffusion.dds import (
+        DDS3DConfig,
+        DDSConfig,
+        DPSConfig,
+        dds_volume_sample,
+        sample,
+    )
+
+    priors = [cached_prior(ref.prior, dev)]
+    if method == "dds-perpendicular":
+        if not ref.aux_prior:
+            raise ValueError("dds-perpendicular needs a second prior (--prior-aux)")
+        priors.append(cached_prior(ref.aux_prior, dev))
+    h, w = image_shape
+    for p in priors:
+        if p.config.modality != modality or p.config.image_size != h \
+                or p.config.image_size != w:
+            raise ValueError(f"prior {p.name} ({p.config.modality}, {p.config.image_size} x "
+                             f"{p.config.image_size}) does not fit this scan "
+                             f"({modality.upper()}, {h} x {w})")
+    before = sum(p.nfe for p in priors)
+    progress = _progress_artifact(what)
+    if method in VOLUME_METHODS:
+        cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, seed=ref.seed,
+                          lam=ref.tv_lam, rho=ref.tv_rho if method == "dds-3d-tv" else 0.0,
+                          slice_batch=slice_batch or 32, pattern=ref.pattern)
+        x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, cfg, progress)
+    else:
+        if method == "dds":
+            cfg = DDSConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
+                            seed=ref.seed)
+        else:
+            cfg = DPSConfig(steps=ref.dps_steps, step_size=ref.dps_step_size, seed=ref.seed)
+        x = in_slice_batches(lambda a, b: sample(priors[0], make_op(a, b), y[a:b], cfg,
+                                                 progress),
+                             y.shape[0], slice_batch, what)
+    nfe = (sum(p.nfe for p in priors) - before) // max(1, int(x.shape[0]))
+    name = priors[0].name + (f" + {priors[1].name}" if len(priors) > 1 else "")
+    return x, nfe, name
+
+
+def diffusion_settings(ref, method: str) -> dict:
+    """The cache-relevant settings of a diffusion method: sampler settings, priors' digests."""
+    from diffrecon.recon.diffusion.checkpoint import folder_digest
+    from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+    out = {"diffusion": ref.model_dump(),
+           "prior_digest": folder_digest(resolve_prior_path(ref.prior))}
+    if method == "dds-perpendicular" and ref.aux_prior:
+        out["aux_digest"] = folder_digest(resolve_prior_path(ref.aux_prior))
+    return out
 
 
 def in_slice_batches(fn, n: int, batch: int | None, what: str = "") -> torch.Tensor:
@@ -258,12 +301,8 @@ def method_settings(parameters: dict) -> dict:
         out.update(lam=config.l1_lam)
     elif method == "admm-tv":
         out.update(lam=config.tv_lam)
-    elif method in ("dds", "dps"):
-        from diffrecon.recon.diffusion.checkpoint import folder_digest
-        from diffrecon.recon.diffusion.registry import resolve_prior_path
-
-        out.update(diffusion=config.diffusion.model_dump(),
-                   prior_digest=folder_digest(resolve_prior_path(config.diffusion.prior)))
+    elif method in NEEDS_PRIOR:
+        out.update(diffusion_settings(config.diffusion, method))
     return out
 
 
@@ -284,26 +323,27 @@ def reconstruct(
         raise ValueError(f"{method} needs coil maps")
     s = _tensor(store, maps, dev) if maps is not None else None
     t0 = time.perf_counter()
-    extra: dict = {}
+    nfe = prior_name = None
+    if method in NEEDS_PRIOR:
+        from diffrecon.recon.operators import Sense
 
-    def run(a: int, b: int) -> torch.Tensor:  # slices a..b-1: they are independent in 2D
-        kb, sb = k[a:b], (s[a:b] if s is not None else None)
-        if method == "zero-filled":
-            return classical.zero_filled(kb, mask)
-        if method == "cg-sense":
-            return classical.cg_sense(kb, sb, mask, config.lam, config.cg_iters)
-        if method == "l1-wavelet":
-            return classical.l1_wavelet_sense(kb, sb, mask, config.l1_lam)
-        if method == "admm-tv":
-            return classical.tv_sense(kb, sb, mask, config.tv_lam)
-        if method in ("dds", "dps"):
-            xb, nfe, extra["prior"] = _diffusion(method, kb, sb, mask, config, dev, meas.name)
-            extra["nfe"] = nfe
-            return xb
-        raise ValueError(f"unknown method {method!r}")
+        x, nfe, prior_name = run_diffusion(
+            method, lambda a, b: Sense(s[a:b], mask), k, config.diffusion, dev,
+            f"{method} on {meas.name}", config.slice_batch, "mri", tuple(k.shape[-2:]))
+    else:
+        def run(a: int, b: int) -> torch.Tensor:  # slices a..b-1: independent in 2D
+            kb, sb = k[a:b], (s[a:b] if s is not None else None)
+            if method == "zero-filled":
+                return classical.zero_filled(kb, mask)
+            if method == "cg-sense":
+                return classical.cg_sense(kb, sb, mask, config.lam, config.cg_iters)
+            if method == "l1-wavelet":
+                return classical.l1_wavelet_sense(kb, sb, mask, config.l1_lam)
+            if method == "admm-tv":
+                return classical.tv_sense(kb, sb, mask, config.tv_lam)
+            raise ValueError(f"unknown method {method!r}")
 
-    x = in_slice_batches(run, k.shape[0], config.slice_batch, f"{method} on {meas.name}")
-    nfe, prior_name = extra.get("nfe"), extra.get("prior")
+        x = in_slice_batches(run, k.shape[0], config.slice_batch, f"{method} on {meas.name}")
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
