@@ -1,14 +1,22 @@
-"""Benchmark B4 (3D) for MRI, task (a): z super-resolution x4 on an IXI test volume.
+"""Benchmark B4 (3D): MRI task (a), z super-resolution x4 on an IXI test volume, and the CT
+task: the B3 test volume, every axial slice, 8 and 16 views per slice.
 
 Protocol: ../shared/BENCHMARKS.md (B4-quick: the first IXI test volume, canonical RAS,
 zero-padded to 128^3; each group of 4 axial slices averaged, noise 1e-3 of the maximum).
 Methods: the adjoint (slices repeated), ADMM-TV in 3D, slice-wise 2D DDS (the axial prior,
 data consistency on the whole volume) and DDS + TV along z. PSNR / SSIM per orientation
 (axial, coronal, sagittal; means over slices that contain the head), network evaluations,
-seconds and peak memory (RSS) per volume. Perpendicular priors need a coronal prior,
-which does not exist yet: that row is missing.
+seconds and peak memory (RSS) per volume. Perpendicular priors need a coronal prior: for
+MRI there is none yet; for CT: --aux-prior ct-coronal-128.
 
     .venv/bin/python benchmarks/volume.py [--prior brain-t1-axial-128] [--nfe 50]
+    .venv/bin/python benchmarks/volume.py --task ct [--views 8,16] [--prior ct-axial-128]
+        [--aux-prior ct-coronal-128] [--methods fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular]
+
+CT: 128 x 128 slices padded with air as in B3 (183 detectors, B3's per-slice noise);
+methods FBP, ADMM-TV along (z, rows, cols), slice-wise DDS, DDS + TV-z (lam 0.04,
+rho 10: the DDS CT defaults) and perpendicular priors (pattern AAB, CG data consistency).
+Results are merged into --out by (method, setting), so rows can be run separately.
 """
 
 from __future__ import annotations
@@ -42,23 +50,98 @@ def padded_volume(path: Path, size: int = 128) -> np.ndarray:
     return (vol / vol.max()).astype(np.float64)
 
 
-def per_orientation(x_axial: np.ndarray, ref_ras: np.ndarray) -> dict[str, tuple[float, float]]:
+def per_orientation(x_axial: np.ndarray, ref_ras: np.ndarray, data_range: float | None = None
+                    ) -> dict[str, tuple[float, float]]:
     """PSNR/SSIM means over the slices of each orientation that contain the object."""
     x_ras = unslice_volume(np.abs(x_axial), "axial")
     out = {}
     for o in ("axial", "coronal", "sagittal"):
         a, r = slice_volume(x_ras, o), slice_volume(ref_ras, o)
         keep = r.reshape(len(r), -1).max(axis=1) > 0.05
-        out[o] = (metrics.psnr(a[keep], r[keep]), metrics.ssim(a[keep], r[keep]))
+        out[o] = (metrics.psnr(a[keep], r[keep], data_range),
+                  metrics.ssim(a[keep], r[keep], data_range))
     return out
+
+
+CT_VOLUME = IXI.parents[2] / "data" / "ct" / "totalsegmentator" / "example_ct.nii.gz"
+
+
+def run_ct(args) -> None:
+    from diffrecon.protocols import ct_slices
+    from diffrecon.recon.ct import CTProjector, fbp, tv_ct
+    from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
+    from diffrecon.results import read_results
+
+    cases = ct_slices(CT_VOLUME, every=1)
+    x_true = torch.stack([c.image for c in cases]).double()  # (112, 128, 128) CT units
+    ref_ras = unslice_volume(x_true.numpy(), "axial")
+    wanted = args.methods.split(",")
+    diffusion = any("dds" in m for m in wanted)
+    prior = resolve_prior(args.prior or "ct-axial-128") if diffusion else None
+    aux = resolve_prior(args.aux_prior) if args.aux_prior and diffusion else None
+    out = Path(args.out)
+    records = [r for r in (read_results(out) if out.exists() else [])]
+    for views in args.views.split(","):
+        op = CTProjector(cases[0].geometry(views))
+        y = torch.cat([c.sinogram(op) for c in cases])
+
+        def run(method: str, y=y, op=op):
+            if method == "fbp":
+                return fbp(y, op)
+            if method == "admm-tv":
+                return tv_ct(y, op, lam=1.0, along_z=True)
+            if method == "dds":
+                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0))
+            if method == "dds-3d-tv":
+                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, lam=0.04,
+                                                                  rho=10.0))
+            return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
+                nfe=args.nfe, rho=0.0, pattern="AAB"))
+
+        for method in wanted:
+            if method == "dds-perpendicular" and aux is None:
+                print("dds-perpendicular skipped: no --aux-prior")
+                continue
+            before = (prior.nfe if prior else 0) + (aux.nfe if aux else 0)
+            t0 = time.perf_counter()
+            x = run(method).numpy()
+            seconds = time.perf_counter() - t0
+            nfe = ((prior.nfe if prior else 0) + (aux.nfe if aux else 0) - before) \
+                // x.shape[0] or None
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+            setting = f"{views} views"
+            records = [r for r in records if not (r.method == method
+                                                  and r.setting.startswith(setting + ","))]
+            used = None
+            if "dds" in method:
+                used = prior.name + (f" + {aux.name}" if method == "dds-perpendicular" else "")
+            for o, (p, s) in per_orientation(x, ref_ras, data_range=1.0).items():
+                records.append(ResultRecord(
+                    scan="B4 ct example_ct", modality="ct", method=method,
+                    setting=f"{setting}, {o}", prior=used, psnr=p, ssim=s, seconds=seconds,
+                    nfe=nfe))
+            print(f"{method} {setting}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
+            write_results(records, out)
+    print(f"\nB4 CT on {hardware_name(torch.device('cpu'))}; seconds per volume")
+    print(format_table(records))
+    print(f"\nwritten: {out}")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--prior", default="brain-t1-axial-128")
+    ap.add_argument("--task", choices=["mri-zsr", "ct"], default="mri-zsr")
+    ap.add_argument("--prior", default=None)
+    ap.add_argument("--aux-prior", default=None)
     ap.add_argument("--nfe", type=int, default=50)
-    ap.add_argument("--out", default="benchmarks/results/volume_b4_quick.json")
+    ap.add_argument("--views", default="8,16")
+    ap.add_argument("--methods", default="fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular")
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
+    if args.task == "ct":
+        args.out = args.out or "benchmarks/results/volume_b4_ct.json"
+        return run_ct(args)
+    args.out = args.out or "benchmarks/results/volume_b4_quick.json"
+    args.prior = args.prior or "brain-t1-axial-128"
     _, test = ixi_split(IXI)
     path = test[0]
     name = path.name.removesuffix(".nii.gz")
