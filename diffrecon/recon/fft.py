@@ -15,3 +15,17 @@ def ifft2c(k: torch.Tensor) -> torch.Tensor:
     """k-space (..., ky, kx) -> image (..., H, W), centred, orthonormal."""
     k = torch.fft.ifftshift(k, dim=(-2, -1))
     return torch.fft.fftshift(torch.fft.ifft2(k, norm="ortho"), dim=(-2, -1))
+
+
+def fft3c(x: torch.Tensor) -> torch.Tensor:
+    """Volume (..., Z, H, W) -> 3D k-space (..., kz, ky, kx), centred, orthonormal."""
+    d = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.fftn(torch.fft.ifftshift(x, dim=d), dim=d,
+                                             norm="ortho"), dim=d)
+
+
+def ifft3c(k: torch.Tensor) -> torch.Tensor:
+    """3D k-space (..., kz, ky, kx) -> volume (..., Z, H, W), centred, orthonormal."""
+    d = (-3, -2, -1)
+    return torch.fft.fftshift(torch.fft.ifftn(torch.fft.ifftshift(k, dim=d), dim=d,
+                                              norm="ortho"), dim=d)

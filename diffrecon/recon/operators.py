@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from diffrecon.recon.fft import fft2c, ifft2c
+from diffrecon.recon.fft import fft2c, fft3c, ifft2c, ifft3c
 
 
 class LinearOperator:
@@ -99,6 +99,33 @@ class ZSuperResolution(LinearOperator):
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return (y / self.factor).repeat_interleave(self.factor, dim=-3)
+
+
+class Cartesian3D(LinearOperator):
+    """3D Cartesian MRI (B4 (b)): y = M F3 (S x), the readout (columns) fully sampled and
+    the (z, rows) phase-encoding plane undersampled.
+
+    maps: (C, H, W) coil maps repeated along z, or (C, Z, H, W); None: single coil.
+    mask: (Z, H) sampled (kz, ky) positions, broadcast along the readout.
+    x: (Z, H, W) complex volume; y: (C, kz, ky, kx).
+    """
+
+    def __init__(self, maps: torch.Tensor | None, mask: torch.Tensor, dtype=torch.complex64):
+        if maps is None:
+            maps = torch.ones(1, 1, 1, 1, dtype=dtype, device=mask.device)
+        elif maps.ndim == 3:
+            maps = maps[:, None]
+        self.maps = maps
+        self.mask = mask.to(device=maps.device, dtype=maps.real.dtype)[..., None]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mask * fft3c(self.maps * x.unsqueeze(-4))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return (self.maps.conj() * ifft3c(self.mask * y)).sum(dim=-4)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return self.adjoint(self.forward(x))  # the mask is binary: M^H M = M
 
 
 def inner(a: torch.Tensor, b: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
