@@ -153,12 +153,13 @@ def run_ct(args) -> None:
             if method == "admm-tv":
                 return tv_ct(y, op, lam=1.0, along_z=True)
             if method == "dds":
-                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0))
+                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0,
+                                                                  eta=args.eta))
             if method == "dds-3d-tv":
                 return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, lam=0.04,
-                                                                  rho=10.0))
+                                                                  rho=10.0, eta=args.eta))
             return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
-                nfe=args.nfe, rho=0.0, pattern="AAB"))
+                nfe=args.nfe, rho=0.0, pattern="AAB", eta=args.eta))
 
         for method in wanted:
             if method == "dds-perpendicular" and aux is None:
@@ -197,6 +198,8 @@ def main() -> None:
     ap.add_argument("--aux-prior", default=None)
     ap.add_argument("--nfe", type=int, default=50)
     ap.add_argument("--views", default="8,16")
+    ap.add_argument("--eta", type=float, default=0.85, help="DDS noise mixing (CT: 1.0, "
+                    "chosen on the pulmonary training volume)")
     ap.add_argument("--methods", default="fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
