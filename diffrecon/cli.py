@@ -94,6 +94,7 @@ def cmd_run(args) -> int:
         deidentify=args.deidentify,
         slice_batch=args.slice_batch,
         dask=_dask_spec(args.dask),
+        name_by=args.name_by,
     )
     return _run_flow([str(p) for p in args.files], config)
 
@@ -105,7 +106,7 @@ def cmd_inbox(args) -> int:
     config = ReconConfig(methods=_methods(args.method or ["cg-sense"]),
                          mask=MaskSpec(kind=args.mask, accel=args.accel), device=args.device,
                          outputs=_outputs(args.outputs), pacs=args.pacs,
-                         deidentify=args.deidentify)
+                         deidentify=args.deidentify, name_by=args.name_by)
     summary = process_inbox(args.inbox, args.out, config, force=args.force,
                             max_attempts=args.max_attempts, settle_seconds=args.settle)
     for s in summary:
@@ -244,6 +245,8 @@ def _output_args(p: argparse.ArgumentParser, default: str) -> None:
                         "dicom://AE_TITLE@host:port (C-STORE)")
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM outputs: replace patient identifiers (basic profile)")
+    p.add_argument("--name-by", choices=["stem", "hash"], default="stem",
+                   help="name scans in runs, logs and outputs by file stem or a short hash")
 
 
 def _outputs(text: str) -> list[str]:

@@ -126,6 +126,9 @@ class ReconConfig(BaseModel):
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")
     device: str = Field("auto", description="'auto', 'cpu' or 'cuda[:n]'")
+    name_by: Literal["stem", "hash"] = Field(
+        "stem", description="name scans in runs, logs and outputs by file stem, or by a "
+                            "short hash of it (file names that carry identifiers)")
     dask: DaskSpec | None = Field(None, description="scale a batch out over a Dask cluster")
     slice_batch: int | None = Field(
         None, ge=1, description="slices reconstructed together (None: all of a scan); "

@@ -31,6 +31,7 @@ _LIST = TypeAdapter(list[ResultRecord])
 
 _COLUMNS = (
     ("scan", "{}"),
+    ("modality", "{}"),
     ("method", "{}"),
     ("setting", "{}"),
     ("prior", "{}"),

@@ -21,7 +21,7 @@ from prefect.artifacts import create_table_artifact
 
 from diffrecon.config import ReconConfig
 from diffrecon.flows.reconstruct import reconstruct_scans
-from diffrecon.io.records import scan_name
+from diffrecon.io.records import scan_label, scan_name
 from diffrecon.results import ResultRecord
 from diffrecon.tasks.caching import path_digest
 from diffrecon.tasks.ledger import Ledger
@@ -95,7 +95,7 @@ def process_inbox(inbox: str, outbox: str, config: ReconConfig | None = None,
         out_dir = outbox_p / name
         cfg = config.model_copy(update={"out_dir": str(out_dir),
                                         "store": config.store or str(outbox_p / ".artifacts")})
-        sub = reconstruct_scans.with_options(flow_run_name=name)
+        sub = reconstruct_scans.with_options(flow_run_name=scan_label(path, config.name_by))
         try:
             records: list[ResultRecord] = sub([str(path)], cfg)
         except Exception as exc:  # the subflow itself broke (a lost worker, a full disk)

@@ -11,7 +11,7 @@ from prefect.cache_policies import NO_CACHE
 
 from diffrecon.config import NEEDS_COIL_MAPS, NEEDS_PRIOR, DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.records import scan_name
+from diffrecon.io.records import scan_label
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached, scan_run_name
@@ -44,14 +44,14 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     """All methods of the config on one scan; a failure becomes a 'failed' record."""
-    name = scan_name(path)
+    name = scan_label(path, config.name_by)
     store = config.store_root
     load, prepare, coil_maps, reconstruct, quality = cached(
         (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps, mri.reconstruct,
          mri.quality), store)
     records: list[ResultRecord] = []
     try:
-        scan = load(path, store)
+        scan = load(path, store, name).model_copy(update={"name": name})
         meas = prepare(scan, config.mask, store, config.device, config.coil_compression)
         maps = None
         maps_seconds = 0.0
@@ -97,12 +97,12 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
     """CT: simulate the sinogram of a volume, reconstruct with each method."""
     from diffrecon.tasks import ct
 
-    name = scan_name(path)
+    name = scan_label(path, config.name_by)
     store = config.store_root
     prepare_ct, reconstruct_ct, quality_ct = cached(
         (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), store)
     try:
-        meas = prepare_ct(path, config.ct, store)
+        meas = prepare_ct(path, config.ct, store, name).model_copy(update={"name": name})
     except Exception as exc:
         get_run_logger().error("CT volume %s failed: %s", name, exc)
         state = "invalid" if isinstance(exc, InvalidScanError) else "failed"

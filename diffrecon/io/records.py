@@ -112,6 +112,18 @@ def mask_from_kspace(kspace: np.ndarray) -> np.ndarray:
     return np.abs(kspace).reshape(-1, *kspace.shape[-2:]).max(axis=0) > 0
 
 
+def scan_label(path: str | Path, mode: str = "stem") -> str:
+    """A scan's name in run names, logs and outputs: the file stem, or with ``mode`` "hash"
+    a short one-way hash of it ("scan-1a2b3c4d5e"), for sites whose file names carry
+    identifiers."""
+    import hashlib
+
+    stem = scan_name(path)
+    if mode == "hash":
+        return "scan-" + hashlib.sha256(stem.encode()).hexdigest()[:10]
+    return stem
+
+
 def scan_name(path: str | Path) -> str:
     """A scan's name in logs and outputs: the file stem without .gz/.nii/.h5 suffixes."""
     name = Path(path).name

@@ -119,14 +119,16 @@ def cached(tasks, store_root: str):
 
 
 def scan_run_name(prefix: str):
-    """A task-run name from the ``path`` parameter's scan name (the file stem), never the
-    whole path: folders may carry names that must not reach the UI."""
+    """A task-run name from the ``label`` parameter (the scan's label), else the ``path``
+    parameter's file stem; never the whole path: folders may carry names that must not
+    reach the UI."""
 
     def name() -> str:
         from prefect.runtime import task_run
 
         from diffrecon.io.records import scan_name
 
-        return f"{prefix}-{scan_name(task_run.parameters['path'])}"
+        params = task_run.parameters
+        return f"{prefix}-{params.get('label') or scan_name(params['path'])}"
 
     return name

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from diffrecon.config import NEEDS_PRIOR, CTSpec, PriorRef
 from diffrecon.tasks.caching import content_key, scan_run_name
-from diffrecon.tasks.mri import resolve_device, retry_transient
+from diffrecon.tasks.mri import labelled_errors, resolve_device, retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -37,14 +37,16 @@ def geometry_of(meas: CTMeasurement):
 
 @task(cache_policy=content_key("ct-prepare", "path", "spec", "store_root"), retries=1,
       retry_condition_fn=retry_transient, task_run_name=scan_run_name("ct-prepare"))
-def prepare_ct(path: str, spec: CTSpec, store_root: str) -> CTMeasurement:
+def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = None
+               ) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
     from diffrecon.io.dicom import read_ct_volume, source_attributes
     from diffrecon.io.nifti import pad_or_crop
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
-    vol = read_ct_volume(path)
+    with labelled_errors(path, label):
+        vol = read_ct_volume(path)
     x = np.clip((vol.hu + 1000.0) / 2000.0, 0, 1).astype(np.float64)
     affine = np.asarray(vol.affine, np.float64).copy()
     if spec.size is not None:  # B3: padded with air or centre-cropped to size x size

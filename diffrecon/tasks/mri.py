@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -48,6 +49,20 @@ class ReconOutput(BaseModel):
     seconds: float
     nfe: int | None = None
     prior: str | None = None
+
+
+@contextmanager
+def labelled_errors(path: str, label: str | None):
+    """Reader errors name the scan by its label when it is not the file stem (hashed
+    names: the file name must not reach logs)."""
+    from diffrecon.io.records import scan_name
+
+    try:
+        yield
+    except InvalidScanError as exc:
+        if label and label != scan_name(path):
+            raise InvalidScanError(label, exc.problem) from None
+        raise
 
 
 def retry_transient(task, task_run, state) -> bool:
@@ -193,18 +208,19 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
 @task(cache_policy=content_key("load", "path", "store_root"), retries=2,
       retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
       task_run_name=scan_run_name("load"))
-def load_scan(path: str, store_root: str) -> ScanRef:
+def load_scan(path: str, store_root: str, label: str | None = None) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
     from diffrecon.io import load_scan as read
     from diffrecon.io.dicom import source_attributes
     from diffrecon.io.fastmri import acquisition_header
 
-    acq = read(path)
+    with labelled_errors(path, label):
+        acq = read(path)
     store = ArtifactStore(store_root)
     ref = store.put(acq.reference) if acq.reference is not None else None
     get_run_logger().info(
         "loaded %s: %d slices, %d coils, %dx%d, %.0f%% of lines sampled",
-        acq.name, *acq.kspace.shape, 100 * acq.mask.any(axis=1).mean(),
+        label or acq.name, *acq.kspace.shape, 100 * acq.mask.any(axis=1).mean(),
     )
     return ScanRef(
         name=acq.name,

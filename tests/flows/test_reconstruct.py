@@ -258,3 +258,39 @@ def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
                                     "out_dir": str(tmp_path / "o2")})
     (rec,) = reconstruct_scans([str(tmp_path / "ph.nii.gz")], bad)
     assert rec.state == "failed" and "does not fit this scan (CT, 30 x 30)" in rec.error
+
+
+def test_hashed_scan_names_keep_file_names_out_of_the_server(prefect_harness, tmp_path):
+    import time
+
+    from prefect.client.orchestration import get_client
+
+    from diffrecon.flows.reconstruct import reconstruct_scans
+    from diffrecon.io.records import scan_label
+
+    good = write_fastmri(make_acquisition(n_slices=1, n_coils=4, ny=64, nx=64),
+                         tmp_path / "Doe_Jane_19700101.h5")
+    bad = tmp_path / "Roe_Rich_19800202.h5"
+    bad.write_bytes(good.read_bytes()[:400])
+    config = ReconConfig(methods=["zero-filled"], mask=MaskSpec(accel=2), name_by="hash",
+                         out_dir=str(tmp_path / "o"))
+    g, b = reconstruct_scans.with_options(flow_run_name="hashed-batch")(
+        [str(good), str(bad)], config)
+    label = scan_label(good, "hash")
+    assert g.scan == label and label.startswith("scan-") and len(label) == 15
+    assert g.state == "done" and g.output.endswith(f"{label}_zero-filled.nii.gz")
+    assert b.state == "invalid" and b.error.startswith(f"{scan_label(bad, 'hash')}: ")
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # the error log reaches the API asynchronously
+            logs = client.read_logs()
+            if any(scan_label(bad, "hash") in entry.message for entry in logs) \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        names = [t.name for t in client.read_task_runs()] + \
+            [r.name for r in client.read_flow_runs()]
+    assert any(scan_label(bad, "hash") in entry.message for entry in logs)
+    assert f"load-{label}" in names
+    text = " ".join(names + [entry.message for entry in logs])
+    assert "Doe_Jane" not in text and "Roe_Rich" not in text
