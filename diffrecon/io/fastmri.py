@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.ismrmrd_header import HeaderInfo, build_header, parse_header
+from diffrecon.io.ismrmrd_header import HeaderInfo, acquisition_header, parse_header
 from diffrecon.io.records import MRIAcquisition, mask_from_kspace, scan_name
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -117,19 +117,6 @@ def read_fastmri(path: str | Path) -> MRIAcquisition:
         metadata=metadata,
     )
     return acq.validate()
-
-
-def acquisition_header(acq: MRIAcquisition) -> str:
-    """The ISMRMRD XML header of an acquisition (as written into fastMRI files)."""
-    info = HeaderInfo(
-        encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
-        recon_matrix=tuple(int(v) for v in acq.recon_matrix),
-        encoded_fov_mm=tuple(float(v) for v in acq.fov_mm),
-        recon_fov_mm=tuple(float(v) for v in acq.metadata.get("recon_fov_mm", acq.fov_mm)),
-        frequency_hz=float(acq.metadata.get("frequency_hz", 0.0)),
-        study={k2: v for k2, v in acq.metadata.items() if isinstance(v, str)},
-    )
-    return build_header(info, acq.kspace.shape[-2])
 
 
 def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:

@@ -76,6 +76,19 @@ def parse_header(text: str | bytes) -> HeaderInfo:
     return HeaderInfo(enc, rec, efov, rfov, freq, study)
 
 
+def acquisition_header(acq) -> str:
+    """The ISMRMRD XML header of an MRIAcquisition (as fastMRI and ISMRMRD files get it)."""
+    info = HeaderInfo(
+        encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
+        recon_matrix=tuple(int(v) for v in acq.recon_matrix),
+        encoded_fov_mm=tuple(float(v) for v in acq.fov_mm),
+        recon_fov_mm=tuple(float(v) for v in acq.metadata.get("recon_fov_mm", acq.fov_mm)),
+        frequency_hz=float(acq.metadata.get("frequency_hz", 0.0)),
+        study={k2: v for k2, v in acq.metadata.items() if isinstance(v, str)},
+    )
+    return build_header(info, acq.kspace.shape[-2])
+
+
 def build_header(info: HeaderInfo, n_lines: int | None = None) -> str:
     """Write a minimal, schema-valid ISMRMRD XML header for a Cartesian scan."""
     ET.register_namespace("", NS)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.ismrmrd_header import HeaderInfo, build_header, parse_header
+from diffrecon.io.ismrmrd_header import acquisition_header, parse_header
 from diffrecon.io.records import MRIAcquisition, scan_name
 
 _SKIP_FLAGS = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA")
@@ -104,17 +104,9 @@ def write_ismrmrd(acq: MRIAcquisition, path: str | Path, dataset: str = "dataset
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
-    info = HeaderInfo(
-        encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
-        recon_matrix=tuple(int(v) for v in acq.recon_matrix),
-        encoded_fov_mm=tuple(float(v) for v in acq.fov_mm),
-        recon_fov_mm=tuple(float(v) for v in acq.metadata.get("recon_fov_mm", acq.fov_mm)),
-        frequency_hz=float(acq.metadata.get("frequency_hz", 0.0)),
-        study={k: v for k, v in acq.metadata.items() if isinstance(v, str)},
-    )
     ds = ismrmrd.Dataset(str(tmp), dataset, create_if_needed=True)
     try:
-        ds.write_xml_header(build_header(info, acq.kspace.shape[-2]))
+        ds.write_xml_header(acquisition_header(acq))
         n_z, n_coils, n_lin, _ = acq.kspace.shape
         sampled = np.flatnonzero(acq.mask.any(axis=1))
         counter = 0

@@ -172,7 +172,7 @@ def source_of(path: str | Path | None, **overrides: str | None) -> tuple[dict, s
         metadata = read_dicom_series(path).metadata
     elif path is not None:
         from diffrecon.io import load_scan
-        from diffrecon.io.fastmri import acquisition_header
+        from diffrecon.io.ismrmrd_header import acquisition_header
 
         acq = load_scan(path)
         metadata, header = acq.metadata, acquisition_header(acq)

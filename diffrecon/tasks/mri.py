@@ -212,7 +212,7 @@ def load_scan(path: str, store_root: str, label: str | None = None) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
     from diffrecon.io import load_scan as read
     from diffrecon.io.dicom import source_attributes
-    from diffrecon.io.fastmri import acquisition_header
+    from diffrecon.io.ismrmrd_header import acquisition_header
 
     with labelled_errors(path, label):
         acq = read(path)
