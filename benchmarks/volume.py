@@ -67,6 +67,28 @@ CT_VOLUME = IXI.parents[2] / "data" / "ct" / "totalsegmentator" / "example_ct.ni
 B1_MAPS = IXI.parent / "b1_simulation_maps_16ch_128.npy"
 
 
+def measure(records: list, out: Path, scan: str, modality: str, method: str, setting: str,
+            fn, priors: list, prior_name: str | None, ref_ras: np.ndarray,
+            data_range: float | None = None) -> list:
+    """Run ``fn`` (a volume), score it per orientation, replace the method's earlier rows
+    for ``setting`` and write the results file; network evaluations per axial slice."""
+    before = sum(p.nfe for p in priors)
+    t0 = time.perf_counter()
+    x = np.abs(fn().numpy())
+    seconds = time.perf_counter() - t0
+    nfe = (sum(p.nfe for p in priors) - before) // x.shape[0] or None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    records = [r for r in records if not (r.method == method
+                                          and r.setting.startswith(setting + ","))]
+    for o, (p, s) in per_orientation(x, ref_ras, data_range).items():
+        records.append(ResultRecord(scan=scan, modality=modality, method=method,
+                                    setting=f"{setting}, {o}", prior=prior_name, psnr=p,
+                                    ssim=s, seconds=seconds, nfe=nfe))
+    print(f"{method} {setting}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
+    write_results(records, out)
+    return records
+
+
 def run_cartesian(args) -> None:
     """B4 (b): 3D Cartesian, readout along the columns, Poisson (rows, z) mask R = 8."""
     from diffrecon.recon.masks import poisson_2d
@@ -111,20 +133,9 @@ def run_cartesian(args) -> None:
 
     setting = f"3D Cartesian R=8 Poisson, {args.coils} coil{'s' if args.coils > 1 else ''}"
     for method in args.methods.split(","):
-        before = prior.nfe
-        t0 = time.perf_counter()
-        x = run(method).abs().numpy()
-        seconds = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        records = [r for r in records if not (r.method == method
-                                              and r.setting.startswith(setting + ","))]
-        for o, (p, s) in per_orientation(x, ref_ras).items():
-            records.append(ResultRecord(
-                scan=f"B4-quick {name}", method=method, setting=f"{setting}, {o}",
-                prior=prior.name if "dds" in method else None, psnr=p, ssim=s,
-                seconds=seconds, nfe=(prior.nfe - before) // x.shape[0] or None))
-        print(f"{method} {setting}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
-        write_results(records, out)
+        records = measure(records, out, f"B4-quick {name}", "mri", method, setting,
+                          lambda m=method: run(m), [prior],
+                          prior.name if "dds" in method else None, ref_ras)
     print(format_table(records))
 
 
@@ -165,26 +176,12 @@ def run_ct(args) -> None:
             if method == "dds-perpendicular" and aux is None:
                 print("dds-perpendicular skipped: no --aux-prior")
                 continue
-            before = (prior.nfe if prior else 0) + (aux.nfe if aux else 0)
-            t0 = time.perf_counter()
-            x = run(method).numpy()
-            seconds = time.perf_counter() - t0
-            nfe = ((prior.nfe if prior else 0) + (aux.nfe if aux else 0) - before) \
-                // x.shape[0] or None
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-            setting = f"{views} views"
-            records = [r for r in records if not (r.method == method
-                                                  and r.setting.startswith(setting + ","))]
             used = None
             if "dds" in method:
                 used = prior.name + (f" + {aux.name}" if method == "dds-perpendicular" else "")
-            for o, (p, s) in per_orientation(x, ref_ras, data_range=1.0).items():
-                records.append(ResultRecord(
-                    scan="B4 ct example_ct", modality="ct", method=method,
-                    setting=f"{setting}, {o}", prior=used, psnr=p, ssim=s, seconds=seconds,
-                    nfe=nfe))
-            print(f"{method} {setting}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
-            write_results(records, out)
+            records = measure(records, out, "B4 ct example_ct", "ct", method, f"{views} views",
+                              lambda m=method: run(m), [p for p in (prior, aux) if p],
+                              used, ref_ras, data_range=1.0)
     print(f"\nB4 CT on {hardware_name(torch.device('cpu'))}; seconds per volume")
     print(format_table(records))
     print(f"\nwritten: {out}")
