@@ -46,11 +46,17 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--work", default="/tmp/train")
+    ap.add_argument("--only", help="train only the prior of this name (one process per prior)")
+    ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cudnn.benchmark = True
     print(f"training the {args.set} priors on {hardware_name(dev)}", flush=True)
     for spec in SETS[args.set]:
+        if args.only and spec["name"] != args.only:
+            continue
         t0 = time.time()
         files = volume_files([Path(args.data) / spec["folder"]], first=spec["first"])
         tr, va = split_by_volume(files, 0.1)

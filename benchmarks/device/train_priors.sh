@@ -1,12 +1,34 @@
 #!/usr/bin/env bash
 # On the device machine: install the carried wheels, train one set of priors (brain or ct)
-# within about 7 minutes, one tar file per prior in $OUT. Prepare with prepare.sh first.
+# side by side (one process per prior on the one GPU: the small UNet leaves most of an H100
+# idle, so two processes train about twice the steps of one after the other), each for
+# MINUTES of training, one tar file per prior and one log per prior in $OUT.
+# Prepare with prepare.sh first.
 set -euo pipefail
 SET=${1:-brain}
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 benchmarks/device/train_priors.py --set "$SET" --data .devdata --out "${OUT:-/tmp/out}" \
-  --minutes "${MINUTES:-3.1}"
-ls -la "${OUT:-/tmp/out}"
+case "$SET" in
+  brain) NAMES="brain-t1-axial-128 brain-t1-coronal-128" ;;
+  ct) NAMES="ct-axial-128 ct-coronal-128" ;;
+  *) echo "unknown set $SET (brain or ct)"; exit 2 ;;
+esac
+pids=()
+for name in $NAMES; do
+  python3 benchmarks/device/train_priors.py --set "$SET" --only "$name" --data .devdata \
+    --out "$OUT" --minutes "${MINUTES:-3.1}" --threads 6 --work "/tmp/train-$name" \
+    > "$OUT/$name.log" 2>&1 &
+  pids+=($!)
+done
+( while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) &
+mon=$!
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=1; done
+kill "$mon" 2>/dev/null || true
+tail -n 3 "$OUT"/*.log
+ls -la "$OUT"
+exit $rc

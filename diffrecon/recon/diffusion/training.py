@@ -16,6 +16,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -243,8 +244,12 @@ def train(
     device: str | torch.device = "cpu",
     callback: Callable[[int, int, float], None] | None = None,
     resume: bool = True,
+    prefetch: bool | None = None,
 ) -> TrainResult:
-    """Train (or resume training) a prior; returns figures for the card and the caller."""
+    """Train (or resume training) a prior; returns figures for the card and the caller.
+
+    ``prefetch`` (default: on a GPU) draws batches ahead on a CPU thread and reads the
+    loss back every ``log_every`` steps instead of every step."""
     from diffrecon.io.previews import grid, save_png
     from diffrecon.recon.diffusion.sampling import sample_unconditional
 
@@ -299,38 +304,65 @@ def train(
         return r
 
     net.train()
-    while step < cfg.steps:
-        t0 = time.perf_counter()
-        x_t, t, noise = make_batch(data, step, cfg, schedule)
-        x_t, t, noise = x_t.to(device), t.to(device), noise.to(device)
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-            pred = net(x_t, t)
-        loss = F.mse_loss(pred.float(), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - decay)
-            for be, b in zip(ema.buffers(), net.buffers()):
-                be.copy_(b)
-        step += 1
-        losses.append(float(loss.item()))
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - t0
-        if callback is not None and (step % cfg.log_every == 0 or step == cfg.steps):
-            callback(step, cfg.steps, losses[-1])
-        out_of_time = cfg.max_seconds is not None and seconds >= cfg.max_seconds
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
-            result = checkpoint()
-            net.train()
-        if out_of_time:
-            break
+    # On a GPU the next batches are drawn on a CPU thread while the network trains, and the
+    # loss is read back every log_every steps, so the GPU never waits on the CPU per step.
+    # Batches are a function of (seed, step) either way, so results do not depend on this.
+    on_gpu = device.type == "cuda" if prefetch is None else prefetch
+    pool = ThreadPoolExecutor(max_workers=2) if on_gpu else None
+    ahead: dict[int, Future] = {}
+
+    def next_batch(s: int):
+        if pool is None:
+            return make_batch(data, s, cfg, schedule)
+        for k in range(s, min(s + 3, cfg.steps)):
+            if k not in ahead:
+                ahead[k] = pool.submit(make_batch, data, k, cfg, schedule)
+        return ahead.pop(s).result()
+
+    unread: list[torch.Tensor] = []
+
+    def read_losses() -> None:
+        losses.extend(torch.stack(unread).tolist() if unread else [])
+        unread.clear()
+
+    params = [p for p in net.parameters()]
+    ema_params = [p for p in ema.parameters()]
+    try:
+        while step < cfg.steps:
+            t0 = time.perf_counter()
+            x_t, t, noise = next_batch(step)
+            x_t, t, noise = (v.to(device, non_blocking=True) for v in (x_t, t, noise))
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+                pred = net(x_t, t)
+            loss = F.mse_loss(pred.float(), noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+            with torch.no_grad():
+                torch._foreach_lerp_(ema_params, params, 1 - decay)
+                for be, b in zip(ema.buffers(), net.buffers()):
+                    be.copy_(b)
+            step += 1
+            unread.append(loss.detach())
+            if not on_gpu or step % cfg.log_every == 0 or step == cfg.steps:
+                read_losses()  # on a GPU this waits for the queued steps
+            seconds += time.perf_counter() - t0
+            if callback is not None and (step % cfg.log_every == 0 or step == cfg.steps):
+                callback(step, cfg.steps, losses[-1])
+            out_of_time = cfg.max_seconds is not None and seconds >= cfg.max_seconds
+            if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+                read_losses()
+                result = checkpoint()
+                net.train()
+            if out_of_time:
+                break
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     if result is None:  # already complete when resumed
         result = checkpoint()
     return result
