@@ -1,22 +1,23 @@
-"""Benchmark B4 (3D): MRI task (a), z super-resolution x4 on an IXI test volume, and the CT
-task: the B3 test volume, every axial slice, 8 and 16 views per slice.
+"""Benchmark B4 (3D) on the CPU: MRI task (a), z super-resolution x4, and (b), 3D Cartesian
+k-space with a Poisson (ky, kz) mask at R = 8, on the first IXI test volume; the CT task on
+the B3 test volume, every axial slice, 8 and 16 views per slice.
 
 Protocol: ../shared/BENCHMARKS.md (B4-quick: the first IXI test volume, canonical RAS,
-zero-padded to 128^3; each group of 4 axial slices averaged, noise 1e-3 of the maximum).
-Methods: the adjoint (slices repeated), ADMM-TV in 3D, slice-wise 2D DDS (the axial prior,
-data consistency on the whole volume) and DDS + TV along z. PSNR / SSIM per orientation
-(axial, coronal, sagittal; means over slices that contain the head), network evaluations,
-seconds and peak memory (RSS) per volume. Perpendicular priors need a coronal prior: for
-MRI there is none yet; for CT: --aux-prior ct-coronal-128.
+zero-padded to 128^3; (a) each group of 4 axial slices averaged, noise 1e-3 of the maximum).
+Methods: a classical baseline (the adjoint / zero-filled, CG, ADMM-TV in 3D; FBP and
+ADMM-TV for CT), slice-wise 2D DDS (the axial prior, data consistency on the whole volume),
+DDS + TV along z and perpendicular priors (--aux-prior: a coronal prior; pattern AAB, CG
+data consistency). PSNR / SSIM per orientation (axial, coronal, sagittal; means over slices
+that contain the object), network evaluations per slice, seconds and peak memory (RSS) per
+volume. Results are merged into --out by (method, setting), so rows can be run separately.
 
-    .venv/bin/python benchmarks/volume.py [--prior brain-t1-axial-128] [--nfe 50]
+    .venv/bin/python benchmarks/volume.py --task mri-zsr|mri-cartesian [--coils 1|16]
+        [--prior brain-t1-axial-128] [--aux-prior brain-t1-coronal-128] [--methods ...]
     .venv/bin/python benchmarks/volume.py --task ct [--views 8,16] [--prior ct-axial-128]
         [--aux-prior ct-coronal-128] [--methods fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular]
 
-CT: 128 x 128 slices padded with air as in B3 (183 detectors, B3's per-slice noise);
-methods FBP, ADMM-TV along (z, rows, cols), slice-wise DDS, DDS + TV-z (lam 0.04,
-rho 10: the DDS CT defaults) and perpendicular priors (pattern AAB, CG data consistency).
-Results are merged into --out by (method, setting), so rows can be run separately.
+TV-z settings: MRI lam 0.02, rho 1; CT lam 0.04, rho 10 (the DDS CT defaults). CT slices
+are 128 x 128, padded with air as in B3 (183 detectors, B3's per-slice noise).
 """
 
 from __future__ import annotations
@@ -89,6 +90,40 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     return records
 
 
+def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
+    """The three diffusion rows of every B4 task: slice-wise DDS, DDS + TV-z (lam, rho) and
+    perpendicular priors (AAB, CG data consistency)."""
+    from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
+
+    if method == "dds":
+        return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0, eta=args.eta))
+    if method == "dds-3d-tv":
+        return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, lam=tv[0], rho=tv[1],
+                                                          eta=args.eta))
+    if method == "dds-perpendicular":
+        return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
+            nfe=args.nfe, rho=0.0, pattern="AAB", eta=args.eta))
+    raise SystemExit(f"unknown method {method!r}")
+
+
+def prior_label(method: str, prior, aux) -> str | None:
+    if "dds" not in method:
+        return None
+    return prior.name + (f" + {aux.name}" if method == "dds-perpendicular" else "")
+
+
+def load_priors(args, default: str, wanted: list[str]):
+    """The primary prior and the auxiliary one (None without --aux-prior: perpendicular rows
+    are then skipped)."""
+    diffusion_rows = any("dds" in m for m in wanted)
+    prior = resolve_prior(args.prior or default) if diffusion_rows else None
+    aux = resolve_prior(args.aux_prior) if args.aux_prior and diffusion_rows else None
+    if "dds-perpendicular" in wanted and aux is None:
+        print("dds-perpendicular skipped: no --aux-prior")
+        wanted.remove("dds-perpendicular")
+    return prior, aux
+
+
 def run_cartesian(args) -> None:
     """B4 (b): 3D Cartesian, readout along the columns, Poisson (rows, z) mask R = 8."""
     from diffrecon.recon.masks import poisson_2d
@@ -112,7 +147,8 @@ def run_cartesian(args) -> None:
     y = y + sigma * torch.from_numpy((rng.standard_normal(tuple(y.shape)) + 1j
                                       * rng.standard_normal(tuple(y.shape))).astype(np.complex64))
     y = op.mask * y  # noise only where sampled
-    prior = resolve_prior(args.prior or "brain-t1-axial-128")
+    wanted = args.methods.split(",")
+    prior, aux = load_priors(args, "brain-t1-axial-128", wanted)
     aty = op.adjoint(y)
     out = Path(args.out)
     records = list(read_results(out) if out.exists() else [])
@@ -127,31 +163,26 @@ def run_cartesian(args) -> None:
             # lambda 0.03, rho 0.3: the best of 0.01/0.03/0.1 on the first IXI training volume
             return admm_tv(op.normal, aty, 3e-2, dims=(-3, -2, -1), rho=3e-1, iters=40,
                            cg_iters=5, periodic=False, x0=aty, batch_dims=0)
-        if method == "dds":
-            return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0))
-        return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, lam=0.02, rho=1.0))
+        return diffusion(method, prior, aux, op, y, args, tv=(0.02, 1.0))
 
     setting = f"3D Cartesian R=8 Poisson, {args.coils} coil{'s' if args.coils > 1 else ''}"
-    for method in args.methods.split(","):
+    for method in wanted:
         records = measure(records, out, f"B4-quick {name}", "mri", method, setting,
-                          lambda m=method: run(m), [prior],
-                          prior.name if "dds" in method else None, ref_ras)
+                          lambda m=method: run(m), [p for p in (prior, aux) if p],
+                          prior_label(method, prior, aux), ref_ras)
     print(format_table(records))
 
 
 def run_ct(args) -> None:
     from diffrecon.protocols import ct_slices
     from diffrecon.recon.ct import CTProjector, fbp, tv_ct
-    from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
     from diffrecon.results import read_results
 
     cases = ct_slices(CT_VOLUME, every=1)
     x_true = torch.stack([c.image for c in cases]).double()  # (112, 128, 128) CT units
     ref_ras = unslice_volume(x_true.numpy(), "axial")
     wanted = args.methods.split(",")
-    diffusion = any("dds" in m for m in wanted)
-    prior = resolve_prior(args.prior or "ct-axial-128") if diffusion else None
-    aux = resolve_prior(args.aux_prior) if args.aux_prior and diffusion else None
+    prior, aux = load_priors(args, "ct-axial-128", wanted)
     out = Path(args.out)
     records = [r for r in (read_results(out) if out.exists() else [])]
     for views in args.views.split(","):
@@ -163,25 +194,12 @@ def run_ct(args) -> None:
                 return fbp(y, op)
             if method == "admm-tv":
                 return tv_ct(y, op, lam=1.0, along_z=True)
-            if method == "dds":
-                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, rho=0.0,
-                                                                  eta=args.eta))
-            if method == "dds-3d-tv":
-                return dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=args.nfe, lam=0.04,
-                                                                  rho=10.0, eta=args.eta))
-            return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
-                nfe=args.nfe, rho=0.0, pattern="AAB", eta=args.eta))
+            return diffusion(method, prior, aux, op, y, args, tv=(0.04, 10.0))
 
         for method in wanted:
-            if method == "dds-perpendicular" and aux is None:
-                print("dds-perpendicular skipped: no --aux-prior")
-                continue
-            used = None
-            if "dds" in method:
-                used = prior.name + (f" + {aux.name}" if method == "dds-perpendicular" else "")
             records = measure(records, out, "B4 ct example_ct", "ct", method, f"{views} views",
                               lambda m=method: run(m), [p for p in (prior, aux) if p],
-                              used, ref_ras, data_range=1.0)
+                              prior_label(method, prior, aux), ref_ras, data_range=1.0)
     print(f"\nB4 CT on {hardware_name(torch.device('cpu'))}; seconds per volume")
     print(format_table(records))
     print(f"\nwritten: {out}")
@@ -209,7 +227,15 @@ def main() -> None:
             args.methods = "zero-filled,cg-sense,admm-tv,dds,dds-3d-tv"
         return run_cartesian(args)
     args.out = args.out or "benchmarks/results/volume_b4_quick.json"
-    args.prior = args.prior or "brain-t1-axial-128"
+    if args.methods == ap.get_default("methods"):
+        args.methods = "adjoint,admm-tv,dds,dds-3d-tv,dds-perpendicular"
+    run_zsr(args)
+
+
+def run_zsr(args) -> None:
+    """B4 (a): z super-resolution x4 (groups of 4 axial slices averaged, noise 1e-3)."""
+    from diffrecon.results import read_results
+
     _, test = ixi_split(IXI)
     path = test[0]
     name = path.name.removesuffix(".nii.gz")
@@ -220,36 +246,26 @@ def main() -> None:
     rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
     y = y + 1e-3 * float(y.abs().max()) * torch.from_numpy(rng.standard_normal(tuple(y.shape)))
     yc = y.to(torch.complex128)
-    prior = resolve_prior(args.prior)
-    runs = {
-        "adjoint (slices repeated)": lambda: op.adjoint(y) * 4,
-        "admm-tv (3D)": lambda: admm_tv(op.normal, op.adjoint(y), 1e-3, dims=(-3, -2, -1),
-                                        rho=1e-2, iters=60, cg_iters=5, periodic=False,
-                                        x0=op.adjoint(y) * 4, batch_dims=0),
-        "dds (slice-wise)": lambda: dds_3d_tv_sample(prior, op, yc, DDS3DConfig(
-            nfe=args.nfe, lam=0.0, rho=0.0)),
-        "dds-3d-tv": lambda: dds_3d_tv_sample(prior, op, yc, DDS3DConfig(
-            nfe=args.nfe, lam=0.02, rho=1.0)),
-    }
-    records = []
-    for method, fn in runs.items():
-        before = prior.nfe
-        t0 = time.perf_counter()
-        out = fn()
-        seconds = time.perf_counter() - t0
-        x = out.abs().numpy()
-        scores = per_orientation(x, ref_ras)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        for o, (p, s) in scores.items():
-            records.append(ResultRecord(
-                scan=f"B4-quick {name}", method=method, setting=f"z-SR x4, {o}",
-                prior=prior.name if "dds" in method else None, psnr=p, ssim=s,
-                seconds=seconds, nfe=(prior.nfe - before) // x.shape[0] or None))
-        print(f"{method}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
+    wanted = args.methods.split(",")
+    prior, aux = load_priors(args, "brain-t1-axial-128", wanted)
+    out = Path(args.out)
+    records = list(read_results(out) if out.exists() else [])
+
+    def run(method: str):
+        if method == "adjoint":  # the slices repeated
+            return op.adjoint(y) * 4
+        if method == "admm-tv":
+            return admm_tv(op.normal, op.adjoint(y), 1e-3, dims=(-3, -2, -1), rho=1e-2,
+                           iters=60, cg_iters=5, periodic=False, x0=op.adjoint(y) * 4,
+                           batch_dims=0)
+        return diffusion(method, prior, aux, op, yc, args, tv=(0.02, 1.0))
+
+    for method in wanted:
+        records = measure(records, out, f"B4-quick {name}", "mri", method, "z-SR x4",
+                          lambda m=method: run(m), [p for p in (prior, aux) if p],
+                          prior_label(method, prior, aux), ref_ras)
     print(f"\nB4-quick (a) on {hardware_name(torch.device('cpu'))}; seconds per volume")
     print(format_table(records))
-    print(f"\nwritten: {write_results(records, args.out)}")
-
 
 if __name__ == "__main__":
     main()

@@ -51,6 +51,10 @@ class TrainConfig:
     augment: bool = False
     n_samples: int = 16
     sample_steps: int = 50
+    # stochastic sampling (eta 1) for the sample sheet: with deterministic DDIM (eta 0) a small
+    # network's poor x0 estimates at the first, noisiest steps are carried to the end, and
+    # most samples come out saturated or noisy (seen on the brain priors)
+    sample_eta: float = 1.0
     base_channels: int = 16
     channel_mult: tuple[int, ...] = (1, 2, 4, 8)
     attention: tuple[bool, ...] | None = None  # default: attention at the lowest resolution
@@ -183,7 +187,7 @@ def _atomic_torch_save(obj, path: Path) -> None:
 
 def _config_key(cfg: TrainConfig) -> str:
     d = asdict(cfg)
-    for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps",
+    for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps", "sample_eta",
               "data_description", "data_licence", "network_note", "max_seconds"):
         d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
@@ -227,7 +231,8 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         f"- validation loss (EMA weights): {val}",
         "",
         "## Unconditional samples",
-        f"DDIM, {cfg.sample_steps} steps, EMA weights (magnitude shown):",
+        f"DDIM, {cfg.sample_steps} steps, eta {cfg.sample_eta:g}, EMA weights"
+        + (" (magnitude shown):" if cfg.modality == "mri" else ":"),
         "",
         "![samples](samples.png)",
         "",
@@ -289,8 +294,8 @@ def train(
         prior = Prior(EpsNetwork(ema, "monai-diffusion-unet", cfg.channels), cfg.prior_config(),
                       device=device)
         samples = prior.from_model_space(
-            sample_unconditional(prior, cfg.n_samples, cfg.sample_steps, seed=cfg.seed,
-                                 batch=cfg.batch_size))
+            sample_unconditional(prior, cfg.n_samples, cfg.sample_steps, eta=cfg.sample_eta,
+                                 seed=cfg.seed, batch=cfg.batch_size))
         sheet = grid(samples.abs().numpy() if cfg.modality == "mri" else samples.numpy(),
                      vmin=0.0, vmax=1.0)
         save_png(work_dir / "samples" / f"step_{step:07d}.png", sheet)
