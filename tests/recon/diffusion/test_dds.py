@@ -138,9 +138,11 @@ def test_dds_3d_tv_with_an_oracle_prior_and_a_smoother_z_profile():
     vol = (vol / vol.abs().max()).to(torch.complex128)  # smooth along z, max 1
     op = ZSuperResolution(4)
     y = op.forward(vol)
-    # an oracle prior returns the truth (the volume scale is max |A^H y|)
+    # an oracle prior returns the truth (at the volume scale DDS estimates)
+    from diffrecon.recon.diffusion.dds import estimate_scale
+
     prior = Prior(EpsNetwork(torch.nn.Identity(), "oracle", 2), tiny_config())
-    scale = float(op.adjoint(y).abs().max())
+    scale = estimate_scale(prior, op, y, volume=True)
     prior.net = EpsNetwork(OracleEps(prior.to_model_space(vol.to(torch.complex64), scale),
                                      prior.schedule), "oracle", 2)
     x = dds_3d_tv_sample(prior, op, y, DDS3DConfig(nfe=6, clip=False, lam=1e-6))
@@ -200,3 +202,21 @@ def test_perpendicular_priors_with_oracles_return_the_truth():
     assert axial.nfe == 4 * 8 and coronal.nfe == 2 * 16  # steps A A B A A B
     with pytest.raises(ValueError, match="same orientation"):
         dds_perpendicular_sample(axial, axial, op, y)
+
+
+def test_scale_is_the_least_squares_images_maximum():
+    """z super-resolution by 4 of a volume that is constant within each group of 4 slices:
+    the least-squares image is the volume, max 1; the adjoint's maximum would be 1/4 and
+    put the prior's input at 4 times its range."""
+    from diffrecon.recon.diffusion.dds import estimate_scale
+    from diffrecon.recon.operators import ZSuperResolution
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 12, 12, generator=g).repeat_interleave(4, dim=0).to(torch.complex64)
+    x = x / x.abs().max()
+    op = ZSuperResolution(4)
+    y = op.forward(x)
+    prior = Prior(EpsNetwork(torch.nn.Identity(), "oracle", 2), tiny_config())
+    assert float(op.adjoint(y).abs().max()) == pytest.approx(0.25, abs=1e-6)
+    assert estimate_scale(prior, op, y, volume=True) == pytest.approx(1.0, abs=1e-5)
+    assert estimate_scale(prior, op, y, factor=2.0, volume=True) == pytest.approx(2.0, abs=1e-5)
