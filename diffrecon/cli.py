@@ -56,7 +56,8 @@ def _prior_ref(args):
     return PriorRef(prior=prior, aux_prior=aux, nfe=args.nfe, eta=args.eta,
                     cg_iters=args.cg_iters, gamma=args.gamma, dps_steps=args.dps_steps,
                     dps_step_size=args.dps_step_size, seed=args.sampler_seed,
-                    pattern=args.pattern, tv_lam=args.z_tv_lam, tv_rho=args.z_tv_rho)
+                    pattern=args.pattern, tv_lam=args.z_tv_lam, tv_rho=args.z_tv_rho,
+                    real_object=args.real_object)
 
 
 def _dask_spec(text: str | None):
@@ -293,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dds-perpendicular: primary (A) / auxiliary (B) per diffusion step")
     r.add_argument("--z-tv-lam", type=float, default=0.04, help="dds-3d-tv: TV weight along z")
     r.add_argument("--z-tv-rho", type=float, default=10.0, help="dds-3d-tv: ADMM penalty")
+    r.add_argument("--real-object", action="store_true",
+                   help="MRI volume methods: the object is real (magnitude images)")
     r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")
     r.add_argument("--eta", type=float, default=0.85, help="dds: noise mixing")
     r.add_argument("--cg-iters", type=int, default=5, help="dds: data-consistency CG steps")

@@ -145,7 +145,8 @@ def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
     if method in VOLUME_METHODS:
         cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, seed=ref.seed,
                           lam=ref.tv_lam, rho=ref.tv_rho if method == "dds-3d-tv" else 0.0,
-                          slice_batch=slice_batch or 32, pattern=ref.pattern)
+                          slice_batch=slice_batch or 32, pattern=ref.pattern,
+                          real=ref.real_object)
         x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, cfg, progress)
     else:
         if method == "dds":
