@@ -294,3 +294,18 @@ def test_hashed_scan_names_keep_file_names_out_of_the_server(prefect_harness, tm
     assert f"load-{label}" in names
     text = " ".join(names + [entry.message for entry in logs])
     assert "Doe_Jane" not in text and "Roe_Rich" not in text
+
+
+def test_cli_volume_options_reach_the_sampler_settings():
+    """--real-object, --pattern and the TV-z settings end up in the run's PriorRef, which is
+    what run_diffusion hands to DDS3DConfig (and what the cache key includes)."""
+    from diffrecon.cli import _prior_ref, build_parser
+
+    args = build_parser().parse_args(
+        ["run", "vol.nii.gz", "--out", "o", "--method", "dds-perpendicular", "--real-object",
+         "--prior-aux", "brain-t1-coronal-128", "--pattern", "AB", "--z-tv-rho", "0.1"])
+    ref = _prior_ref(args)
+    assert (ref.real_object, ref.pattern, ref.tv_rho, ref.aux_prior) == \
+        (True, "AB", 0.1, "brain-t1-coronal-128")
+    plain = _prior_ref(build_parser().parse_args(["run", "vol.nii.gz", "--out", "o"]))
+    assert plain.real_object is False
