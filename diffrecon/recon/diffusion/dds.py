@@ -54,7 +54,8 @@ SCALE_CG_ITERS = 10
 
 
 def estimate_scale(prior: Prior, operator: LinearOperator, y: torch.Tensor,
-                   factor: float = 1.0, volume: bool = False) -> torch.Tensor | float:
+                   factor: float = 1.0, volume: bool = False,
+                   aty: torch.Tensor | None = None) -> torch.Tensor | float:
     """Intensity scale that brings MRI images to the prior's max-1 range: the maximum
     magnitude of the least-squares image (CG on A^H A x = A^H y from zero, a few
     iterations), per slice, or one for the whole volume; 1 for CT (data units already).
@@ -64,7 +65,7 @@ def estimate_scale(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     prior then sees images brighter than any it learnt, clipped at the model's range."""
     if prior.config.normalisation.kind != "complex":
         return 1.0
-    aty = operator.adjoint(y)
+    aty = operator.adjoint(y) if aty is None else aty
     x, _ = conjugate_gradient(operator.normal, aty, max_iter=SCALE_CG_ITERS, tol=1e-6,
                               batch_dims=0 if volume else 1)
     if volume:
@@ -296,7 +297,7 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
     sched = prior.schedule
     aty = operator.adjoint(y)
     dtype = _data_dtype(prior, y)
-    scale = estimate_scale(prior, operator, y, cfg.scale_factor, volume=True)
+    scale = estimate_scale(prior, operator, y, cfg.scale_factor, volume=True, aty=aty)
     background = float(prior.to_model_space(torch.zeros(1, 1, 1, dtype=dtype), scale)
                        .flatten()[0])
     shape = (aty.shape[-3], prior.channels, *aty.shape[-2:])

@@ -312,8 +312,8 @@ def train(
     # On a GPU the next batches are drawn on a CPU thread while the network trains, and the
     # loss is read back every log_every steps, so the GPU never waits on the CPU per step.
     # Batches are a function of (seed, step) either way, so results do not depend on this.
-    on_gpu = device.type == "cuda" if prefetch is None else prefetch
-    pool = ThreadPoolExecutor(max_workers=2) if on_gpu else None
+    prefetching = device.type == "cuda" if prefetch is None else prefetch
+    pool = ThreadPoolExecutor(max_workers=2) if prefetching else None
     ahead: dict[int, Future] = {}
 
     def next_batch(s: int):
@@ -330,8 +330,7 @@ def train(
         losses.extend(torch.stack(unread).tolist() if unread else [])
         unread.clear()
 
-    params = [p for p in net.parameters()]
-    ema_params = [p for p in ema.parameters()]
+    params, ema_params = list(net.parameters()), list(ema.parameters())
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -353,7 +352,7 @@ def train(
                     be.copy_(b)
             step += 1
             unread.append(loss.detach())
-            if not on_gpu or step % cfg.log_every == 0 or step == cfg.steps:
+            if not prefetching or step % cfg.log_every == 0 or step == cfg.steps:
                 read_losses()  # on a GPU this waits for the queued steps
             seconds += time.perf_counter() - t0
             if callback is not None and (step % cfg.log_every == 0 or step == cfg.steps):
