@@ -99,14 +99,14 @@ def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
     from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
 
     common = dict(nfe=args.nfe, eta=args.eta, scale_factor=args.scale_factor,
-                  real=args.real and args.task != "ct")
+                  real=args.real and args.task != "ct", gamma=args.gamma)
     if method == "dds":
         return dds_3d_tv_sample(prior, op, y, DDS3DConfig(rho=0.0, **common))
     if method == "dds-3d-tv":
         return dds_3d_tv_sample(prior, op, y, DDS3DConfig(lam=tv[0], rho=tv[1], **common))
     if method == "dds-perpendicular":
         return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
-            rho=0.0, pattern="AAB", **common))
+            rho=0.0, pattern=args.pattern, **common))
     raise SystemExit(f"unknown method {method!r}")
 
 
@@ -224,6 +224,9 @@ def main() -> None:
                     "maximum); 3D Cartesian R = 8 single coil: 2.0, the mean true/estimated "
                     "ratio on the first three IXI training volumes (1.66, 2.14, 2.15); "
                     "16 coils: 1.45 (1.24, 1.60, 1.50)")
+    ap.add_argument("--gamma", type=float, default=None,
+                    help="noisy data consistency weight (default: noiseless)")
+    ap.add_argument("--pattern", default="AAB", help="perpendicular priors: A axial, B aux")
     ap.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                     help="MRI: the object is a magnitude volume (as the B4 protocol makes it); "
                     "the diffusion rows keep Tweedie's real part (--no-real: complex)")

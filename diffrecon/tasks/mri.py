@@ -143,8 +143,9 @@ def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
     before = sum(p.nfe for p in priors)
     progress = _progress_artifact(what)
     if method in VOLUME_METHODS:
-        cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, seed=ref.seed,
-                          lam=ref.tv_lam, rho=ref.tv_rho if method == "dds-3d-tv" else 0.0,
+        cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
+                          seed=ref.seed, lam=ref.tv_lam,
+                          rho=ref.tv_rho if method == "dds-3d-tv" else 0.0,
                           slice_batch=slice_batch or 32, pattern=ref.pattern,
                           real=ref.real_object)
         x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, cfg, progress)

@@ -85,16 +85,24 @@ def _in_support(operator: LinearOperator, x: torch.Tensor) -> torch.Tensor:
 
 
 def data_consistency(operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor,
-                     iters: int, gamma: float | None) -> torch.Tensor:
-    """CG data consistency started at x0 (batched over slices, per-slice Hermitian CG)."""
+                     iters: int, gamma: float | None, aty: torch.Tensor | None = None,
+                     batch_dims: int = 1, extra: tuple | None = None) -> torch.Tensor:
+    """CG data consistency started at x0: noiseless, A^H A x = A^H y, or noisy (gamma),
+    (I + gamma A^H A) x = x0 + gamma A^H y. Hermitian inner products per slice
+    (``batch_dims`` 1; 0: one solve for the whole volume). ``extra`` = (N, b) adds a
+    quadratic term to the data term, A^H A + N and A^H y + b (ADMM's rho D^H D and
+    rho D^H (z - u) for TV along z)."""
     if iters <= 0:
         return x0
-    aty = operator.adjoint(y)
-    if gamma is None:
-        x, _ = conjugate_gradient(operator.normal, aty, x0=x0, max_iter=iters, tol=0.0)
-    else:
-        x, _ = conjugate_gradient(lambda v: v + gamma * operator.normal(v), x0 + gamma * aty,
-                                  x0=x0, max_iter=iters, tol=0.0)
+    aty = operator.adjoint(y) if aty is None else aty
+    normal, rhs = operator.normal, aty
+    if extra is not None:
+        normal, rhs = (lambda v: operator.normal(v) + extra[0](v)), aty + extra[1]
+    if gamma is not None:
+        data_normal = normal
+        normal, rhs = (lambda v: v + gamma * data_normal(v)), x0 + gamma * rhs
+    x, _ = conjugate_gradient(normal, rhs, x0=x0, max_iter=iters, tol=0.0,
+                              batch_dims=batch_dims)
     return x
 
 
@@ -279,7 +287,8 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
     level. Data consistency on the whole volume: plain CG (rho = 0) or one ADMM iteration
     per diffusion step with TV along z (lam, rho; z and u carried across steps): CG on
     (A^H A + rho D_z^H D_z) started at Tweedie's x0, z = soft(D_z x + u, lam / rho),
-    u += D_z x - z.
+    u += D_z x - z. With ``gamma`` both in the noisy form, I + gamma (...) on the left and
+    x0 + gamma (...) on the right, as :func:`data_consistency` does for 2D DDS.
     """
     from diffrecon.recon.solvers import (
         finite_differences,
@@ -322,15 +331,13 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
         xd = prior.from_model_space(x0, scale).to(aty.device, dtype)
         if cfg.real and xd.is_complex():
             xd = xd.real.to(dtype)
-        if cfg.rho <= 0:  # no TV: plain DDS data consistency on the whole volume
-            xd, _ = conjugate_gradient(operator.normal, aty, x0=xd, max_iter=cfg.cg_iters,
-                                       tol=0.0, batch_dims=0)
+        if cfg.rho <= 0:  # no TV: DDS data consistency on the whole volume
+            xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma, aty, 0)
         else:
             if zvar is None:
                 zvar, uvar = dz(xd), torch.zeros_like(dz(xd))
-            xd, _ = conjugate_gradient(lambda v: operator.normal(v) + cfg.rho * dzt(dz(v)),
-                                       aty + cfg.rho * dzt(zvar - uvar), x0=xd,
-                                       max_iter=cfg.cg_iters, tol=0.0, batch_dims=0)
+            tv = (lambda v: cfg.rho * dzt(dz(v)), cfg.rho * dzt(zvar - uvar))
+            xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma, aty, 0, tv)
             d = dz(xd)
             zvar = soft_threshold(d + uvar, cfg.lam / cfg.rho)
             uvar = uvar + d - zvar
