@@ -67,6 +67,37 @@ def per_orientation(x_axial: np.ndarray, ref_ras: np.ndarray, data_range: float 
     return out
 
 
+def mri_volume(args) -> tuple[str, np.ndarray, torch.Tensor]:
+    """(name, reference in RAS, axial stack) of the B4-quick test volume; with --tune the
+    first IXI training volume's central 32 axial slices (for choosing settings)."""
+    train, test = ixi_split(IXI)
+    path = train[0] if args.tune else test[0]
+    name = path.name.removesuffix(".nii.gz")
+    ref_ras = padded_volume(path)
+    axial = slice_volume(ref_ras, "axial")
+    if args.tune:
+        axial = np.ascontiguousarray(axial[48:80])
+        ref_ras = unslice_volume(axial, "axial")
+    return name, ref_ras, torch.from_numpy(axial)
+
+
+def scan_label(args, name: str) -> str:
+    return f"{'tune' if args.tune else 'B4-quick'} {name}"
+
+
+def variant(args, method: str) -> str:
+    """Non-default sampler settings, appended to a row's setting: eta (MRI), noisy DC,
+    pattern."""
+    out = ""
+    if "dds" in method and args.eta != 0.85 and args.task != "ct":
+        out += f", eta {args.eta:g}"
+    if "dds" in method and args.gamma is not None:
+        out += f", gamma {args.gamma:g}"
+    if method == "dds-perpendicular" and args.pattern != "AAB":
+        out += f", {args.pattern}"
+    return out
+
+
 CT_VOLUME = IXI.parents[2] / "data" / "ct" / "totalsegmentator" / "example_ct.nii.gz"
 B1_MAPS = IXI.parent / "b1_simulation_maps_16ch_128.npy"
 
@@ -82,8 +113,8 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     seconds = time.perf_counter() - t0
     nfe = (sum(p.nfe for p in priors) - before) // x.shape[0] or None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    records = [r for r in records if not (r.method == method
-                                          and r.setting.startswith(setting + ","))]
+    mine = {f"{setting}, {o}" for o in ("axial", "coronal", "sagittal")}
+    records = [r for r in records if not (r.method == method and r.setting in mine)]
     for o, (p, s) in per_orientation(x, ref_ras, data_range).items():
         records.append(ResultRecord(scan=scan, modality=modality, method=method,
                                     setting=f"{setting}, {o}", prior=prior_name, psnr=p,
@@ -135,12 +166,10 @@ def run_cartesian(args) -> None:
     from diffrecon.recon.solvers import conjugate_gradient
     from diffrecon.results import read_results
 
-    _, test = ixi_split(IXI)
-    path = test[0]
-    name = path.name.removesuffix(".nii.gz")
-    ref_ras = padded_volume(path)
-    x_true = torch.from_numpy(slice_volume(ref_ras, "axial")).to(torch.complex64)
-    mask = poisson_2d((128, 128), 8, zlib.crc32(f"{name}/poisson".encode())).T  # (z, rows)
+    name, ref_ras, x_true = mri_volume(args)
+    x_true = x_true.to(torch.complex64)
+    nz = x_true.shape[0]
+    mask = poisson_2d((128, nz), 8, zlib.crc32(f"{name}/poisson".encode())).T  # (z, rows)
     maps = None
     if args.coils == 16:
         maps = torch.from_numpy(np.load(B1_MAPS))
@@ -171,7 +200,8 @@ def run_cartesian(args) -> None:
 
     setting = f"3D Cartesian R=8 Poisson, {args.coils} coil{'s' if args.coils > 1 else ''}"
     for method in wanted:
-        records = measure(records, out, f"B4-quick {name}", "mri", method, setting,
+        records = measure(records, out, scan_label(args, name), "mri", method,
+                          setting + variant(args, method),
                           lambda m=method: run(m), [p for p in (prior, aux) if p],
                           prior_label(method, prior, aux), ref_ras)
     print(format_table(records))
@@ -201,7 +231,8 @@ def run_ct(args) -> None:
             return diffusion(method, prior, aux, op, y, args, tv=(0.04, 10.0))
 
         for method in wanted:
-            records = measure(records, out, "B4 ct example_ct", "ct", method, f"{views} views",
+            records = measure(records, out, "B4 ct example_ct", "ct", method,
+                              f"{views} views" + variant(args, method),
                               lambda m=method: run(m), [p for p in (prior, aux) if p],
                               prior_label(method, prior, aux), ref_ras, data_range=1.0)
     print(f"\nB4 CT on {hardware_name(torch.device('cpu'))}; seconds per volume")
@@ -232,7 +263,12 @@ def main() -> None:
                     "the diffusion rows keep Tweedie's real part (--no-real: complex)")
     ap.add_argument("--methods", default="fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--tune", action="store_true", help="MRI: the first IXI training "
+                    "volume's central 32 axial slices instead of the test volume (results "
+                    "to benchmarks/results/volume_tune.json unless --out)")
     args = ap.parse_args()
+    if args.tune:
+        args.out = args.out or "benchmarks/results/volume_tune.json"
     if args.task == "ct":
         args.out = args.out or "benchmarks/results/volume_b4_ct.json"
         return run_ct(args)
@@ -251,11 +287,7 @@ def run_zsr(args) -> None:
     """B4 (a): z super-resolution x4 (groups of 4 axial slices averaged, noise 1e-3)."""
     from diffrecon.results import read_results
 
-    _, test = ixi_split(IXI)
-    path = test[0]
-    name = path.name.removesuffix(".nii.gz")
-    ref_ras = padded_volume(path)
-    x_true = torch.from_numpy(slice_volume(ref_ras, "axial"))
+    name, ref_ras, x_true = mri_volume(args)
     op = ZSuperResolution(4)
     y = op.forward(x_true)
     rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
@@ -276,7 +308,8 @@ def run_zsr(args) -> None:
         return diffusion(method, prior, aux, op, yc, args, tv=(0.02, 0.1))
 
     for method in wanted:
-        records = measure(records, out, f"B4-quick {name}", "mri", method, "z-SR x4",
+        records = measure(records, out, scan_label(args, name), "mri", method,
+                          "z-SR x4" + variant(args, method),
                           lambda m=method: run(m), [p for p in (prior, aux) if p],
                           prior_label(method, prior, aux), ref_ras)
     print(f"\nB4-quick (a) on {hardware_name(torch.device('cpu'))}; seconds per volume")

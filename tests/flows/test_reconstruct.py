@@ -309,3 +309,33 @@ def test_cli_volume_options_reach_the_sampler_settings():
         (True, "AB", 0.1, "brain-t1-coronal-128")
     plain = _prior_ref(build_parser().parse_args(["run", "vol.nii.gz", "--out", "o"]))
     assert plain.real_object is False
+
+
+def test_volume_methods_get_every_sampler_setting(monkeypatch):
+    """run_diffusion hands the PriorRef's settings, --gamma included, to the volume
+    sampler's DDS3DConfig (gamma was once dropped there: volume DC was always noiseless)."""
+    import torch
+
+    from diffrecon.cli import _prior_ref, build_parser
+    from diffrecon.recon.diffusion import dds
+    from diffrecon.tasks import mri
+
+    seen = {}
+
+    def fake_sampler(priors, op, y, cfg, progress):
+        seen["cfg"], seen["priors"] = cfg, [p.name for p in priors]
+        return torch.zeros(y.shape, dtype=torch.complex64)
+
+    monkeypatch.setattr(dds, "dds_volume_sample", fake_sampler)
+    monkeypatch.setattr(mri, "_progress_artifact", lambda what: None)
+    args = build_parser().parse_args(
+        ["run", "vol.nii.gz", "--out", "o", "--method", "dds-3d-tv", "--gamma", "3",
+         "--nfe", "7", "--eta", "0.5", "--cg-iters", "4", "--z-tv-lam", "0.02",
+         "--z-tv-rho", "0.1", "--real-object"])
+    y = torch.zeros(4, 128, 128, dtype=torch.complex64)
+    mri.run_diffusion("dds-3d-tv", lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
+                      "vol", 2, "mri", (128, 128))
+    cfg = seen["cfg"]
+    assert (cfg.gamma, cfg.nfe, cfg.eta, cfg.cg_iters, cfg.lam, cfg.rho, cfg.real,
+            cfg.slice_batch) == (3.0, 7, 0.5, 4, 0.02, 0.1, True, 2)
+    assert seen["priors"] == ["brain-t1-axial-128"]
