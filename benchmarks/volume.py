@@ -212,7 +212,8 @@ def run_ct(args) -> None:
     from diffrecon.recon.ct import CTProjector, fbp, tv_ct
     from diffrecon.results import read_results
 
-    cases = ct_slices(CT_VOLUME, every=1)
+    path = CT_VOLUME.with_name("pulmonary_ct_cropped.nii.gz") if args.tune else CT_VOLUME
+    cases = ct_slices(path, every=1)
     x_true = torch.stack([c.image for c in cases]).double()  # (112, 128, 128) CT units
     ref_ras = unslice_volume(x_true.numpy(), "axial")
     wanted = args.methods.split(",")
@@ -231,7 +232,8 @@ def run_ct(args) -> None:
             return diffusion(method, prior, aux, op, y, args, tv=(0.04, 10.0))
 
         for method in wanted:
-            records = measure(records, out, "B4 ct example_ct", "ct", method,
+            records = measure(records, out, f"{'tune' if args.tune else 'B4'} ct {cases[0].volume}",
+                              "ct", method,
                               f"{views} views" + variant(args, method),
                               lambda m=method: run(m), [p for p in (prior, aux) if p],
                               prior_label(method, prior, aux), ref_ras, data_range=1.0)
@@ -264,8 +266,9 @@ def main() -> None:
     ap.add_argument("--methods", default="fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular")
     ap.add_argument("--out", default=None)
     ap.add_argument("--tune", action="store_true", help="MRI: the first IXI training "
-                    "volume's central 32 axial slices instead of the test volume (results "
-                    "to benchmarks/results/volume_tune.json unless --out)")
+                    "volume's central 32 axial slices instead of the test volume; CT: the "
+                    "pulmonary training volume (results to benchmarks/results/volume_tune.json "
+                    "unless --out)")
     args = ap.parse_args()
     if args.tune:
         args.out = args.out or "benchmarks/results/volume_tune.json"
