@@ -87,19 +87,20 @@ def mri_volume(args) -> tuple[str, np.ndarray, torch.Tensor]:
     return name, ref_ras, torch.from_numpy(axial)
 
 
-def scan_label(args, name: str) -> str:
-    return f"{'tune' if args.tune else 'B4-quick'} {name}"
+def scan_label(args, name: str, protocol: str = "B4-quick") -> str:
+    return f"{'tune' if args.tune else protocol} {name}"
 
 
 def variant(args, method: str) -> str:
     """Non-default sampler settings, appended to a row's setting: eta (MRI), noisy DC,
     pattern."""
+    default = DDS3DConfig()
     out = ""
-    if "dds" in method and args.eta != 0.85 and args.task != "ct":
+    if "dds" in method and args.eta != default.eta and args.task != "ct":
         out += f", eta {args.eta:g}"
     if "dds" in method and args.gamma is not None:
         out += f", gamma {args.gamma:g}"
-    if method == "dds-perpendicular" and args.pattern != "AAB":
+    if method == "dds-perpendicular" and args.pattern != default.pattern:
         out += f", {args.pattern}"
     return out
 
@@ -238,7 +239,7 @@ def run_ct(args) -> None:
             return diffusion(method, prior, aux, op, y, args, tv=(0.04, 10.0))
 
         for method in wanted:
-            records = measure(records, out, f"{'tune' if args.tune else 'B4'} ct {cases[0].volume}",
+            records = measure(records, out, scan_label(args, f"ct {cases[0].volume}", "B4"),
                               "ct", method,
                               f"{views} views" + variant(args, method),
                               lambda m=method: run(m), [p for p in (prior, aux) if p],
@@ -256,7 +257,8 @@ def main() -> None:
     ap.add_argument("--aux-prior", default=None)
     ap.add_argument("--nfe", type=int, default=50)
     ap.add_argument("--views", default="8,16")
-    ap.add_argument("--eta", type=float, default=0.85, help="DDS noise mixing (CT: 1.0, "
+    ap.add_argument("--eta", type=float, default=DDS3DConfig().eta,
+                    help="DDS noise mixing (CT: 1.0, "
                     "chosen on the pulmonary training volume)")
     ap.add_argument("--scale-factor", type=float, default=1.0,
                     help="MRI: multiplies the estimated image scale (the least-squares image's "
@@ -265,7 +267,8 @@ def main() -> None:
                     "16 coils: 1.45 (1.24, 1.60, 1.50)")
     ap.add_argument("--gamma", type=float, default=None,
                     help="noisy data consistency weight (default: noiseless)")
-    ap.add_argument("--pattern", default="AAB", help="perpendicular priors: A axial, B aux")
+    ap.add_argument("--pattern", default=DDS3DConfig().pattern,
+                    help="perpendicular priors: A axial, B aux")
     ap.add_argument("--real", action=argparse.BooleanOptionalAction, default=True,
                     help="MRI: the object is a magnitude volume (as the B4 protocol makes it); "
                     "the diffusion rows keep Tweedie's real part (--no-real: complex)")

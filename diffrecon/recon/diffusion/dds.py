@@ -137,12 +137,13 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     sched = prior.schedule
     run = _start(prior, operator, y, cfg.nfe, cfg.seed, cfg.scale_factor)
     scale, g, shape, x, ts, dtype = run.scale, run.gen, run.shape, run.x, run.ts, run.dtype
+    aty = operator.adjoint(y)
     for i, t in enumerate(ts):
         eps, x0 = prior.predict(x, t)
         if cfg.clip:
             x0 = x0.clamp(-1, 1)
         xd = prior.from_model_space(x0, scale).to(y.device, dtype)
-        xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma)
+        xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma, aty)
         x0 = prior.to_model_space(xd, scale).to(prior.device)
         if i + 1 == len(ts):
             x = x0
