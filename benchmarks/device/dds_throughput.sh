@@ -5,4 +5,8 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 benchmarks/device/dds_throughput.py --slices 8 --batch 8 "$@" 2>&1 | tee "${OUT:-/tmp}/dds_throughput.txt"
+set -o pipefail
+python3 benchmarks/device/dds_throughput.py --slices 16 --batch 16 "$@" 2>&1 | tee "${OUT:-/tmp}/dds_throughput.txt"
+# the same with torch.compile (its compile time is outside the timed loop: warm-up first)
+timeout 240 python3 benchmarks/device/dds_throughput.py --slices 16 --batch 16 --compile "$@" 2>&1 \
+  | tee "${OUT:-/tmp}/dds_throughput_compile.txt" || echo "torch.compile run failed or timed out"
