@@ -57,7 +57,7 @@ def _prior_ref(args):
                     cg_iters=args.cg_iters, gamma=args.gamma, dps_steps=args.dps_steps,
                     dps_step_size=args.dps_step_size, seed=args.sampler_seed,
                     pattern=args.pattern, tv_lam=args.z_tv_lam, tv_rho=args.z_tv_rho,
-                    real_object=args.real_object)
+                    real_object=args.real_object, compile=args.compile)
 
 
 def _dask_spec(text: str | None):
@@ -304,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--dps-steps", type=int, default=1000)
     r.add_argument("--dps-step-size", type=float, default=1.0)
     r.add_argument("--sampler-seed", type=int, default=0)
+    r.add_argument("--compile", action="store_true",
+                   help="diffusion methods: torch.compile the prior's network (GPU nodes)")
     r.add_argument("--slice-batch", type=int, default=None,
                    help="slices reconstructed together (halved on CUDA out-of-memory)")
     r.add_argument("--dask", default=None, metavar="N|tcp://HOST:PORT|cuda",

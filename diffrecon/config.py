@@ -53,6 +53,8 @@ class PriorRef(BaseModel):
     dps_steps: int = Field(1000, ge=1, le=1000)
     dps_step_size: float = Field(1.0, gt=0)
     seed: int = 0
+    compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
+                          "a GPU for many slices: one compilation per batch shape)")
 
 
 class CTSpec(BaseModel):

@@ -2,8 +2,9 @@
 320 x 320, 15 coils, 50 NFE, 5 CG iterations per step.
 
 Baseline: one slice at a time in float32 (the reference implementation's way). Fast path:
-slices batched, bf16 autocast, channels-last, optionally torch.compile. Prints slices per
-second, the ratio and peak memory. Runs on CPU too (small --size for a smoke test).
+the product's own (``Prior`` on CUDA: bf16 autocast, channels-last; ``--compile``: the CLI's
+--compile), slices batched. Prints slices per second, the ratio and peak memory. Runs on
+CPU too (small --size for a smoke test).
 
     python3 benchmarks/device/dds_throughput.py [--slices 8] [--compile]
 """
@@ -28,20 +29,17 @@ OFFICIAL_MRI = {"image_size": 320, "in_channels": 2, "out_channels": 4, "num_cha
                 "resblock_updown": True}
 
 
-def build(size: int, channels: int, dev, autocast: bool, channels_last: bool, compile_: bool):
+def build(size: int, channels: int, dev, fast: bool, compile_: bool):
     cfg = dict(OFFICIAL_MRI, image_size=size, num_channels=channels,
                num_head_channels=min(64, channels))
     if size not in (320, 256, 128, 64):
         raise SystemExit("size must be one of 64, 128, 256, 320")
     adm = ADMConfig.from_guided_diffusion(cfg)
-    net = ADMUNet(adm).to(dev).eval()
-    if channels_last:
-        net = net.to(memory_format=torch.channels_last)
-    model = torch.compile(net) if compile_ else net
+    net = ADMUNet(adm).eval()
     pc = PriorConfig(name="timing", modality="mri", architecture="adm", network=adm.to_dict(),
                      image_size=size, channels=["real", "imag"],
                      normalisation=Normalisation(kind="complex"))
-    return Prior(EpsNetwork(model, "adm", 2), pc, device=dev, autocast=autocast)
+    return Prior(EpsNetwork(net, "adm", 2), pc, device=dev, autocast=fast, compile=compile_)
 
 
 def run(prior, slices: int, batch: int, size: int, coils: int, nfe: int, dev) -> float:
@@ -77,14 +75,14 @@ def main() -> None:
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU"
     print(f"DDS throughput on {name}: ADM {args.channels} channels, {args.size}^2, "
           f"{args.coils} coils, {args.nfe} NFE, 5 CG", flush=True)
-    base = build(args.size, args.channels, dev, False, False, False)
+    base = build(args.size, args.channels, dev, False, False)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     r0 = run(base, args.slices, 1, args.size, args.coils, args.nfe, dev)
     m0 = torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else float("nan")
     print(f"baseline float32, one slice at a time: {r0:.3f} slices/s, peak {m0:.1f} GiB",
           flush=True)
-    fast = build(args.size, args.channels, dev, True, True, args.compile)
+    fast = build(args.size, args.channels, dev, True, args.compile)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     r1 = run(fast, args.slices, args.batch, args.size, args.coils, args.nfe, dev)

@@ -87,13 +87,14 @@ def resolve_device(spec: str) -> torch.device:
 _PRIORS: dict = {}
 
 
-def cached_prior(name_or_path: str, device: torch.device):
-    """Load a prior once per process and device (workers reuse it across scans)."""
+def cached_prior(name_or_path: str, device: torch.device, compile: bool = False):
+    """Load a prior once per process, device and compile setting (workers reuse it across
+    scans, and a compiled network its compilations)."""
     from diffrecon.recon.diffusion.registry import resolve_prior
 
-    key = (name_or_path, str(device))
+    key = (name_or_path, str(device), compile)
     if key not in _PRIORS:
-        _PRIORS[key] = resolve_prior(name_or_path, device=device)
+        _PRIORS[key] = resolve_prior(name_or_path, device=device, compile=compile)
     return _PRIORS[key]
 
 
@@ -128,11 +129,11 @@ def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
         sample,
     )
 
-    priors = [cached_prior(ref.prior, dev)]
+    priors = [cached_prior(ref.prior, dev, ref.compile)]
     if method == "dds-perpendicular":
         if not ref.aux_prior:
             raise ValueError("dds-perpendicular needs a second prior (--prior-aux)")
-        priors.append(cached_prior(ref.aux_prior, dev))
+        priors.append(cached_prior(ref.aux_prior, dev, ref.compile))
     h, w = image_shape
     for p in priors:
         if p.config.modality != modality or p.config.image_size != h \

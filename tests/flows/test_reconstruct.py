@@ -303,24 +303,34 @@ def test_cli_volume_options_reach_the_sampler_settings():
 
     args = build_parser().parse_args(
         ["run", "vol.nii.gz", "--out", "o", "--method", "dds-perpendicular", "--real-object",
-         "--prior-aux", "brain-t1-coronal-128", "--pattern", "AB", "--z-tv-rho", "0.1"])
+         "--prior-aux", "brain-t1-coronal-128", "--pattern", "AB", "--z-tv-rho", "0.1",
+         "--compile"])
     ref = _prior_ref(args)
-    assert (ref.real_object, ref.pattern, ref.tv_rho, ref.aux_prior) == \
-        (True, "AB", 0.1, "brain-t1-coronal-128")
+    assert (ref.real_object, ref.pattern, ref.tv_rho, ref.aux_prior, ref.compile) == \
+        (True, "AB", 0.1, "brain-t1-coronal-128", True)
     plain = _prior_ref(build_parser().parse_args(["run", "vol.nii.gz", "--out", "o"]))
-    assert plain.real_object is False
+    assert plain.real_object is False and plain.compile is False
 
 
 def test_volume_methods_get_every_sampler_setting(monkeypatch):
     """run_diffusion hands the PriorRef's settings, --gamma included, to the volume
-    sampler's DDS3DConfig (gamma was once dropped there: volume DC was always noiseless)."""
+    sampler's DDS3DConfig (gamma was once dropped there: volume DC was always noiseless),
+    and --compile to the loading of both priors."""
     import torch
 
     from diffrecon.cli import _prior_ref, build_parser
-    from diffrecon.recon.diffusion import dds
+    from diffrecon.recon.diffusion import dds, registry
     from diffrecon.tasks import mri
 
-    seen = {}
+    seen, loads = {}, []
+    real_resolve = registry.resolve_prior
+
+    def recording_resolve(name, device="cpu", compile=False):
+        loads.append((name, compile))
+        return real_resolve(name, device=device)
+
+    monkeypatch.setattr(registry, "resolve_prior", recording_resolve)
+    monkeypatch.setattr(mri, "_PRIORS", {})
 
     def fake_sampler(priors, op, y, cfg, progress):
         seen["cfg"], seen["priors"] = cfg, [p.name for p in priors]
@@ -331,11 +341,15 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
     args = build_parser().parse_args(
         ["run", "vol.nii.gz", "--out", "o", "--method", "dds-3d-tv", "--gamma", "3",
          "--nfe", "7", "--eta", "0.5", "--cg-iters", "4", "--z-tv-lam", "0.02",
-         "--z-tv-rho", "0.1", "--real-object"])
+         "--z-tv-rho", "0.1", "--real-object", "--compile",
+         "--prior-aux", "brain-t1-coronal-128"])
     y = torch.zeros(4, 128, 128, dtype=torch.complex64)
-    mri.run_diffusion("dds-3d-tv", lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
-                      "vol", 2, "mri", (128, 128))
-    cfg = seen["cfg"]
-    assert (cfg.gamma, cfg.nfe, cfg.eta, cfg.cg_iters, cfg.lam, cfg.rho, cfg.real,
-            cfg.slice_batch) == (3.0, 7, 0.5, 4, 0.02, 0.1, True, 2)
-    assert seen["priors"] == ["brain-t1-axial-128"]
+    for method in ("dds-3d-tv", "dds-perpendicular"):
+        mri.run_diffusion(method, lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
+                          "vol", 2, "mri", (128, 128))
+        cfg = seen["cfg"]
+        assert (cfg.gamma, cfg.nfe, cfg.eta, cfg.cg_iters, cfg.lam, cfg.real,
+                cfg.slice_batch) == (3.0, 7, 0.5, 4, 0.02, True, 2)
+        assert cfg.rho == (0.1 if method == "dds-3d-tv" else 0.0)
+    assert seen["priors"] == ["brain-t1-axial-128", "brain-t1-coronal-128"]
+    assert loads == [("brain-t1-axial-128", True), ("brain-t1-coronal-128", True)]

@@ -56,8 +56,9 @@ def read_config(path: str | Path) -> PriorConfig:
 
 
 def load_prior(path: str | Path, device: torch.device | str = "cpu",
-               autocast: bool = True) -> Prior:
-    """Validate and load a checkpoint folder into a :class:`Prior` (float32 weights)."""
+               autocast: bool = True, compile: bool = False) -> Prior:
+    """Validate and load a checkpoint folder into a :class:`Prior` (float32 weights;
+    ``autocast`` and ``compile`` as in :class:`Prior`)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -94,7 +95,8 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu",
             raise PriorLoadError(path, f"weight {k} contains NaN or Inf")
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
     eps_net = EpsNetwork(net, cfg.architecture, len(cfg.channels))
-    return Prior(eps_net, cfg, folder_digest(path), device=device, autocast=autocast)
+    return Prior(eps_net, cfg, folder_digest(path), device=device, autocast=autocast,
+                 compile=compile)
 
 
 def save_prior(path: str | Path, net: torch.nn.Module, config: PriorConfig, card: str) -> Path:

@@ -89,9 +89,11 @@ def resolve_prior_path(name_or_path: str | Path) -> Path:
     return p
 
 
-def resolve_prior(name_or_path: str | Path, device="cpu", autocast: bool = True) -> Prior:
+def resolve_prior(name_or_path: str | Path, device="cpu", autocast: bool = True,
+                  compile: bool = False) -> Prior:
     """A prior from a folder path, or by name from the package's priors directory."""
-    return load_prior(resolve_prior_path(name_or_path), device=device, autocast=autocast)
+    return load_prior(resolve_prior_path(name_or_path), device=device, autocast=autocast,
+                      compile=compile)
 
 
 def import_adm_checkpoint(pt_path: str | Path, out: str | Path, adm_config: dict, name: str,

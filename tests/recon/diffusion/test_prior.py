@@ -61,3 +61,28 @@ def test_model_space_roundtrip():
     hu = torch.tensor([-2000.0, -1000.0, 0.0, 1000.0, 3000.0])
     assert torch.allclose(hu_to_unit(hu), torch.tensor([0, 0, 0.5, 1, 1]))
     assert torch.allclose(unit_to_hu(hu_to_unit(hu[1:4])), hu[1:4])
+
+
+def test_compiled_prior_predicts_the_same_noise(monkeypatch):
+    """``compile=True`` (the CLI's --compile) puts the shipped network through torch.compile
+    and its noise prediction is unchanged. Inductor needs minutes of C++ builds on a CPU, so
+    the test compiles with the aot_eager backend: TorchDynamo still traces the network."""
+    from diffrecon.recon.diffusion.registry import resolve_prior
+
+    real_compile, calls = torch.compile, []
+
+    def recording_compile(model, **kw):
+        calls.append(model)
+        return real_compile(model, backend="aot_eager", **kw)
+
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    torch._dynamo.reset()
+    plain = resolve_prior("brain-t1-axial-128")
+    fast = resolve_prior("brain-t1-axial-128", compile=True)
+    assert len(calls) == 1 and fast.net._orig_mod is calls[0]
+    x = torch.randn(3, 2, 128, 128, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([10, 400, 900])
+    e_plain, e_fast = plain.eps(x, t), fast.eps(x, t)
+    assert torch.allclose(e_fast, e_plain, atol=1e-5)
+    assert fast.nfe == 3
+    torch._dynamo.reset()
