@@ -73,11 +73,11 @@ def per_orientation(x_axial: np.ndarray, ref_ras: np.ndarray, data_range: float 
     return out
 
 
-def mri_volume(args) -> tuple[str, np.ndarray, torch.Tensor]:
-    """(name, reference in RAS, axial stack) of the B4-quick test volume; with --tune the
-    first IXI training volume's central 32 axial slices (for choosing settings)."""
+def mri_volume(args, index: int = 0) -> tuple[str, np.ndarray, torch.Tensor]:
+    """(name, reference in RAS, axial stack) of test volume ``index`` (0: B4-quick's); with
+    --tune the first IXI training volume's central 32 axial slices (for choosing settings)."""
     train, test = ixi_split(IXI)
-    path = train[0] if args.tune else test[0]
+    path = train[0] if args.tune else test[index]
     name = path.name.removesuffix(".nii.gz")
     ref_ras = padded_volume(path)
     axial = slice_volume(ref_ras, "axial")
@@ -89,6 +89,15 @@ def mri_volume(args) -> tuple[str, np.ndarray, torch.Tensor]:
 
 def scan_label(args, name: str, protocol: str = "B4-quick") -> str:
     return f"{'tune' if args.tune else protocol} {name}"
+
+
+def protocol(index: int) -> str:
+    return "B4-quick" if index == 0 else "B4"
+
+
+def mri_volumes(args) -> list[int]:
+    """--volumes: test volume indices (B4-quick: 0; the full protocol: 0-5)."""
+    return [0] if args.tune else [int(v) for v in args.volumes.split(",")]
 
 
 def variant(args, method: str) -> str:
@@ -115,18 +124,26 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     """Run ``fn`` (a volume), score it per orientation, replace the method's earlier rows
     for ``setting`` and write the results file; network evaluations per axial slice."""
     before = sum(p.nfe for p in priors)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    x = np.abs(fn().numpy())
+    x = np.abs(fn().cpu().numpy())  # .cpu() waits for the GPU
     seconds = time.perf_counter() - t0
     nfe = (sum(p.nfe for p in priors) - before) // x.shape[0] or None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" \
+        if cuda else ""
     mine = {f"{setting}, {o}" for o in ("axial", "coronal", "sagittal")}
-    records = [r for r in records if not (r.method == method and r.setting in mine)]
-    for o, (p, s) in per_orientation(x, ref_ras, data_range).items():
+    records = [r for r in records
+               if not (r.scan == scan and r.method == method and r.setting in mine)]
+    scores = per_orientation(x, ref_ras, data_range)
+    for o, (p, s) in scores.items():
         records.append(ResultRecord(scan=scan, modality=modality, method=method,
                                     setting=f"{setting}, {o}", prior=prior_name, psnr=p,
                                     ssim=s, seconds=seconds, nfe=nfe))
-    print(f"{method} {setting}: {seconds:.0f} s, peak RSS {peak:.1f} GiB", flush=True)
+    print(f"{scan} {method} {setting}: {seconds:.1f} s, peak RSS {peak:.1f} GiB{gpu}; PSNR "
+          + " / ".join(f"{p:.2f}" for p, _ in scores.values()), flush=True)
     write_results(records, out)
     return records
 
@@ -158,8 +175,10 @@ def load_priors(args, default: str, wanted: list[str]):
     """The primary prior and the auxiliary one (None without --aux-prior: perpendicular rows
     are then skipped)."""
     diffusion_rows = any("dds" in m for m in wanted)
-    prior = resolve_prior(args.prior or default) if diffusion_rows else None
-    aux = resolve_prior(args.aux_prior) if args.aux_prior and diffusion_rows else None
+    dev = args.device
+    prior = resolve_prior(args.prior or default, device=dev) if diffusion_rows else None
+    aux = resolve_prior(args.aux_prior, device=dev) if args.aux_prior and diffusion_rows \
+        else None
     if "dds-perpendicular" in wanted and aux is None:
         print("dds-perpendicular skipped: no --aux-prior")
         wanted.remove("dds-perpendicular")
@@ -173,44 +192,47 @@ def run_cartesian(args) -> None:
     from diffrecon.recon.solvers import conjugate_gradient
     from diffrecon.results import read_results
 
-    name, ref_ras, x_true = mri_volume(args)
-    x_true = x_true.to(torch.complex64)
-    nz = x_true.shape[0]
-    mask = poisson_2d((128, nz), 8, zlib.crc32(f"{name}/poisson".encode())).T  # (z, rows)
-    maps = None
-    if args.coils == 16:
-        maps = torch.from_numpy(np.load(B1_MAPS))
-    op = Cartesian3D(maps, mask)
-    y = op.forward(x_true)
-    rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
-    sigma = 1e-3 * float(y.abs().max())
-    y = y + sigma * torch.from_numpy((rng.standard_normal(tuple(y.shape)) + 1j
-                                      * rng.standard_normal(tuple(y.shape))).astype(np.complex64))
-    y = op.mask * y  # noise only where sampled
     wanted = args.methods.split(",")
     prior, aux = load_priors(args, "brain-t1-axial-128", wanted)
-    aty = op.adjoint(y)
+    dev = torch.device(args.device)
     out = Path(args.out)
     records = list(read_results(out) if out.exists() else [])
+    for index in mri_volumes(args):
+        name, ref_ras, x_true = mri_volume(args, index)
+        x_true = x_true.to(dev, torch.complex64)
+        nz = x_true.shape[0]
+        mask = poisson_2d((128, nz), 8, zlib.crc32(f"{name}/poisson".encode())).T  # (z, rows)
+        maps = None
+        if args.coils == 16:
+            maps = torch.from_numpy(np.load(B1_MAPS)).to(dev)
+        op = Cartesian3D(maps, mask.to(dev))
+        y = op.forward(x_true)
+        rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
+        sigma = 1e-3 * float(y.abs().max())
+        noise = rng.standard_normal(tuple(y.shape)) + 1j * rng.standard_normal(tuple(y.shape))
+        y = op.mask * (y + sigma * torch.from_numpy(noise.astype(np.complex64)).to(dev))
+        # (noise only where sampled)
+        aty = op.adjoint(y)
 
-    def run(method: str):
-        if method == "zero-filled":
-            return aty
-        if method == "cg-sense":
-            return conjugate_gradient(lambda v: op.normal(v) + 1e-2 * v, aty, max_iter=30,
-                                      batch_dims=0)[0]
-        if method == "admm-tv":
-            # lambda 0.03, rho 0.3: the best of 0.01/0.03/0.1 on the first IXI training volume
-            return admm_tv(op.normal, aty, 3e-2, dims=(-3, -2, -1), rho=3e-1, iters=40,
-                           cg_iters=5, periodic=False, x0=aty, batch_dims=0)
-        return diffusion(method, prior, aux, op, y, args, tv=(0.02, 0.1))
+        def run(method: str, op=op, y=y, aty=aty):
+            if method == "zero-filled":
+                return aty
+            if method == "cg-sense":
+                return conjugate_gradient(lambda v: op.normal(v) + 1e-2 * v, aty, max_iter=30,
+                                          batch_dims=0)[0]
+            if method == "admm-tv":
+                # lambda 0.03, rho 0.3: the best of 0.01/0.03/0.1 on the first IXI training
+                # volume
+                return admm_tv(op.normal, aty, 3e-2, dims=(-3, -2, -1), rho=3e-1, iters=40,
+                               cg_iters=5, periodic=False, x0=aty, batch_dims=0)
+            return diffusion(method, prior, aux, op, y, args, tv=(0.02, 0.1))
 
-    setting = f"3D Cartesian R=8 Poisson, {args.coils} coil{'s' if args.coils > 1 else ''}"
-    for method in wanted:
-        records = measure(records, out, scan_label(args, name), "mri", method,
-                          setting + variant(args, method),
-                          lambda m=method: run(m), [p for p in (prior, aux) if p],
-                          prior_label(method, prior, aux), ref_ras)
+        setting = f"3D Cartesian R=8 Poisson, {args.coils} coil{'s' if args.coils > 1 else ''}"
+        for method in wanted:
+            records = measure(records, out, scan_label(args, name, protocol(index)), "mri",
+                              method, setting + variant(args, method),
+                              lambda m=method: run(m), [p for p in (prior, aux) if p],
+                              prior_label(method, prior, aux), ref_ras)
     print(format_table(records))
 
 
@@ -229,7 +251,7 @@ def run_ct(args) -> None:
     records = [r for r in (read_results(out) if out.exists() else [])]
     for views in args.views.split(","):
         op = CTProjector(cases[0].geometry(views))
-        y = torch.cat([c.sinogram(op) for c in cases])
+        y = torch.cat([c.sinogram(op) for c in cases]).to(args.device)
 
         def run(method: str, y=y, op=op):
             if method == "fbp":
@@ -244,7 +266,7 @@ def run_ct(args) -> None:
                               f"{views} views" + variant(args, method),
                               lambda m=method: run(m), [p for p in (prior, aux) if p],
                               prior_label(method, prior, aux), ref_ras, data_range=1.0)
-    print(f"\nB4 CT on {hardware_name(torch.device('cpu'))}; seconds per volume")
+    print(f"\nB4 CT on {hardware_name(torch.device(args.device))}; seconds per volume")
     print(format_table(records))
     print(f"\nwritten: {out}")
 
@@ -274,6 +296,9 @@ def main() -> None:
                     "the diffusion rows keep Tweedie's real part (--no-real: complex)")
     ap.add_argument("--methods", default="fbp,admm-tv,dds,dds-3d-tv,dds-perpendicular")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--volumes", default="0", help="MRI: IXI test volumes by index (0: "
+                    "B4-quick; 0,1,2,3,4,5: the full protocol)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (priors, data and solvers)")
     ap.add_argument("--tune", action="store_true", help="MRI: the first IXI training "
                     "volume's central 32 axial slices instead of the test volume; CT: the "
                     "pulmonary training volume (results to benchmarks/results/volume_tune.json "
@@ -299,32 +324,35 @@ def run_zsr(args) -> None:
     """B4 (a): z super-resolution x4 (groups of 4 axial slices averaged, noise 1e-3)."""
     from diffrecon.results import read_results
 
-    name, ref_ras, x_true = mri_volume(args)
-    op = ZSuperResolution(4)
-    y = op.forward(x_true)
-    rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
-    y = y + 1e-3 * float(y.abs().max()) * torch.from_numpy(rng.standard_normal(tuple(y.shape)))
-    yc = y.to(torch.complex128)
     wanted = args.methods.split(",")
     prior, aux = load_priors(args, "brain-t1-axial-128", wanted)
     out = Path(args.out)
     records = list(read_results(out) if out.exists() else [])
+    op = ZSuperResolution(4)
+    for index in mri_volumes(args):
+        name, ref_ras, x_true = mri_volume(args, index)
+        y = op.forward(x_true)
+        rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
+        y = y + 1e-3 * float(y.abs().max()) * torch.from_numpy(
+            rng.standard_normal(tuple(y.shape)))
+        y = y.to(args.device)
+        yc = y.to(torch.complex128)
 
-    def run(method: str):
-        if method == "adjoint":  # the slices repeated
-            return op.adjoint(y) * 4
-        if method == "admm-tv":
-            return admm_tv(op.normal, op.adjoint(y), 1e-3, dims=(-3, -2, -1), rho=1e-2,
-                           iters=60, cg_iters=5, periodic=False, x0=op.adjoint(y) * 4,
-                           batch_dims=0)
-        return diffusion(method, prior, aux, op, yc, args, tv=(0.02, 0.1))
+        def run(method: str, y=y, yc=yc):
+            if method == "adjoint":  # the slices repeated
+                return op.adjoint(y) * 4
+            if method == "admm-tv":
+                return admm_tv(op.normal, op.adjoint(y), 1e-3, dims=(-3, -2, -1), rho=1e-2,
+                               iters=60, cg_iters=5, periodic=False, x0=op.adjoint(y) * 4,
+                               batch_dims=0)
+            return diffusion(method, prior, aux, op, yc, args, tv=(0.02, 0.1))
 
-    for method in wanted:
-        records = measure(records, out, scan_label(args, name), "mri", method,
-                          "z-SR x4" + variant(args, method),
-                          lambda m=method: run(m), [p for p in (prior, aux) if p],
-                          prior_label(method, prior, aux), ref_ras)
-    print(f"\nB4-quick (a) on {hardware_name(torch.device('cpu'))}; seconds per volume")
+        for method in wanted:
+            records = measure(records, out, scan_label(args, name, protocol(index)), "mri",
+                              method, "z-SR x4" + variant(args, method),
+                              lambda m=method: run(m), [p for p in (prior, aux) if p],
+                              prior_label(method, prior, aux), ref_ras)
+    print(f"\nB4 (a) on {hardware_name(torch.device(args.device))}; seconds per volume")
     print(format_table(records))
 
 if __name__ == "__main__":
