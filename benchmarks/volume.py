@@ -109,7 +109,7 @@ def variant(args, method: str) -> str:
         out += f", eta {args.eta:g}"
     if "dds" in method and args.gamma is not None:
         out += f", gamma {args.gamma:g}"
-    if method == "dds-perpendicular" and args.pattern != default.pattern:
+    if method.startswith("dds-perpendicular") and args.pattern != default.pattern:
         out += f", {args.pattern}"
     return out
 
@@ -150,7 +150,8 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
 
 def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
     """The three diffusion rows of every B4 task: slice-wise DDS, DDS + TV-z (lam, rho) and
-    perpendicular priors (AAB, CG data consistency)."""
+    perpendicular priors (AAB, CG data consistency); and a fourth, not in the protocol:
+    perpendicular priors with DDS + TV-z's ADMM data consistency (dds-perpendicular-tv)."""
     from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
 
     common = dict(nfe=args.nfe, eta=args.eta, scale_factor=args.scale_factor,
@@ -162,13 +163,16 @@ def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
     if method == "dds-perpendicular":
         return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
             rho=0.0, pattern=args.pattern, **common))
+    if method == "dds-perpendicular-tv":
+        return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
+            lam=tv[0], rho=tv[1], pattern=args.pattern, **common))
     raise SystemExit(f"unknown method {method!r}")
 
 
 def prior_label(method: str, prior, aux) -> str | None:
     if "dds" not in method:
         return None
-    return prior.name + (f" + {aux.name}" if method == "dds-perpendicular" else "")
+    return prior.name + (f" + {aux.name}" if method.startswith("dds-perpendicular") else "")
 
 
 def load_priors(args, default: str, wanted: list[str]):
@@ -179,9 +183,10 @@ def load_priors(args, default: str, wanted: list[str]):
     prior = resolve_prior(args.prior or default, device=dev) if diffusion_rows else None
     aux = resolve_prior(args.aux_prior, device=dev) if args.aux_prior and diffusion_rows \
         else None
-    if "dds-perpendicular" in wanted and aux is None:
-        print("dds-perpendicular skipped: no --aux-prior")
-        wanted.remove("dds-perpendicular")
+    for m in [m for m in wanted if m.startswith("dds-perpendicular")]:
+        if aux is None:
+            print(f"{m} skipped: no --aux-prior")
+            wanted.remove(m)
     return prior, aux
 
 
