@@ -1,5 +1,6 @@
-"""Benchmark B4 (3D) on the CPU: MRI task (a), z super-resolution x4, and (b), 3D Cartesian
-k-space with a Poisson (ky, kz) mask at R = 8, on the first IXI test volume; the CT task on
+"""Benchmark B4 (3D) on the CPU or a GPU (--device cuda): MRI task (a), z super-resolution
+x4, and (b), 3D Cartesian k-space with a Poisson (ky, kz) mask at R = 8, on the first IXI
+test volume (--volumes 0,1,2,3,4,5: all six of the full protocol); the CT task on
 the B3 test volume, every axial slice, 8 and 16 views per slice.
 
 Protocol: ../shared/BENCHMARKS.md (B4-quick: the first IXI test volume, canonical RAS,
@@ -9,7 +10,8 @@ ADMM-TV for CT), slice-wise 2D DDS (the axial prior, data consistency on the who
 DDS + TV along z and perpendicular priors (--aux-prior: a coronal prior; pattern AAB, CG
 data consistency). PSNR / SSIM per orientation (axial, coronal, sagittal; means over slices
 that contain the object), network evaluations per slice, seconds and peak memory (RSS) per
-volume. Results are merged into --out by (method, setting), so rows can be run separately.
+volume (and peak GPU memory on a GPU). Results are merged into --out by (scan, method,
+setting), so rows can be run separately.
 
     .venv/bin/python benchmarks/volume.py --task mri-zsr|mri-cartesian [--coils 1|16]
         [--prior brain-t1-axial-128] [--aux-prior brain-t1-coronal-128] [--methods ...]
@@ -121,8 +123,9 @@ B1_MAPS = IXI.parent / "b1_simulation_maps_16ch_128.npy"
 def measure(records: list, out: Path, scan: str, modality: str, method: str, setting: str,
             fn, priors: list, prior_name: str | None, ref_ras: np.ndarray,
             data_range: float | None = None) -> list:
-    """Run ``fn`` (a volume), score it per orientation, replace the method's earlier rows
-    for ``setting`` and write the results file; network evaluations per axial slice."""
+    """Run ``fn`` (a volume), score it per orientation, replace the scan's earlier rows of
+    the method for ``setting`` and write the results file; network evaluations per axial
+    slice."""
     before = sum(p.nfe for p in priors)
     cuda = torch.cuda.is_available()
     if cuda:
