@@ -152,9 +152,9 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
 
 
 def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
-    """The three diffusion rows of every B4 task: slice-wise DDS, DDS + TV-z (lam, rho) and
-    perpendicular priors (AAB, CG data consistency); and a fourth, not in the protocol:
-    perpendicular priors with DDS + TV-z's ADMM data consistency (dds-perpendicular-tv)."""
+    """The diffusion rows of every B4 task: slice-wise DDS, DDS + TV-z (lam, rho),
+    perpendicular priors (AAB, CG data consistency) and perpendicular priors with DDS +
+    TV-z's ADMM data consistency (dds-perpendicular-tv), as the flow runs them."""
     from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
 
     common = dict(nfe=args.nfe, eta=args.eta, scale_factor=args.scale_factor,

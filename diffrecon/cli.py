@@ -286,14 +286,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ct-size", type=int, default=None,
                    help="CT: pad (air) or crop slices to N x N first (the CT priors need 128)")
     r.add_argument("--prior", default=None,
-                   help="dds/dps/dds-3d-tv/dds-perpendicular: a shipped prior's name or a "
+                   help="dds/dps and the volume methods: a shipped prior's name or a "
                         "checkpoint folder (default brain-t1-axial-128; CT: ct-axial-128)")
     r.add_argument("--prior-aux", default=None,
-                   help="dds-perpendicular: the perpendicular prior (CT default ct-coronal-128)")
+                   help="dds-perpendicular(-tv): the perpendicular prior (CT default "
+                        "ct-coronal-128)")
     r.add_argument("--pattern", default="AAB",
-                   help="dds-perpendicular: primary (A) / auxiliary (B) per diffusion step")
-    r.add_argument("--z-tv-lam", type=float, default=0.04, help="dds-3d-tv: TV weight along z")
-    r.add_argument("--z-tv-rho", type=float, default=10.0, help="dds-3d-tv: ADMM penalty")
+                   help="dds-perpendicular(-tv): primary (A) / auxiliary (B) per diffusion step")
+    r.add_argument("--z-tv-lam", type=float, default=0.04,
+                   help="dds-3d-tv, dds-perpendicular-tv: TV weight along z")
+    r.add_argument("--z-tv-rho", type=float, default=10.0,
+                   help="dds-3d-tv, dds-perpendicular-tv: ADMM penalty")
     r.add_argument("--real-object", action="store_true",
                    help="MRI volume methods: the object is real (magnitude images)")
     r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")

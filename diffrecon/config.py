@@ -6,14 +6,18 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-VOLUME_METHODS = ("dds-3d-tv", "dds-perpendicular")  # a scan's slices as one volume
+# a scan's slices as one volume: the axial prior with TV along z; perpendicular priors;
+# both together (perpendicular priors with the TV-z ADMM data consistency)
+PERPENDICULAR_METHODS = ("dds-perpendicular", "dds-perpendicular-tv")  # two priors
+Z_TV_METHODS = ("dds-3d-tv", "dds-perpendicular-tv")  # ADMM with TV along z in each step
+VOLUME_METHODS = ("dds-3d-tv", *PERPENDICULAR_METHODS)
 MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps",
                *VOLUME_METHODS)
 NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", *VOLUME_METHODS}
 NEEDS_PRIOR = {"dds", "dps", *VOLUME_METHODS}
 CT_METHODS = ("fbp", "cg-ls", "admm-tv", "dds", *VOLUME_METHODS)
 Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", "fbp",
-                 "cg-ls", "dds-3d-tv", "dds-perpendicular"]
+                 "cg-ls", "dds-3d-tv", "dds-perpendicular", "dds-perpendicular-tv"]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -38,13 +42,16 @@ class PriorRef(BaseModel):
 
     prior: str = Field("brain-t1-axial-128", description="shipped prior name or folder "
                        "(for CT use e.g. ct-axial-128)")
-    aux_prior: str | None = Field(None, description="dds-perpendicular: the prior of the "
+    aux_prior: str | None = Field(None, description="dds-perpendicular(-tv): the prior of the "
                                   "perpendicular orientation (e.g. ct-coronal-128)")
-    pattern: str = Field("AAB", pattern="^[AB]+$", description="dds-perpendicular: primary "
+    pattern: str = Field("AAB", pattern="^[AB]+$", description="dds-perpendicular(-tv): primary "
                          "(A) / auxiliary (B) prior per diffusion step, repeated")
-    tv_lam: float = Field(0.04, ge=0, description="dds-3d-tv: TV weight along z")
-    tv_rho: float = Field(10.0, ge=0, description="dds-3d-tv: ADMM penalty (0: no TV)")
-    real_object: bool = Field(False, description="MRI dds-3d-tv/dds-perpendicular: the object "
+    tv_lam: float = Field(0.04, ge=0, description="dds-3d-tv, dds-perpendicular-tv: TV "
+                         "weight along z")
+    tv_rho: float = Field(10.0, ge=0, description="dds-3d-tv, dds-perpendicular-tv: ADMM "
+                         "penalty (0: no TV)")
+    real_object: bool = Field(False, description="MRI volume methods (dds-3d-tv, "
+                              "dds-perpendicular(-tv)): the object "
                               "is real (magnitude images): drop the prior's phase")
     nfe: int = Field(50, ge=1, le=1000, description="DDS network evaluations per slice")
     eta: float = Field(0.85, ge=0, le=1, description="DDS noise mixing")

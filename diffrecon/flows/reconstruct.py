@@ -9,7 +9,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from diffrecon.config import NEEDS_COIL_MAPS, NEEDS_PRIOR, DaskSpec, ReconConfig
+from diffrecon.config import (
+    NEEDS_COIL_MAPS,
+    NEEDS_PRIOR,
+    PERPENDICULAR_METHODS,
+    DaskSpec,
+    ReconConfig,
+)
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_label
 from diffrecon.results import ResultRecord, table_rows, write_results
@@ -23,7 +29,7 @@ def _prior_names(config: ReconConfig, method: str) -> str | None:
     if method not in NEEDS_PRIOR:
         return None
     ref = config.diffusion
-    names = [ref.prior] + ([ref.aux_prior] if method == "dds-perpendicular" else [])
+    names = [ref.prior] + ([ref.aux_prior] if method in PERPENDICULAR_METHODS else [])
     return " + ".join(Path(n).name for n in names if n)
 
 

@@ -10,7 +10,14 @@ import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from diffrecon.config import NEEDS_PRIOR, MaskSpec, ReconConfig
+from diffrecon.config import (
+    NEEDS_PRIOR,
+    PERPENDICULAR_METHODS,
+    VOLUME_METHODS,
+    Z_TV_METHODS,
+    MaskSpec,
+    ReconConfig,
+)
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
@@ -117,10 +124,9 @@ def _progress_artifact(what: str):
 def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
                   slice_batch: int | None, modality: str, image_shape: tuple[int, int]):
     """DDS/DPS (slices independent, in slice batches with CUDA OOM halving) or a volume
-    method (dds-3d-tv, dds-perpendicular: all slices together, the network in batches of
+    method (dds-3d-tv, dds-perpendicular(-tv): all slices together, the network in batches of
     ``slice_batch``), with a progress artifact. ``make_op(a, b)`` is the operator of slices
     a..b-1. Returns (image, network evaluations per slice, prior name)."""
-    from diffrecon.config import VOLUME_METHODS
     from diffrecon.recon.diffusion.dds import (
         DDS3DConfig,
         DDSConfig,
@@ -130,9 +136,9 @@ def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
     )
 
     priors = [cached_prior(ref.prior, dev, ref.compile)]
-    if method == "dds-perpendicular":
+    if method in PERPENDICULAR_METHODS:
         if not ref.aux_prior:
-            raise ValueError("dds-perpendicular needs a second prior (--prior-aux)")
+            raise ValueError(f"{method} needs a second prior (--prior-aux)")
         priors.append(cached_prior(ref.aux_prior, dev, ref.compile))
     h, w = image_shape
     for p in priors:
@@ -146,7 +152,7 @@ def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
     if method in VOLUME_METHODS:
         cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
                           seed=ref.seed, lam=ref.tv_lam,
-                          rho=ref.tv_rho if method == "dds-3d-tv" else 0.0,
+                          rho=ref.tv_rho if method in Z_TV_METHODS else 0.0,
                           slice_batch=slice_batch or 32, pattern=ref.pattern,
                           real=ref.real_object)
         x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, cfg, progress)
@@ -171,7 +177,7 @@ def diffusion_settings(ref, method: str) -> dict:
 
     out = {"diffusion": ref.model_dump(),
            "prior_digest": folder_digest(resolve_prior_path(ref.prior))}
-    if method == "dds-perpendicular" and ref.aux_prior:
+    if method in PERPENDICULAR_METHODS and ref.aux_prior:
         out["aux_digest"] = folder_digest(resolve_prior_path(ref.aux_prior))
     return out
 

@@ -216,8 +216,9 @@ def test_all_outputs_and_a_qa_file_per_scan(prefect_harness, batch, tmp_path):
 
 
 def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
-    """DDS, DDS + TV-z and perpendicular priors on a CT volume through the flow (tiny random
-    priors: the plumbing, counts and names; quality is the benchmarks' job)."""
+    """DDS, DDS + TV-z and perpendicular priors (without and with TV-z) on a CT volume
+    through the flow (tiny random priors: the plumbing, counts and names; quality is the
+    benchmarks' job)."""
     import nibabel as nib
     import torch
 
@@ -238,7 +239,8 @@ def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
     body = np.where(yy**2 + xx**2 < 0.6, 40.0, -1000.0)
     vol = np.repeat(body[:, :, None], 6, axis=2).astype(np.float32)  # 6 axial slices
     nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), str(tmp_path / "ph.nii.gz"))
-    config = ReconConfig(modality="ct", methods=["dds", "dds-3d-tv", "dds-perpendicular"],
+    config = ReconConfig(modality="ct", methods=["dds", "dds-3d-tv", "dds-perpendicular",
+                                                 "dds-perpendicular-tv"],
                          out_dir=str(tmp_path / "o"), ct=CTSpec(views=8, size=32),
                          diffusion=PriorRef(prior=str(dirs["axial"]),
                                             aux_prior=str(dirs["coronal"]), nfe=3))
@@ -246,8 +248,13 @@ def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
     assert all(r.state == "done" for r in recs.values()), [r.error for r in recs.values()]
     assert recs["dds"].nfe == 3 and recs["dds-3d-tv"].nfe == 3
     # A A B: two axial steps on 6 slices, one coronal step on 32 coronal slices, per slice
-    assert recs["dds-perpendicular"].nfe == (2 * 6 + 32) // 6
-    assert recs["dds-perpendicular"].prior == "ct-ax-32 + ct-cor-32"
+    for m in ("dds-perpendicular", "dds-perpendicular-tv"):
+        assert recs[m].nfe == (2 * 6 + 32) // 6
+        assert recs[m].prior == "ct-ax-32 + ct-cor-32"
+    # the TV along z changes the perpendicular result (same priors, same seed)
+    a, b = (nib.load(recs[m].output).get_fdata() for m in ("dds-perpendicular",
+                                                           "dds-perpendicular-tv"))
+    assert np.abs(a - b).max() > 1.0  # HU
     out = nib.load(recs["dds-perpendicular"].output)
     assert out.shape == (32, 32, 6)  # padded to the prior's size (air), geometry kept:
     np.testing.assert_allclose(nib.affines.apply_affine(out.affine, [1, 1, 0]),
@@ -344,12 +351,17 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
          "--z-tv-rho", "0.1", "--real-object", "--compile",
          "--prior-aux", "brain-t1-coronal-128"])
     y = torch.zeros(4, 128, 128, dtype=torch.complex64)
-    for method in ("dds-3d-tv", "dds-perpendicular"):
+    for method, rho, priors in (("dds-3d-tv", 0.1, 1), ("dds-perpendicular", 0.0, 2),
+                                ("dds-perpendicular-tv", 0.1, 2)):
         mri.run_diffusion(method, lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
                           "vol", 2, "mri", (128, 128))
         cfg = seen["cfg"]
         assert (cfg.gamma, cfg.nfe, cfg.eta, cfg.cg_iters, cfg.lam, cfg.real,
                 cfg.slice_batch) == (3.0, 7, 0.5, 4, 0.02, True, 2)
-        assert cfg.rho == (0.1 if method == "dds-3d-tv" else 0.0)
-    assert seen["priors"] == ["brain-t1-axial-128", "brain-t1-coronal-128"]
+        assert cfg.rho == rho
+        assert seen["priors"] == ["brain-t1-axial-128", "brain-t1-coronal-128"][:priors]
     assert loads == [("brain-t1-axial-128", True), ("brain-t1-coronal-128", True)]
+    # the second prior is part of both perpendicular methods' cache key
+    for method in ("dds-perpendicular", "dds-perpendicular-tv"):
+        assert "aux_digest" in mri.diffusion_settings(_prior_ref(args), method)
+    assert "aux_digest" not in mri.diffusion_settings(_prior_ref(args), "dds-3d-tv")

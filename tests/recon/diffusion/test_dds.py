@@ -175,9 +175,11 @@ def test_volume_views_are_the_benchmark_slicing(orientation):
     assert torch.equal(volume_unview(got, orientation), axial)
 
 
-def test_perpendicular_priors_with_oracles_return_the_truth():
+@pytest.mark.parametrize("rho", [0.0, 1.0])
+def test_perpendicular_priors_with_oracles_return_the_truth(rho):
     """An axial and a coronal oracle alternating (AAB) give back the volume; the coronal
-    slices (8 rows) are padded to the prior's 16 and cropped back."""
+    slices (8 rows) are padded to the prior's 16 and cropped back. rho > 0
+    (dds-perpendicular-tv): the same with the TV-z ADMM data consistency."""
     from diffrecon.recon.diffusion.dds import (
         DDS3DConfig,
         dds_perpendicular_sample,
@@ -199,7 +201,8 @@ def test_perpendicular_priors_with_oracles_return_the_truth():
     cor = torch.nn.functional.pad(cor, (0, 0, 4, 4), value=-1.0)  # centred to 16 x 16
     coronal.net = EpsNetwork(OracleEps(cor, coronal.schedule), "oracle", 1)
     x = dds_perpendicular_sample(axial, coronal, op, y,
-                                 DDS3DConfig(nfe=6, clip=False, rho=0.0, slice_batch=16))
+                                 DDS3DConfig(nfe=6, clip=False, rho=rho, lam=1e-6,
+                                             slice_batch=16))
     assert float((x - vol).norm() / vol.norm()) < 1e-3
     assert axial.nfe == 4 * 8 and coronal.nfe == 2 * 16  # steps A A B A A B
     with pytest.raises(ValueError, match="same orientation"):
