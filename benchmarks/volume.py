@@ -7,11 +7,12 @@ Protocol: ../shared/BENCHMARKS.md (B4-quick: the first IXI test volume, canonica
 zero-padded to 128^3; (a) each group of 4 axial slices averaged, noise 1e-3 of the maximum).
 Methods: a classical baseline (the adjoint / zero-filled, CG, ADMM-TV in 3D; FBP and
 ADMM-TV for CT), slice-wise 2D DDS (the axial prior, data consistency on the whole volume),
-DDS + TV along z and perpendicular priors (--aux-prior: a coronal prior; pattern AAB, CG
-data consistency). PSNR / SSIM per orientation (axial, coronal, sagittal; means over slices
-that contain the object), network evaluations per slice, seconds and peak memory (RSS) per
-volume (and peak GPU memory on a GPU). Results are merged into --out by (scan, method,
-setting), so rows can be run separately.
+DDS + TV along z, perpendicular priors (--aux-prior: a coronal prior; pattern AAB, CG
+data consistency) and both (dds-perpendicular-tv: the perpendicular priors with the TV-z
+ADMM data consistency, TV-z's lam and rho). PSNR / SSIM per orientation (axial, coronal,
+sagittal; means over slices that contain the object), network evaluations per slice,
+seconds and peak memory (RSS) per volume (and peak GPU memory on a GPU). Results are
+merged into --out by (scan, method, setting), so rows can be run separately.
 
     .venv/bin/python benchmarks/volume.py --task mri-zsr|mri-cartesian [--coils 1|16]
         [--prior brain-t1-axial-128] [--aux-prior brain-t1-coronal-128] [--methods ...]

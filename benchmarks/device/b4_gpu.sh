@@ -31,11 +31,11 @@ step() {  # step WEIGHT OUTFILE ARGS...: one volume.py process, cut at its share
 ALL=0,1,2,3,4,5
 AUX="--aux-prior brain-t1-coronal-128 --eta 1.0"
 step 3 b4_zsr.json --task mri-zsr --volumes $ALL $AUX \
-  --methods adjoint,admm-tv,dds,dds-3d-tv,dds-perpendicular
+  --methods adjoint,admm-tv,dds,dds-3d-tv,dds-perpendicular,dds-perpendicular-tv
 step 4 b4_cart16.json --task mri-cartesian --coils 16 --scale-factor 1.45 --gamma 3 \
-  --volumes $ALL $AUX --methods zero-filled,admm-tv,dds,dds-3d-tv,dds-perpendicular
+  --volumes $ALL $AUX --methods zero-filled,admm-tv,dds,dds-3d-tv,dds-perpendicular,dds-perpendicular-tv
 step 2 b4_cart1.json --task mri-cartesian --coils 1 --scale-factor 2.0 --volumes $ALL $AUX \
-  --methods zero-filled,admm-tv,dds,dds-3d-tv,dds-perpendicular
+  --methods zero-filled,admm-tv,dds,dds-3d-tv,dds-perpendicular,dds-perpendicular-tv
 step 1 b4_ct.json --task ct --views 8,16 --eta 1.0 --aux-prior ct-coronal-128 \
-  --methods dds,dds-3d-tv,dds-perpendicular
+  --methods dds,dds-3d-tv,dds-perpendicular,dds-perpendicular-tv
 echo "done in $SECONDS s" | tee -a "$OUT/b4_gpu.log"
