@@ -132,12 +132,13 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    x = np.abs(fn().cpu().numpy())  # .cpu() waits for the GPU
+    result = fn()
+    x = np.abs(result.cpu().numpy())  # .cpu() waits for the GPU
     seconds = time.perf_counter() - t0
     nfe = (sum(p.nfe for p in priors) - before) // x.shape[0] or None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" \
-        if cuda else ""
+        if result.is_cuda else ""  # not for a --device cpu run on a GPU machine
     mine = {f"{setting}, {o}" for o in ("axial", "coronal", "sagittal")}
     records = [r for r in records
                if not (r.scan == scan and r.method == method and r.setting in mine)]
