@@ -299,6 +299,9 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
 
     cfg = config or DDS3DConfig()
     prior = priors[0]
+    if len({p.config.orientation or "axial" for p in priors}) < len(priors):
+        raise ValueError(f"priors {' and '.join(p.name for p in priors)} have the same "
+                         "orientation; perpendicular priors need two different ones")
     if len(priors) > 1 and (set(cfg.pattern) - {"A", "B"} or "B" not in cfg.pattern):
         raise ValueError(f"pattern {cfg.pattern!r}: use A (primary) and B (auxiliary), e.g. AAB")
     if len({json.dumps(p.config.schedule, sort_keys=True) for p in priors}) > 1 \
@@ -365,9 +368,6 @@ def dds_perpendicular_sample(prior: Prior, aux: Prior, operator: LinearOperator,
                              y: torch.Tensor, config: DDS3DConfig | None = None,
                              progress: Progress | None = None) -> torch.Tensor:
     """DDS with two perpendicular 2D priors alternating as ``config.pattern`` says."""
-    if (prior.config.orientation or "axial") == (aux.config.orientation or "axial"):
-        raise ValueError(f"priors {prior.name} and {aux.name} have the same orientation; "
-                         "perpendicular priors need two different ones")
     return dds_volume_sample([prior, aux], operator, y, config, progress)
 
 

@@ -183,6 +183,7 @@ def test_perpendicular_priors_with_oracles_return_the_truth(rho):
     from diffrecon.recon.diffusion.dds import (
         DDS3DConfig,
         dds_perpendicular_sample,
+        dds_volume_sample,
         volume_view,
     )
     from diffrecon.recon.operators import ZSuperResolution
@@ -207,6 +208,8 @@ def test_perpendicular_priors_with_oracles_return_the_truth(rho):
     assert axial.nfe == 4 * 8 and coronal.nfe == 2 * 16  # steps A A B A A B
     with pytest.raises(ValueError, match="same orientation"):
         dds_perpendicular_sample(axial, axial, op, y)
+    with pytest.raises(ValueError, match="same orientation"):  # the flow's entry point
+        dds_volume_sample([coronal, coronal], op, y)
 
 
 def test_scale_is_the_least_squares_images_maximum():
