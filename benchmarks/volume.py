@@ -43,10 +43,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffrecon.config import PERPENDICULAR_METHODS, VOLUME_METHODS, Z_TV_METHODS
 from diffrecon.io.nifti import load_volume, slice_volume, unslice_volume
 from diffrecon.protocols import ixi_split
 from diffrecon.recon import metrics
-from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_3d_tv_sample
+from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.recon.operators import ZSuperResolution
@@ -112,7 +113,7 @@ def variant(args, method: str) -> str:
         out += f", eta {args.eta:g}"
     if "dds" in method and args.gamma is not None:
         out += f", gamma {args.gamma:g}"
-    if method.startswith("dds-perpendicular") and args.pattern != default.pattern:
+    if method in PERPENDICULAR_METHODS and args.pattern != default.pattern:
         out += f", {args.pattern}"
     return out
 
@@ -154,30 +155,22 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
 
 
 def diffusion(method: str, prior, aux, op, y, args, tv: tuple[float, float]):
-    """The diffusion rows of every B4 task: slice-wise DDS, DDS + TV-z (lam, rho),
-    perpendicular priors (AAB, CG data consistency) and perpendicular priors with DDS +
-    TV-z's ADMM data consistency (dds-perpendicular-tv), as the flow runs them."""
-    from diffrecon.recon.diffusion.dds import dds_perpendicular_sample
-
-    common = dict(nfe=args.nfe, eta=args.eta, scale_factor=args.scale_factor,
-                  real=args.real and args.task != "ct", gamma=args.gamma)
-    if method == "dds":
-        return dds_3d_tv_sample(prior, op, y, DDS3DConfig(rho=0.0, **common))
-    if method == "dds-3d-tv":
-        return dds_3d_tv_sample(prior, op, y, DDS3DConfig(lam=tv[0], rho=tv[1], **common))
-    if method == "dds-perpendicular":
-        return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
-            rho=0.0, pattern=args.pattern, **common))
-    if method == "dds-perpendicular-tv":
-        return dds_perpendicular_sample(prior, aux, op, y, DDS3DConfig(
-            lam=tv[0], rho=tv[1], pattern=args.pattern, **common))
-    raise SystemExit(f"unknown method {method!r}")
+    """The diffusion rows of every B4 task: slice-wise DDS ("dds": the volume sampler with
+    one prior and no TV), DDS + TV-z (lam, rho), perpendicular priors (AAB, CG data
+    consistency) and both (dds-perpendicular-tv), with the flow's method sets."""
+    if method not in ("dds", *VOLUME_METHODS):
+        raise SystemExit(f"unknown method {method!r}")
+    priors = [prior, aux] if method in PERPENDICULAR_METHODS else [prior]
+    return dds_volume_sample(priors, op, y, DDS3DConfig(
+        nfe=args.nfe, eta=args.eta, scale_factor=args.scale_factor,
+        real=args.real and args.task != "ct", gamma=args.gamma, pattern=args.pattern,
+        lam=tv[0], rho=tv[1] if method in Z_TV_METHODS else 0.0))
 
 
 def prior_label(method: str, prior, aux) -> str | None:
     if "dds" not in method:
         return None
-    return prior.name + (f" + {aux.name}" if method.startswith("dds-perpendicular") else "")
+    return prior.name + (f" + {aux.name}" if method in PERPENDICULAR_METHODS else "")
 
 
 def load_priors(args, default: str, wanted: list[str]):
@@ -188,7 +181,7 @@ def load_priors(args, default: str, wanted: list[str]):
     prior = resolve_prior(args.prior or default, device=dev) if diffusion_rows else None
     aux = resolve_prior(args.aux_prior, device=dev) if args.aux_prior and diffusion_rows \
         else None
-    for m in [m for m in wanted if m.startswith("dds-perpendicular")]:
+    for m in [m for m in wanted if m in PERPENDICULAR_METHODS]:
         if aux is None:
             print(f"{m} skipped: no --aux-prior")
             wanted.remove(m)

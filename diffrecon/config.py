@@ -50,9 +50,8 @@ class PriorRef(BaseModel):
                          "weight along z")
     tv_rho: float = Field(10.0, ge=0, description="dds-3d-tv, dds-perpendicular-tv: ADMM "
                          "penalty (0: no TV)")
-    real_object: bool = Field(False, description="MRI volume methods (dds-3d-tv, "
-                              "dds-perpendicular(-tv)): the object "
-                              "is real (magnitude images): drop the prior's phase")
+    real_object: bool = Field(False, description="MRI volume methods: the object is real "
+                              "(magnitude images): drop the prior's phase")
     nfe: int = Field(50, ge=1, le=1000, description="DDS network evaluations per slice")
     eta: float = Field(0.85, ge=0, le=1, description="DDS noise mixing")
     cg_iters: int = Field(5, ge=0, description="DDS data-consistency CG iterations")
