@@ -14,7 +14,8 @@ grep -qx '/.devb4/' .git/info/exclude || echo '/.devb4/' >> .git/info/exclude
 mkdir -p .devdata/ixi_t1 .devdata/ct .whl
 ls ../shared/data/mri/ixi_t1/*.nii.gz | sort | head -n 26 | xargs -I{} cp {} .devdata/ixi_t1/
 cp ../shared/data/ct/totalsegmentator/pulmonary_ct_cropped.nii.gz \
-   ../shared/data/ct/totalsegmentator/aorta_ct_cropped.nii.gz .devdata/ct/
+   ../shared/data/ct/totalsegmentator/aorta_ct_cropped.nii.gz \
+   ../shared/data/ct/lidc_idri/lidc_idri_0314_chest.nii.gz .devdata/ct/
 .venv/bin/python benchmarks/device/prepare_ct.py .devdata/ct   # the DICOM series as NIfTI
 rm -rf .devb4 && mkdir -p .devb4/data/mri/ixi_t1 .devb4/data/ct/totalsegmentator
 for f in $(ls ../shared/data/mri/ixi_t1/*.nii.gz | sort | head -n 26); do

@@ -22,8 +22,9 @@ from diffrecon.recon.diffusion.training import TrainConfig, hardware_name, train
 IXI = ("IXI T1 (Hammersmith Hospital, Philips 3T): the first 26 volumes of "
        "../shared/data/mri/ixi_t1 by name, the training split of BENCHMARKS.md")
 CT = ("CT training files of BENCHMARKS.md: TotalSegmentator pulmonary_ct_cropped and "
-      "aorta_ct_cropped, the TotalSegmentator 20-slice DICOM series and the two lungmask "
-      "slices (block-averaged in-plane to about 2.5-3 mm); example_ct never trains")
+      "aorta_ct_cropped, the LIDC-IDRI 0314 whole chest (275 slices at 1 mm, 1.56 mm pixels), "
+      "the TotalSegmentator 20-slice DICOM series (validation) and the two lungmask slices "
+      "(the DICOM series block-averaged in-plane to about 2.5-3 mm); example_ct never trains")
 NOTE = ("channels 16-32-64-128 with attention at 16x16: 2.7 M parameters, 5.1 MB in fp16 "
         "(under the 6 MB cap); the most images per second among the UNets tried under the cap")
 
@@ -32,7 +33,8 @@ SETS = {
                    first=26, description=IXI, licence="IXI: CC BY-SA 3.0", augment=False)
               for o in ("axial", "coronal")],
     "ct": [dict(name=f"ct-{o}-128", modality="ct", orientation=o, folder="ct", first=None,
-                description=CT, licence="TotalSegmentator: CC BY 4.0; lungmask: Apache-2.0",
+                description=CT,
+                licence="TotalSegmentator: CC BY 4.0; lungmask: Apache-2.0; LIDC-IDRI: CC BY 3.0",
                 augment=True) for o in ("axial", "coronal")],
 }
 
@@ -48,6 +50,12 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/train")
     ap.add_argument("--only", help="train only the prior of this name (one process per prior)")
     ap.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
+    ap.add_argument("--init-from", help="folder holding priors (by name) whose weights start "
+                    "the training, e.g. diffrecon/priors")
+    ap.add_argument("--pixel-range", type=float, nargs=2, metavar=("MIN_MM", "MAX_MM"),
+                    help="pixel-size augmentation (CT: 1.5 3.0 covers the training volumes' "
+                    "1.5 mm and the test volume's 3 mm)")
+    ap.add_argument("--checkpoint-every", type=int, default=10**7)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -60,15 +68,20 @@ def main() -> None:
         t0 = time.time()
         files = volume_files([Path(args.data) / spec["folder"]], first=spec["first"])
         tr, va = split_by_volume(files, 0.1)
-        train_set = load_slices(tr, spec["modality"], spec["orientation"], 128)
-        val_set = load_slices(va, spec["modality"], spec["orientation"], 128)
         cfg = TrainConfig(
             name=spec["name"], modality=spec["modality"], orientation=spec["orientation"],
-            steps=10**7, batch_size=args.batch, lr=args.lr, checkpoint_every=10**7,
+            steps=10**7, batch_size=args.batch, lr=args.lr,
+            checkpoint_every=args.checkpoint_every,
             augment=spec["augment"], data_description=spec["description"],
             data_licence=spec["licence"], network_note=NOTE,
             max_seconds=args.minutes * 60, n_samples=16, sample_steps=50,
+            init_from=str(Path(args.init_from) / spec["name"]) if args.init_from else None,
+            pixel_range=tuple(args.pixel_range) if args.pixel_range else None,
         )
+        train_set = load_slices(tr, spec["modality"], spec["orientation"], *cfg.storage())
+        val_set = load_slices(va, spec["modality"], spec["orientation"], *cfg.storage())
+        print(f"{spec['name']}: {len(train_set.images)} training slices {tuple(tr)}, "
+              f"{len(val_set.images)} validation slices", flush=True)
         out = Path(args.work) / spec["name"]
         r = train(train_set, val_set, cfg, out, Path(args.work) / f".{spec['name']}.state",
                   device=dev)

@@ -23,8 +23,8 @@ def train_task(files: list[str], cfg, out_dir: str, work_dir: str, device: str,
     log = get_run_logger()
     paths = [Path(f) for f in files]
     train_files, val_files = split_by_volume(paths, val_fraction)
-    train_set = load_slices(train_files, cfg.modality, cfg.orientation, cfg.size)
-    val_set = load_slices(val_files, cfg.modality, cfg.orientation, cfg.size)
+    train_set = load_slices(train_files, cfg.modality, cfg.orientation, *cfg.storage())
+    val_set = load_slices(val_files, cfg.modality, cfg.orientation, *cfg.storage())
     log.info("%d training slices from %d volumes, %d validation slices from %d volumes",
              len(train_set.images), len(train_files), len(val_set.images), len(val_files))
     progress_id = create_progress_artifact(progress=0.0, key=None,

@@ -39,13 +39,16 @@ class SliceSet:
 
 
 def volume_slices(path: Path, modality: str, orientation: str, size: int,
-                  min_fraction: float = 0.05) -> np.ndarray:
-    """(n, size, size) float32 training slices of one volume."""
+                  min_fraction: float = 0.05, pixel_mm: float | None = None) -> np.ndarray:
+    """(n, size, size) float32 training slices of one volume; with ``pixel_mm`` resampled
+    in-plane (linear) to that pixel size first."""
     from diffrecon.io.nifti import load_volume, slice_volume
     from diffrecon.recon.diffusion.prior import hu_to_unit
 
-    vol, _ = load_volume(path)
+    vol, affine = load_volume(path)
     s = slice_volume(vol, orientation)
+    if pixel_mm is not None:
+        s = _resample_inplane(s, affine, orientation, pixel_mm)
     if modality == "ct":
         s = hu_to_unit(torch.from_numpy(s)).numpy()
         s = pad_or_crop(s, size, 0.0)
@@ -59,10 +62,26 @@ def volume_slices(path: Path, modality: str, orientation: str, size: int,
     return (s / peak[:, None, None]).astype(np.float32)
 
 
-def load_slices(files: list[Path], modality: str, orientation: str, size: int) -> SliceSet:
+def _resample_inplane(s: np.ndarray, affine: np.ndarray, orientation: str,
+                      pixel_mm: float) -> np.ndarray:
+    from scipy.ndimage import zoom
+
+    from diffrecon.io.nifti import ORIENTATIONS
+
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)  # RAS axes x, y, z
+    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[orientation]
+    assert orientation in ORIENTATIONS
+    cols, rows = [a for a in range(3) if a != axis]  # slice_volume: rows the later axis
+    factors = (1.0, spacing[rows] / pixel_mm, spacing[cols] / pixel_mm)
+    return zoom(s, factors, order=1, grid_mode=True, mode="grid-constant", cval=float(s.min()))
+
+
+def load_slices(files: list[Path], modality: str, orientation: str, size: int,
+                pixel_mm: float | None = None) -> SliceSet:
+    """Training slices of ``files``; with ``pixel_mm`` resampled to that pixel size."""
     chunks, names, index = [], [], []
     for i, f in enumerate(files):
-        s = volume_slices(f, modality, orientation, size)
+        s = volume_slices(f, modality, orientation, size, pixel_mm=pixel_mm)
         chunks.append(s)
         names.append(f.name)
         index += [i] * len(s)

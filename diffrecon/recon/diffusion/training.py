@@ -64,6 +64,13 @@ class TrainConfig:
     data_licence: str = ""
     network_note: str = ""
     max_seconds: float | None = None  # stop (with a final checkpoint) after this much training
+    # warm start: the weights of this prior folder (same network) begin the training
+    init_from: str | None = None
+    # pixel-size augmentation (mm): slices are stored at pixel_range[0] on a 2 x size grid and
+    # each training image is resampled to a pixel size drawn uniformly from the range (the
+    # field of view of a size x size image then spans size * pixel mm); validation at the
+    # range's upper end. None: slices at their native pixel size, as before.
+    pixel_range: tuple[float, float] | None = None
 
     @property
     def channels(self) -> int:
@@ -74,6 +81,13 @@ class TrainConfig:
         if self.attention is not None:
             return tuple(self.attention)
         return tuple(i == len(self.channel_mult) - 1 for i in range(len(self.channel_mult)))
+
+    def storage(self) -> tuple[int, float | None]:
+        """(size, pixel mm) at which training slices are stored: 2 x size at the pixel
+        range's lower end with pixel-size augmentation, else size at native pixels."""
+        if self.pixel_range is None:
+            return self.size, None
+        return 2 * self.size, float(self.pixel_range[0])
 
     def network_args(self) -> dict:
         return monai_unet_args(self.channels, self.base_channels, self.channel_mult,
@@ -122,17 +136,50 @@ def hardware_name(device: torch.device) -> str:
     return f"{name}, {torch.get_num_threads()} threads (CPU)"
 
 
+def _resample(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor,
+              size: int) -> torch.Tensor:
+    """(N, H, W) -> (N, size, size): rotate by ``angle`` (radians) and sample the source's
+    central ``zoom`` fraction of its field of view (bilinear, 0 outside)."""
+    n = x.shape[0]
+    cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
+    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], -1),
+                         torch.stack([sin, cos, torch.zeros(n)], -1)], 1)
+    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="zeros",
+                         align_corners=False)[:, 0]
+
+
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Small rotations (+-10 deg) and scalings (0.9-1.1) that keep intensities; pads with 0."""
     n = x.shape[0]
     ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(10)
     scale = 0.9 + 0.2 * torch.rand(n, generator=g)
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], -1),
-                         torch.stack([sin, cos, torch.zeros(n)], -1)], 1)
-    grid = F.affine_grid(theta, (n, 1, *x.shape[-2:]), align_corners=False)
-    return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[:, 0]
+    return _resample(x, ang, 1 / scale, x.shape[-1])
+
+
+def _pixel_zoom(pixel: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Fraction of a stored (2 size)^2 slice at pixel_range[0] mm that a size x size image at
+    ``pixel`` mm covers."""
+    return pixel / cfg.pixel_range[0] * 0.5
+
+
+def _pixel_augment(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """Rotations +-10 deg and pixel sizes uniform in cfg.pixel_range: (N, 2S, 2S) -> (N, S, S)."""
+    n = x.shape[0]
+    ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(10) if cfg.augment \
+        else torch.zeros(n)
+    lo, hi = cfg.pixel_range
+    pixel = lo + (hi - lo) * torch.rand(n, generator=g)
+    return _resample(x, ang, _pixel_zoom(pixel, cfg), cfg.size)
+
+
+def validation_images(data: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Validation slices at the model's size: with a pixel range, at its upper end."""
+    if cfg.pixel_range is None:
+        return data
+    n = data.shape[0]
+    return _resample(data, torch.zeros(n), _pixel_zoom(torch.full((n,), cfg.pixel_range[1]), cfg),
+                     cfg.size)
 
 
 def to_model_batch(x: torch.Tensor, modality: str, g: torch.Generator) -> torch.Tensor:
@@ -150,7 +197,9 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
     x = data[idx]
-    if cfg.augment:
+    if cfg.pixel_range is not None:
+        x = _pixel_augment(x, g, cfg)
+    elif cfg.augment:
         x = _augment(x, g)
     x0 = to_model_batch(x, cfg.modality, g)
     t = torch.randint(schedule.num_steps, (cfg.batch_size,), generator=g)
@@ -190,7 +239,18 @@ def _config_key(cfg: TrainConfig) -> str:
     for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps", "sample_eta",
               "data_description", "data_licence", "network_note", "max_seconds"):
         d.pop(k)
+    for k in ("init_from", "pixel_range"):  # keys of configurations older than these fields
+        if d[k] is None:
+            d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
+
+
+def _augmentation_text(cfg: TrainConfig) -> str:
+    if cfg.pixel_range is not None:
+        lo, hi = cfg.pixel_range
+        return (("rotations +-10 deg, " if cfg.augment else "")
+                + f"pixel sizes uniform in {lo:g}-{hi:g} mm (validation at {hi:g} mm)")
+    return "rotations +-10 deg, scalings 0.9-1.1" if cfg.augment else "none"
 
 
 def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
@@ -214,7 +274,7 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         + ", ".join(train_volumes),
         f"- validation split by volume, {len(val_volumes)} volumes ({r.n_val_slices} slices): "
         + (", ".join(val_volumes) or "none"),
-        f"- augmentation: {'rotations +-10 deg, scalings 0.9-1.1' if cfg.augment else 'none'}",
+        f"- augmentation: {_augmentation_text(cfg)}",
         "",
         "## Training",
         f"- network: MONAI DiffusionModelUNet, channels "
@@ -224,7 +284,8 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         f"stored as {cfg.weights_dtype}",
         *([f"- why this size: {cfg.network_note}"] if cfg.network_note else []),
         f"- steps: {r.step}, batch {cfg.batch_size}, AdamW lr {cfg.lr:g}, EMA {cfg.ema_decay}, "
-        f"grad clip {cfg.grad_clip}, seed {cfg.seed}",
+        f"grad clip {cfg.grad_clip}, seed {cfg.seed}"
+        + (f", started from the weights of {Path(cfg.init_from).name}" if cfg.init_from else ""),
         f"- hardware: {r.hardware}",
         f"- wall time: {r.seconds:.0f} s ({r.images_per_second:.1f} images/s)",
         f"- training loss (mean of the last {len(recent)} steps): {train_loss:.4f}",
@@ -238,6 +299,17 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         "",
     ]
     return "\n".join(lines)
+
+
+def _load_initial_weights(net: torch.nn.Module, cfg: TrainConfig) -> None:
+    """Warm start from a prior folder whose network matches cfg's (else a named error)."""
+    from diffrecon.recon.diffusion.checkpoint import load_prior
+
+    src = load_prior(cfg.init_from, device="cpu")
+    if src.config.network != json.loads(json.dumps(cfg.network_args())):
+        raise ValueError(f"{cfg.init_from}: its network {src.config.network} differs from the "
+                         f"one being trained {cfg.network_args()}")
+    net.load_state_dict(src.net.net.state_dict())
 
 
 def train(
@@ -266,6 +338,8 @@ def train(
     torch.manual_seed(cfg.seed)
     schedule = VPSchedule()
     net = build_network("monai-diffusion-unet", cfg.network_args()).to(device)
+    if cfg.init_from:
+        _load_initial_weights(net, cfg)
     ema = copy.deepcopy(net).requires_grad_(False)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state_path = work_dir / "state.pt"
@@ -282,6 +356,7 @@ def train(
         history = json.loads(st["history"])
     use_amp = cfg.amp and device.type == "cuda"
     data = train_set.images
+    val_images = validation_images(val_set.images, cfg)
     n_params = sum(p.numel() for p in net.parameters())
     result = None
 
@@ -290,7 +365,7 @@ def train(
                             "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                             "losses": losses, "seconds": seconds,
                             "history": json.dumps(history)}, state_path)
-        vloss = validation_loss(ema, val_set.images, cfg, schedule, device)
+        vloss = validation_loss(ema, val_images, cfg, schedule, device)
         prior = Prior(EpsNetwork(ema, "monai-diffusion-unet", cfg.channels), cfg.prior_config(),
                       device=device)
         samples = prior.from_model_space(
