@@ -22,11 +22,11 @@ import bart  # benchmarks/bart.py
 import numpy as np
 import torch
 
-from diffrecon.protocols import b1_cases, b2_case
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.recon.operators import Sense
 from diffrecon.results import ResultRecord, format_table, write_results
+from diffrecon.testing import b1_cases, b2_case
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 SETTINGS = [(4, "equispaced"), (4, "random"), (8, "equispaced"), (8, "random")]

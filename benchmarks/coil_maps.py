@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from common import median_time  # benchmarks/common.py
 
+from diffrecon.demo_data import simulated_multicoil
 from diffrecon.recon.coils import estimate_coil_maps
 from diffrecon.recon.diffusion.training import hardware_name
-from diffrecon.sample import simulated_multicoil
 
 TWIX = Path(__file__).resolve().parents[2] / "shared/data/mri/raw_twix/invivo_brain_16ch_gre.dat"
 

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from diffrecon.protocols import ct_slices
 from diffrecon.recon import metrics
 from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.results import ResultRecord, format_table, write_results
+from diffrecon.testing import ct_slices
 
 VOLUME = Path(__file__).resolve().parents[2] / "shared/data/ct/totalsegmentator/example_ct.nii.gz"
 METHODS = {"fbp": fbp, "cg-ls": cg_ls, "admm-tv": tv_ct}

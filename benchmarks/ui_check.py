@@ -45,8 +45,8 @@ def main() -> None:
         from prefect.client.orchestration import get_client
 
         from diffrecon.config import MaskSpec, PriorRef, ReconConfig
+        from diffrecon.demo_data import write_demo_scan
         from diffrecon.flows.reconstruct import reconstruct_scans
-        from diffrecon.sample import write_demo_scan
 
         scan = write_demo_scan(Path(tmp) / "in" / "mni152_demo.h5")
         config = ReconConfig(methods=["zero-filled", "cg-sense", "dds"],

@@ -37,15 +37,15 @@ from __future__ import annotations
 import argparse
 import resource
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffrecon.common.geometry import slice_volume, unslice_volume
+from diffrecon.common.seeds import benchmark_rng, benchmark_seed
 from diffrecon.config import PERPENDICULAR_METHODS, VOLUME_METHODS, Z_TV_METHODS
-from diffrecon.io.nifti import load_volume, slice_volume, unslice_volume
-from diffrecon.protocols import ixi_split
+from diffrecon.io.nifti import load_volume
 from diffrecon.recon import metrics
 from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.diffusion.registry import resolve_prior
@@ -53,6 +53,7 @@ from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.recon.operators import ZSuperResolution
 from diffrecon.recon.solvers import admm_tv
 from diffrecon.results import ResultRecord, format_table, write_results
+from diffrecon.testing import ixi_split
 
 IXI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri" / "ixi_t1"
 
@@ -204,13 +205,13 @@ def run_cartesian(args) -> None:
         name, ref_ras, x_true = mri_volume(args, index)
         x_true = x_true.to(dev, torch.complex64)
         nz = x_true.shape[0]
-        mask = poisson_2d((128, nz), 8, zlib.crc32(f"{name}/poisson".encode())).T  # (z, rows)
+        mask = poisson_2d((128, nz), 8, benchmark_seed(name, None, "poisson")).T  # (z, rows)
         maps = None
         if args.coils == 16:
             maps = torch.from_numpy(np.load(B1_MAPS)).to(dev)
         op = Cartesian3D(maps, mask.to(dev))
         y = op.forward(x_true)
-        rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
+        rng = benchmark_rng(name, None, "noise")
         sigma = 1e-3 * float(y.abs().max())
         noise = rng.standard_normal(tuple(y.shape)) + 1j * rng.standard_normal(tuple(y.shape))
         y = op.mask * (y + sigma * torch.from_numpy(noise.astype(np.complex64)).to(dev))
@@ -240,9 +241,9 @@ def run_cartesian(args) -> None:
 
 
 def run_ct(args) -> None:
-    from diffrecon.protocols import ct_slices
     from diffrecon.recon.ct import CTProjector, fbp, tv_ct
     from diffrecon.results import read_results
+    from diffrecon.testing import ct_slices
 
     path = CT_VOLUME.with_name("pulmonary_ct_cropped.nii.gz") if args.tune else CT_VOLUME
     cases = ct_slices(path, every=1)
@@ -335,7 +336,7 @@ def run_zsr(args) -> None:
     for index in mri_volumes(args):
         name, ref_ras, x_true = mri_volume(args, index)
         y = op.forward(x_true)
-        rng = np.random.default_rng(zlib.crc32(f"{name}/noise".encode()))
+        rng = benchmark_rng(name, None, "noise")
         y = y + 1e-3 * float(y.abs().max()) * torch.from_numpy(
             rng.standard_normal(tuple(y.shape)))
         y = y.to(args.device)

@@ -157,7 +157,7 @@ def cmd_export(args) -> int:
 
 def cmd_demo(args) -> int:
     from diffrecon.config import MaskSpec, ReconConfig
-    from diffrecon.sample import write_demo_scan
+    from diffrecon.demo_data import write_demo_scan
 
     out = Path(args.out)
     scan = write_demo_scan(out / "input" / "mni152_demo.h5")
@@ -182,7 +182,7 @@ def cmd_demo(args) -> int:
 
 def cmd_train(args) -> int:
     from diffrecon.flows.train import train_prior
-    from diffrecon.recon.diffusion.data import volume_files
+    from diffrecon.io.training_slices import volume_files
     from diffrecon.recon.diffusion.training import TrainConfig
 
     files = volume_files(args.data, first=args.first)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, TypeAdapter
 
+from diffrecon.common.files import atomic_path
+
 
 class ResultRecord(BaseModel):
     scan: str
@@ -75,10 +77,8 @@ def format_table(records: list[ResultRecord]) -> str:
 def write_results(records: list[ResultRecord], path: str | Path) -> Path:
     """Write results.json atomically."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(_LIST.dump_json(records, indent=2))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(_LIST.dump_json(records, indent=2))
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffrecon.recon.diffusion.data import load_slices, split_by_volume, volume_files
+from diffrecon.io.training_slices import load_slices, split_by_volume, volume_files
 from diffrecon.recon.diffusion.training import TrainConfig, hardware_name, train
 
 IXI = ("IXI T1 (Hammersmith Hospital, Philips 3T): the first 26 volumes of "

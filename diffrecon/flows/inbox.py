@@ -19,11 +19,11 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
+from diffrecon.common.files import path_digest
 from diffrecon.config import ReconConfig
 from diffrecon.flows.reconstruct import reconstruct_scans
 from diffrecon.io.records import scan_label, scan_name
 from diffrecon.results import ResultRecord
-from diffrecon.tasks.caching import path_digest
 from diffrecon.tasks.ledger import Ledger
 
 SCAN_SUFFIXES = (".h5", ".hdf5", ".mrd", ".dat", ".nii", ".nii.gz")

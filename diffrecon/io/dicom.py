@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -315,8 +316,7 @@ def write_dicom_series(
         ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
         ds.PixelData = np.ascontiguousarray(pixels[s]).tobytes()
         path = folder / f"{s + 1:04d}.dcm"
-        tmp = path.with_name(path.name + ".tmp")
-        ds.save_as(str(tmp), enforce_file_format=True)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            ds.save_as(str(tmp), enforce_file_format=True)
         paths.append(path)
     return paths

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.ismrmrd_header import HeaderInfo, acquisition_header, parse_header
+from diffrecon.io.ismrmrd_header import (
+    HeaderInfo,
+    acquisition_header,
+    parse_header,
+    strip_identifiers,
+)
 from diffrecon.io.records import MRIAcquisition, mask_from_kspace, scan_name
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -124,26 +130,48 @@ def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    single = bool(acq.metadata.get("single_coil", False)) and acq.kspace.shape[1] == 1
-    k = np.swapaxes(acq.kspace, -1, -2)
-    if single:
-        k = k[:, 0]
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("kspace", data=np.ascontiguousarray(k).astype(np.complex64))
-        mask = acq.mask.astype(bool)
-        if (mask == mask[:, :1]).all():
-            f.create_dataset("mask", data=mask[:, 0])
-        else:
-            f.create_dataset("mask", data=np.ascontiguousarray(mask.T))
-        if acq.reference is not None:
-            key = acq.reference_kind or ("reconstruction_esc" if single else "reconstruction_rss")
-            f.create_dataset(key, data=np.swapaxes(acq.reference, -1, -2).astype(np.float32))
-        f.create_dataset("ismrmrd_header", data=acquisition_header(acq))
-        for key, value in acq.metadata.get("attrs", {}).items():
-            f.attrs[key] = value
-        if acq.reference is not None and "max" not in f.attrs:
-            f.attrs["max"] = float(acq.reference.max())
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        single = bool(acq.metadata.get("single_coil", False)) and acq.kspace.shape[1] == 1
+        k = np.swapaxes(acq.kspace, -1, -2)
+        if single:
+            k = k[:, 0]
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("kspace", data=np.ascontiguousarray(k).astype(np.complex64))
+            mask = acq.mask.astype(bool)
+            if (mask == mask[:, :1]).all():
+                f.create_dataset("mask", data=mask[:, 0])
+            else:
+                f.create_dataset("mask", data=np.ascontiguousarray(mask.T))
+            if acq.reference is not None:
+                key = acq.reference_kind or (
+                    "reconstruction_esc" if single else "reconstruction_rss")
+                f.create_dataset(key, data=np.swapaxes(acq.reference, -1, -2).astype(np.float32))
+            f.create_dataset("ismrmrd_header", data=acquisition_header(acq))
+            for key, value in acq.metadata.get("attrs", {}).items():
+                f.attrs[key] = value
+            if acq.reference is not None and "max" not in f.attrs:
+                f.attrs["max"] = float(acq.reference.max())
+    return path
+
+
+def write_reconstruction_h5(path: Path, image: np.ndarray, affine: np.ndarray, method: str,
+                            description: str, header: str | None = None,
+                            deidentify: bool = False) -> Path:
+    """fastMRI-style HDF5 of a reconstruction: ``reconstruction`` (slices, rows, cols)
+    float32 in fastMRI's layout (the last two axes swapped, as fastMRI stores images),
+    with the affine and the method as attributes and the source's ISMRMRD header as
+    ``ismrmrd_header`` (without subject and study information when de-identifying).
+    Written atomically."""
+    import h5py
+
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("reconstruction", data=np.swapaxes(image, -1, -2).astype(np.float32))
+            f.attrs.update({"method": method, "description": description,
+                            "affine_slice_row_col_to_ras": np.asarray(affine, np.float64),
+                            "layout": "fastMRI (slices, readout, phase): transpose the last "
+                                      "two axes for diffrecon's (slices, rows, cols)"})
+            if header:
+                f.create_dataset("ismrmrd_header",
+                                 data=strip_identifiers(header) if deidentify else header)
     return path

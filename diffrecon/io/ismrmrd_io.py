@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.ismrmrd_header import acquisition_header, parse_header
 from diffrecon.io.records import MRIAcquisition, scan_name
@@ -101,25 +102,24 @@ def write_ismrmrd(acq: MRIAcquisition, path: str | Path, dataset: str = "dataset
     import ismrmrd
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    ds = ismrmrd.Dataset(str(tmp), dataset, create_if_needed=True)
-    try:
-        ds.write_xml_header(acquisition_header(acq))
-        n_z, n_coils, n_lin, _ = acq.kspace.shape
-        sampled = np.flatnonzero(acq.mask.any(axis=1))
-        counter = 0
-        for z in range(n_z):
-            for ln in sampled:
-                a = ismrmrd.Acquisition.from_array(np.ascontiguousarray(acq.kspace[z, :, ln, :]))
-                a.idx.kspace_encode_step_1 = int(ln)
-                a.idx.slice = int(z)
-                a.scan_counter = counter
-                a.center_sample = acq.kspace.shape[-1] // 2
-                counter += 1
-                ds.append_acquisition(a)
-    finally:
-        ds.close()
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.unlink(missing_ok=True)
+        ds = ismrmrd.Dataset(str(tmp), dataset, create_if_needed=True)
+        try:
+            ds.write_xml_header(acquisition_header(acq))
+            n_z, n_coils, n_lin, _ = acq.kspace.shape
+            sampled = np.flatnonzero(acq.mask.any(axis=1))
+            counter = 0
+            for z in range(n_z):
+                for ln in sampled:
+                    line = np.ascontiguousarray(acq.kspace[z, :, ln, :])
+                    a = ismrmrd.Acquisition.from_array(line)
+                    a.idx.kspace_encode_step_1 = int(ln)
+                    a.idx.slice = int(z)
+                    a.scan_counter = counter
+                    a.center_sample = acq.kspace.shape[-1] // 2
+                    counter += 1
+                    ds.append_acquisition(a)
+        finally:
+            ds.close()
     return path

@@ -1,10 +1,5 @@
-"""NIfTI volumes in and out, and the one function that slices volumes by orientation.
-
-Slice layouts are those of BENCHMARKS.md, on volumes reoriented to canonical RAS:
-- axial    ``flipud(vol[:, :, z].T)``: rows anterior -> posterior, columns left -> right;
-- coronal  ``flipud(vol[:, y, :].T)``: rows superior -> inferior, columns left -> right;
-- sagittal ``flipud(vol[x, :, :].T)``: rows superior -> inferior, columns posterior -> anterior.
-"""
+"""NIfTI volumes in and out, reoriented to canonical RAS and sliced as BENCHMARKS.md lays
+slices out (the slicing itself: :mod:`diffrecon.common.geometry`)."""
 
 from __future__ import annotations
 
@@ -12,60 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
+from diffrecon.common.geometry import slice_volume, slices_affine
 from diffrecon.io.errors import InvalidScanError
-
-ORIENTATIONS = ("axial", "coronal", "sagittal")
-_SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
-
-
-def slice_volume(vol_ras: np.ndarray, orientation: str) -> np.ndarray:
-    """(X, Y, Z) canonical RAS volume -> (slices, rows, cols) in the BENCHMARKS layout."""
-    if orientation not in _SLICE_AXIS:
-        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
-    axis = _SLICE_AXIS[orientation]
-    moved = np.moveaxis(vol_ras, axis, 0)  # (slices, a, b) with (a, b) the other axes in order
-    return np.ascontiguousarray(np.flip(np.swapaxes(moved, 1, 2), axis=1))
-
-
-def unslice_volume(slices: np.ndarray, orientation: str) -> np.ndarray:
-    """Inverse of :func:`slice_volume`: (slices, rows, cols) -> (X, Y, Z) RAS volume."""
-    axis = _SLICE_AXIS[orientation]
-    moved = np.swapaxes(np.flip(slices, axis=1), 1, 2)
-    return np.ascontiguousarray(np.moveaxis(moved, 0, axis))
-
-
-def pad_or_crop(x: np.ndarray, size: int | tuple[int, int], fill: float = 0.0) -> np.ndarray:
-    """Centre pad (with ``fill``) or crop the last two axes to ``size`` (one int: square).
-
-    A crop keeps ``n[(n - size) // 2:][:size]``; a pad puts ``(size - n) // 2`` before.
-    """
-    sizes = (size, size) if isinstance(size, int) else tuple(size)
-    out = x
-    for axis, size in zip((-2, -1), sizes):
-        n = out.shape[axis]
-        if n > size:
-            start = (n - size) // 2
-            out = np.take(out, np.arange(start, start + size), axis=axis)
-        elif n < size:
-            pad = [(0, 0)] * out.ndim
-            pad[axis] = ((size - n) // 2, size - n - (size - n) // 2)
-            out = np.pad(out, pad, constant_values=fill)
-    return out
-
-
-def slices_affine(ras_affine: np.ndarray, shape_ras: tuple[int, int, int], orientation: str):
-    """Affine from (slice, row, col) indices to mm, given the RAS volume's affine."""
-    n = np.asarray(shape_ras)
-    axis = _SLICE_AXIS[orientation]
-    others = [a for a in range(3) if a != axis]
-    # (s, r, c) -> RAS voxel index: vox[axis] = s, vox[others[1]] = n - 1 - r, vox[others[0]] = c
-    m = np.zeros((4, 4))
-    m[axis, 0] = 1
-    m[others[1], 1] = -1
-    m[others[1], 3] = n[others[1]] - 1
-    m[others[0], 2] = 1
-    m[3, 3] = 1
-    return ras_affine @ m
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -115,12 +59,9 @@ def write_nifti(path: str | Path, image: np.ndarray, affine: np.ndarray) -> Path
     import nibabel as nib
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     data = np.abs(image) if np.iscomplexobj(image) else np.asarray(image)
     img = nib.as_closest_canonical(nib.Nifti1Image(data.astype(np.float32), np.asarray(affine)))
     img.header.set_xyzt_units("mm")
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    tmp = path.with_name(path.name[: -len(suffix)] + ".tmp" + suffix)
-    nib.save(img, str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
     return path

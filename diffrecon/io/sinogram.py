@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
 
 
@@ -42,19 +43,17 @@ def write_sinogram(acq: CTAcquisition, path: str | Path) -> Path:
     import h5py
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("sinogram", data=acq.sinogram.astype(np.float32))
-        f.create_dataset("angles", data=np.asarray(acq.angles, np.float64))
-        if acq.reference is not None:
-            f.create_dataset("reference", data=acq.reference.astype(np.float32))
-        f.attrs.update({"format": "diffrecon-sinogram", "version": 1, "geometry": acq.geometry,
-                        "det_spacing": acq.det_spacing, "source_origin": acq.source_origin,
-                        "origin_det": acq.origin_det, "image_rows": acq.image_shape[0],
-                        "image_cols": acq.image_shape[1], "pixel_size": acq.pixel_size,
-                        "units": acq.units})
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.create_dataset("sinogram", data=acq.sinogram.astype(np.float32))
+            f.create_dataset("angles", data=np.asarray(acq.angles, np.float64))
+            if acq.reference is not None:
+                f.create_dataset("reference", data=acq.reference.astype(np.float32))
+            f.attrs.update({"format": "diffrecon-sinogram", "version": 1, "geometry": acq.geometry,
+                            "det_spacing": acq.det_spacing, "source_origin": acq.source_origin,
+                            "origin_det": acq.origin_det, "image_rows": acq.image_shape[0],
+                            "image_cols": acq.image_shape[1], "pixel_size": acq.pixel_size,
+                            "units": acq.units})
     return path
 
 

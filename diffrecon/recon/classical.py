@@ -96,3 +96,14 @@ def tv_sense(
     x = admm_tv(op.normal, b, lam, dims=(-2, -1), rho=rho,
                 iters=iters, cg_iters=cg_iters)
     return x * scale
+
+
+def sense_reference(kspace: torch.Tensor, method: str = "torch") -> torch.Tensor:
+    """Reference image of fully sampled multi-coil data (benchmark B2's definition):
+    |sum_c conj(S_c) x_c| / sum_c |S_c|^2 with ESPIRiT maps of the fully sampled data
+    (calibration 24, crop 0.8), 0 where the maps vanish. kspace (S, C, ky, kx) -> (S, H, W)."""
+    from diffrecon.recon.coils import estimate_coil_maps
+
+    calib = min(24, *kspace.shape[-2:])
+    maps = estimate_coil_maps(kspace, calib=calib, crop=0.8, method=method)
+    return sense_combine(ifft2c(kspace), maps).abs()

@@ -9,19 +9,12 @@ All functions return torch tensors; a 1D mask has shape (ky,), and
 
 from __future__ import annotations
 
-import zlib
-
 import numpy as np
 import torch
 
 from diffrecon.recon.fft import fft2c
 
 MASK_KINDS = ("equispaced", "random", "gaussian", "poisson")
-
-
-def benchmark_seed(volume: str, z: int | str, what: str) -> int:
-    """Seed of BENCHMARKS.md: crc32 of ``"{volume}/{z}/{what}"``."""
-    return zlib.crc32(f"{volume}/{z}/{what}".encode())
 
 
 def centre_lines(n: int, n_centre: int | None = None) -> np.ndarray:

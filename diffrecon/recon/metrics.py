@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffrecon.io.nifti import pad_or_crop
+from diffrecon.common.geometry import pad_or_crop
 
 
 def _mag(x) -> np.ndarray:

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from diffrecon.common.files import path_digest
+
 
 @lru_cache(maxsize=1)
 def code_version() -> str:
@@ -35,17 +37,6 @@ def code_version() -> str:
     return f"{ver}+{h.hexdigest()[:16]}"
 
 
-def path_digest(path: str | Path) -> str:
-    """sha256 of a file's bytes, or of a folder's file names and bytes (a DICOM series)."""
-    p = Path(path)
-    h = hashlib.sha256()
-    files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
-    for f in files:
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 def _jsonable(value):

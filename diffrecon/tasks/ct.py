@@ -4,13 +4,14 @@ in HU out. Tasks exchange small references; arrays live in the artifact store.""
 from __future__ import annotations
 
 import time
-import zlib
 
 import numpy as np
 import torch
 from prefect import task
 from pydantic import BaseModel
 
+from diffrecon.common.seeds import benchmark_rng
+from diffrecon.common.units import hu_to_unit
 from diffrecon.config import NEEDS_PRIOR, CTSpec, PriorRef
 from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.mri import labelled_errors, resolve_device, retry_transient
@@ -41,13 +42,13 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
                ) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
+    from diffrecon.common.geometry import pad_or_crop
     from diffrecon.io.dicom import read_ct_volume, source_attributes
-    from diffrecon.io.nifti import pad_or_crop
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
     with labelled_errors(path, label):
         vol = read_ct_volume(path)
-    x = np.clip((vol.hu + 1000.0) / 2000.0, 0, 1).astype(np.float64)
+    x = hu_to_unit(vol.hu).astype(np.float64)
     affine = np.asarray(vol.affine, np.float64).copy()
     if spec.size is not None:  # B3: padded with air or centre-cropped to size x size
         for axis, n in ((1, x.shape[1]), (2, x.shape[2])):
@@ -62,7 +63,7 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
         angles = np.linspace(0, np.pi, spec.views, endpoint=False)
     op = CTProjector(CTGeometry.parallel(angles, n_det, 1.0, (h, w)))
     sino = op.forward(torch.from_numpy(x))
-    rng = np.random.default_rng(zlib.crc32(f"{vol.name}/noise".encode()))
+    rng = benchmark_rng(vol.name, None, "noise")
     sigma = spec.noise * float(sino.abs().max())
     sino = sino + torch.from_numpy(sigma * rng.standard_normal(tuple(sino.shape)))
     store = ArtifactStore(store_root)

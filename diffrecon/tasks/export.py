@@ -9,6 +9,7 @@ import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from diffrecon.common.units import unit_to_hu
 from diffrecon.tasks.mri import retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore, array_digest
 
@@ -30,7 +31,7 @@ def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], m
     """Write the requested outputs of an image in the store (CT in CT units); the paths,
     the NIfTI first when written. DICOM UIDs derive from the image's digest."""
     x = ArtifactStore(store_root).get(image)
-    x = x.astype(np.float32) * 2000.0 - 1000.0 if modality == "ct" else x
+    x = unit_to_hu(x.astype(np.float32)) if modality == "ct" else x
     return write_outputs(name, method, x, np.asarray(affine), modality, outputs, out_dir,
                          description, deidentify, source, header,
                          uid_seed=f"{image.digest}/{method}")
@@ -43,9 +44,10 @@ def write_outputs(name: str, method: str, image: np.ndarray, affine: np.ndarray,
     """Write ``OUT/<name>_<method>.nii.gz`` / ``_dicom/`` / ``.h5`` / ``.png`` for an image
     in output units (MRI: magnitude or complex; CT: HU). One function for the flows and
     ``diffrecon export``. Returns the paths written, the NIfTI first."""
+    from diffrecon.common.previews import grid, save_png
     from diffrecon.io.dicom import write_dicom_series
+    from diffrecon.io.fastmri import write_reconstruction_h5
     from diffrecon.io.nifti import write_nifti
-    from diffrecon.io.previews import grid, save_png
 
     x = np.asarray(image, np.float32) if modality == "ct" else np.abs(image).astype(np.float32)
     aff = np.asarray(affine, np.float64)
@@ -79,32 +81,6 @@ def send_series(name: str, method: str, folder: str, destination: str) -> str:
     return f"{out['instances']} instances to {destination}"
 
 
-def write_reconstruction_h5(path: Path, image: np.ndarray, affine: np.ndarray, method: str,
-                            description: str, header: str | None = None,
-                            deidentify: bool = False) -> Path:
-    """fastMRI-style HDF5 of a reconstruction: ``reconstruction`` (slices, rows, cols)
-    float32 in fastMRI's layout (the last two axes swapped, as fastMRI stores images),
-    with the affine and the method as attributes and the source's ISMRMRD header as
-    ``ismrmrd_header`` (without subject and study information when de-identifying).
-    Written atomically."""
-    import h5py
-
-    from diffrecon.io.ismrmrd_header import strip_identifiers
-
-    tmp = path.with_name(path.name + ".tmp")
-    with h5py.File(tmp, "w") as f:
-        f.create_dataset("reconstruction", data=np.swapaxes(image, -1, -2).astype(np.float32))
-        f.attrs.update({"method": method, "description": description,
-                        "affine_slice_row_col_to_ras": np.asarray(affine, np.float64),
-                        "layout": "fastMRI (slices, readout, phase): transpose the last "
-                                  "two axes for diffrecon's (slices, rows, cols)"})
-        if header:
-            f.create_dataset("ismrmrd_header",
-                             data=strip_identifiers(header) if deidentify else header)
-    tmp.replace(path)
-    return path
-
-
 @task(cache_policy=NO_CACHE, task_run_name="report-{name}")
 def scan_report(name: str, modality: str, records: list, images: dict[str, ArrayRef],
                 store_root: str) -> str:
@@ -117,13 +93,13 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
     from PIL import Image
     from prefect.artifacts import create_markdown_artifact
 
-    from diffrecon.io.previews import grid
+    from diffrecon.common.previews import grid
 
     store = ArtifactStore(store_root)
     slices = []
     for ref in images.values():
         x = store.get(ref)
-        x = x * 2000.0 - 1000.0 if modality == "ct" else np.abs(x)
+        x = unit_to_hu(x) if modality == "ct" else np.abs(x)
         slices.append(x[len(x) // 2])
     lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | s | state |",
              "|---|---|---|---|---|---|---|"]

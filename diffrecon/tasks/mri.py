@@ -265,8 +265,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     as benchmark B2 defines it. Undersampled input is used as it is. ``n_virtual``
     compresses the coils (SVD) after the reference is made.
     """
-    from diffrecon.protocols import b2_reference
-    from diffrecon.recon import masks
+    from diffrecon.recon import classical, masks
     from diffrecon.recon.coils import compress_coils
 
     store = ArtifactStore(store_root)
@@ -286,7 +285,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
             setting=f"as acquired ({lines}/{k.shape[-2]} lines){cc}",
         )
     if reference is None:
-        reference = store.put(b2_reference(k).cpu().numpy().astype(np.float32))
+        reference = store.put(classical.sense_reference(k).cpu().numpy().astype(np.float32))
         reference_kind = "sense-espirit-full"
     mask = masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel, mask_seed(scan.name, spec))
     ku = k * mask.to(dev)

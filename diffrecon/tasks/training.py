@@ -16,7 +16,7 @@ def train_task(files: list[str], cfg, out_dir: str, work_dir: str, device: str,
 
     import torch
 
-    from diffrecon.recon.diffusion.data import load_slices, split_by_volume
+    from diffrecon.io.training_slices import load_slices, split_by_volume
     from diffrecon.recon.diffusion.training import train
     from diffrecon.tasks.mri import resolve_device
 

@@ -4,14 +4,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from diffrecon.io.nifti import (
-    ORIENTATIONS,
-    read_nifti_slices,
-    slice_volume,
-    slices_affine,
-    unslice_volume,
-    write_nifti,
-)
+from diffrecon.common.geometry import ORIENTATIONS, slice_volume, slices_affine, unslice_volume
+from diffrecon.io.nifti import read_nifti_slices, write_nifti
 from diffrecon.io.records import axial_affine
 
 

@@ -37,7 +37,7 @@ def test_zero_filled_rss_of_full_data_is_the_magnitude():
 
 def test_cg_sense_on_real_scan_b2(twix_path):
     """B2 at R = 4 equispaced: CG-SENSE with maps from the 10-line centre >= 26 dB."""
-    from diffrecon.protocols import b2_case
+    from diffrecon.testing import b2_case
 
     case = b2_case(twix_path)
     mask = case.mask(4, "equispaced")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from diffrecon.demo_data import simulated_multicoil
 from diffrecon.recon import classical, coils, masks, metrics
-from diffrecon.sample import simulated_multicoil
 from tests.conftest import DATA, need
 
 
@@ -67,7 +67,7 @@ def _best_sigpy_psnr(ku, mask, ref):
 @pytest.mark.parametrize("accel, kind", [(4, "equispaced"), (4, "random"), (8, "equispaced"),
                                          (8, "random")])
 def test_cg_sense_with_our_maps_b2(twix_path, accel, kind):
-    from diffrecon.protocols import b2_case
+    from diffrecon.testing import b2_case
 
     case = b2_case(twix_path)
     mask = case.mask(accel, kind)
@@ -79,7 +79,7 @@ def test_cg_sense_with_our_maps_b2(twix_path, accel, kind):
 
 @pytest.mark.parametrize("accel, kind", [(4, "equispaced"), (8, "random")])
 def test_cg_sense_with_our_maps_b1_quick(accel, kind):
-    from diffrecon.protocols import b1_cases
+    from diffrecon.testing import b1_cases
 
     cases = b1_cases(need(DATA / "mri" / "ixi_t1"),
                      need(DATA / "mri" / "b1_simulation_maps_16ch_128.npy"), quick=True)

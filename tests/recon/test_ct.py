@@ -19,7 +19,7 @@ FAN_ANGLES = np.linspace(0, 2 * np.pi, 180, endpoint=False)
 
 @pytest.fixture(scope="module")
 def ct_slice():
-    from diffrecon.protocols import ct_slices
+    from diffrecon.testing import ct_slices
 
     cases = ct_slices(need(DATA / "ct" / "totalsegmentator" / "example_ct.nii.gz"), every=1)
     return cases[60].image.numpy()
@@ -96,7 +96,7 @@ def test_fbp_agrees_with_astra(ct_slice, window):
 
 
 def test_sparse_view_solvers_beat_fbp(ct_slice):
-    from diffrecon.protocols import CTCase
+    from diffrecon.testing import CTCase
 
     case = CTCase("example_ct", 60, torch.from_numpy(ct_slice))
     op = CTProjector(case.geometry("16"))
@@ -119,7 +119,7 @@ def test_unknown_geometry_and_fan_fbp_are_refused():
 
 
 def test_tv_along_z_uses_the_neighbouring_slices():
-    from diffrecon.protocols import ct_slices
+    from diffrecon.testing import ct_slices
 
     cases = ct_slices(need(DATA / "ct" / "totalsegmentator" / "example_ct.nii.gz"), every=1)
     vol = torch.stack([c.image for c in cases[50:58]]).double()

@@ -3,7 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from diffrecon.recon.masks import benchmark_seed, centre_lines, make_mask, mask_1d
+from diffrecon.common.seeds import benchmark_seed
+from diffrecon.recon.masks import centre_lines, make_mask, mask_1d
 
 
 @pytest.mark.parametrize("accel, lines", [(4, 32), (8, 16)])

@@ -94,7 +94,7 @@ def test_fista_l1_wavelet_reaches_a_fixed_point():
 
 
 def test_regularised_sense_beats_zero_filling_on_b2(twix_path):
-    from diffrecon.protocols import b2_case
+    from diffrecon.testing import b2_case
 
     case = b2_case(twix_path)
     mask = case.mask(4, "equispaced")

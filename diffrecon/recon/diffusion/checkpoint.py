@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
+from diffrecon.common.files import path_digest
 from diffrecon.recon.diffusion.networks import EpsNetwork, build_network
 from diffrecon.recon.diffusion.prior import Prior, PriorConfig
 
@@ -28,12 +28,7 @@ class PriorLoadError(ValueError):
 
 def folder_digest(path: str | Path) -> str:
     """sha256 over config.json and model.safetensors (the prior's identity in cache keys)."""
-    h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors"):
-        with open(Path(path) / name, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
+    return path_digest(path, names=("config.json", "model.safetensors"))
 
 
 def read_config(path: str | Path) -> PriorConfig:

@@ -8,6 +8,7 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from diffrecon.common import units
 from diffrecon.recon.diffusion.schedule import VPSchedule
 
 
@@ -48,13 +49,16 @@ class PriorConfig(BaseModel):
 
 def hu_to_unit(hu: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:
     """CT data units of BENCHMARKS.md: clip((HU + 1000) / 2000, 0, 1)."""
-    lo, hi = (norm.hu_min, norm.hu_max) if norm else (-1000.0, 1000.0)
-    return ((hu - lo) / (hi - lo)).clamp(0, 1)
+    return units.hu_to_unit(hu, *_window(norm))
 
 
 def unit_to_hu(x: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:
-    lo, hi = (norm.hu_min, norm.hu_max) if norm else (-1000.0, 1000.0)
-    return x * (hi - lo) + lo
+    """The inverse of :func:`hu_to_unit` in the prior's window."""
+    return units.unit_to_hu(x, *_window(norm))
+
+
+def _window(norm: Normalisation | None) -> tuple[float, float]:
+    return (norm.hu_min, norm.hu_max) if norm else (units.HU_MIN, units.HU_MAX)
 
 
 def _per_image(scale, x: torch.Tensor) -> torch.Tensor | float:

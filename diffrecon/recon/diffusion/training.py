@@ -12,23 +12,32 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import platform
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from diffrecon.common.files import atomic_path
 from diffrecon.recon.diffusion.checkpoint import save_prior
-from diffrecon.recon.diffusion.data import SliceSet
 from diffrecon.recon.diffusion.networks import EpsNetwork, build_network, monai_unet_args
 from diffrecon.recon.diffusion.prior import Normalisation, Prior, PriorConfig
 from diffrecon.recon.diffusion.schedule import VPSchedule
 from diffrecon.recon.masks import smooth_phase_from
+
+
+class SliceSet(Protocol):
+    """Training slices (io.training_slices.SliceSet): (N, H, W) float32 images and the names
+    of the volumes they come from."""
+
+    images: np.ndarray | torch.Tensor
+    volumes: list[str]
 
 
 @dataclass
@@ -194,6 +203,7 @@ def to_model_batch(x: torch.Tensor, modality: str, g: torch.Generator) -> torch.
 
 def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSchedule):
     """(x_t, t, noise) of one training step, a pure function of (data, seed, step)."""
+    data = torch.as_tensor(data)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
     x = data[idx]
@@ -228,10 +238,9 @@ def validation_loss(net, data: torch.Tensor, cfg: TrainConfig, schedule: VPSched
     return total / noise.numel()
 
 
-def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+def _atomic_torch_save(obj: dict, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def _config_key(cfg: TrainConfig) -> str:
@@ -327,7 +336,7 @@ def train(
 
     ``prefetch`` (default: on a GPU) draws batches ahead on a CPU thread and reads the
     loss back every ``log_every`` steps instead of every step."""
-    from diffrecon.io.previews import grid, save_png
+    from diffrecon.common.previews import grid, save_png
     from diffrecon.recon.diffusion.sampling import sample_unconditional
 
     device = torch.device(device)
@@ -355,8 +364,8 @@ def train(
         step, losses, seconds = int(st["step"]), list(st["losses"]), float(st["seconds"])
         history = json.loads(st["history"])
     use_amp = cfg.amp and device.type == "cuda"
-    data = train_set.images
-    val_images = validation_images(val_set.images, cfg)
+    data = torch.as_tensor(train_set.images)
+    val_images = validation_images(torch.as_tensor(val_set.images), cfg)
     n_params = sum(p.numel() for p in net.parameters())
     result = None
 

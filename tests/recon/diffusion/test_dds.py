@@ -164,7 +164,7 @@ def test_dds_3d_tv_with_an_oracle_prior_and_a_smoother_z_profile():
 def test_volume_views_are_the_benchmark_slicing(orientation):
     import numpy as np
 
-    from diffrecon.io.nifti import slice_volume, unslice_volume
+    from diffrecon.common.geometry import slice_volume, unslice_volume
     from diffrecon.recon.diffusion.dds import volume_unview, volume_view
 
     axial = torch.arange(5 * 6 * 7, dtype=torch.float64).reshape(5, 6, 7)

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from diffrecon.recon.diffusion.checkpoint import load_prior
-from diffrecon.recon.diffusion.data import (
+from diffrecon.io.training_slices import (
     load_slices,
     split_by_volume,
     volume_files,
     volume_slices,
 )
+from diffrecon.recon.diffusion.checkpoint import load_prior
 from diffrecon.recon.diffusion.schedule import VPSchedule
 from diffrecon.recon.diffusion.training import TrainConfig, make_batch, train
 

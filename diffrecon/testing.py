@@ -1,4 +1,5 @@
-"""The benchmark protocols of ../shared/BENCHMARKS.md as data builders.
+"""The benchmark protocols of ../shared/BENCHMARKS.md as data builders, for tests and
+benchmarks (not used by the product).
 
 Benchmarks and tests both build B1/B2 from here, so every figure comes from the same
 simulation. Paths to the data are arguments: nothing here assumes ../shared exists.
@@ -6,21 +7,18 @@ simulation. Paths to the data are arguments: nothing here assumes ../shared exis
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from diffrecon.common.seeds import benchmark_rng, benchmark_seed
+from diffrecon.common.units import hu_to_unit
 from diffrecon.recon.masks import add_noise, mask_1d, simulate_kspace, smooth_phase
 
 B1_SLICES = tuple(range(55, 91, 5))
 B1_QUICK_SLICES = (60, 70, 80, 90)
-
-
-def rng_for(volume: str, z: int | str, what: str) -> np.random.Generator:
-    return np.random.default_rng(zlib.crc32(f"{volume}/{z}/{what}".encode()))
 
 
 def ixi_split(folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -42,14 +40,15 @@ class MRICase:
         """(ky, kx) B1 mask: exactly n / R lines with the 10 centre lines."""
         from diffrecon.recon.masks import expand_mask
 
-        seed = zlib.crc32(f"{self.volume}/{self.z}/{accel}/{kind}".encode())
+        seed = benchmark_seed(self.volume, self.z, f"{accel}/{kind}")
         n_ky, n_kx = self.kspace.shape[-2:]
         return expand_mask(mask_1d(kind, n_ky, accel, seed), n_kx)
 
 
 def b1_image(path: str | Path, z: int) -> np.ndarray:
     """The axial slice z of an IXI volume, padded to 128 x 128, magnitude max 1."""
-    from diffrecon.io.nifti import load_volume, slice_volume
+    from diffrecon.common.geometry import slice_volume
+    from diffrecon.io.nifti import load_volume
 
     vol, _ = load_volume(path)
     s = np.abs(slice_volume(vol, "axial")[z])
@@ -63,8 +62,8 @@ def b1_case(path: str | Path, z: int, maps: torch.Tensor) -> MRICase:
     """B1: the slice with its smooth phase, seen by the 16 simulation maps, plus noise."""
     volume = Path(path).name.removesuffix(".gz").removesuffix(".nii")
     img = b1_image(path, z)
-    x = torch.from_numpy(img) * smooth_phase(img.shape, rng_for(volume, z, "phase"))
-    k = add_noise(simulate_kspace(x, maps), 1e-3, rng_for(volume, z, "noise"))
+    x = torch.from_numpy(img) * smooth_phase(img.shape, benchmark_rng(volume, z, "phase"))
+    k = add_noise(simulate_kspace(x, maps), 1e-3, benchmark_rng(volume, z, "noise"))
     return MRICase(volume, z, k, torch.from_numpy(img))
 
 
@@ -76,25 +75,14 @@ def b1_cases(ixi_folder: str | Path, maps_file: str | Path, quick: bool = False)
     return [b1_case(v, z, maps) for v in vols for z in zs]
 
 
-def b2_reference(kspace: torch.Tensor, method: str = "torch") -> torch.Tensor:
-    """|sum_c conj(S_c) x_c| / sum_c |S_c|^2 with ESPIRiT maps of the fully sampled data
-    (calibration 24, crop 0.8), 0 where the maps vanish. kspace (S, C, ky, kx) -> (S, H, W)."""
-    from diffrecon.recon.classical import sense_combine
-    from diffrecon.recon.coils import estimate_coil_maps
-    from diffrecon.recon.fft import ifft2c
-
-    calib = min(24, *kspace.shape[-2:])
-    maps = estimate_coil_maps(kspace, calib=calib, crop=0.8, method=method)
-    return sense_combine(ifft2c(kspace), maps).abs()
-
-
 def b2_case(twix_path: str | Path) -> MRICase:
     """B2: the real 16-coil scan and its SENSE reference."""
     from diffrecon.io.twix import read_twix
+    from diffrecon.recon.classical import sense_reference
 
     acq = read_twix(twix_path)
     k = torch.from_numpy(acq.kspace)
-    return MRICase(acq.name, 0, k[0], b2_reference(k)[0])
+    return MRICase(acq.name, 0, k[0], sense_reference(k)[0])
 
 
 B3_DETECTORS = 183  # the smallest odd count >= 128 sqrt 2
@@ -120,7 +108,7 @@ class CTCase:
 
     def sinogram(self, projector) -> torch.Tensor:
         s = projector.forward(self.image.double()[None])
-        g = rng_for(self.volume, self.z, "noise")
+        g = benchmark_rng(self.volume, self.z, "noise")
         sigma = 1e-3 * float(s.abs().max())
         return s + torch.from_numpy(sigma * g.standard_normal(tuple(s.shape)))
 
@@ -128,7 +116,8 @@ class CTCase:
 def ct_slices(path: str | Path, every: int = 4) -> list[CTCase]:
     """Axial slices (every ``every``-th) of a CT volume in canonical RAS, padded (with
     -1000 HU) or centre-cropped to 128 x 128, in CT units."""
-    from diffrecon.io.nifti import load_volume, pad_or_crop, slice_volume
+    from diffrecon.common.geometry import pad_or_crop, slice_volume
+    from diffrecon.io.nifti import load_volume
 
     vol, _ = load_volume(path)
     hu = slice_volume(vol, "axial")
@@ -136,6 +125,6 @@ def ct_slices(path: str | Path, every: int = 4) -> list[CTCase]:
     out = []
     for z in range(0, hu.shape[0], every):
         s = pad_or_crop(hu[z], 128, fill=-1000.0)
-        x = np.clip((s + 1000.0) / 2000.0, 0, 1).astype(np.float32)
+        x = hu_to_unit(s).astype(np.float32)
         out.append(CTCase(volume, z, torch.from_numpy(x)))
     return out

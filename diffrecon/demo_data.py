@@ -27,7 +27,8 @@ def demo_slices(n_slices: int = 4, size: int = 128, voxel_mm: int = 2
 
     voxel_mm 2 (block-averaged template, fits 128) or 1 (the template itself, fits 256+).
     """
-    from diffrecon.io.nifti import load_volume, pad_or_crop, slice_volume, slices_affine
+    from diffrecon.common.geometry import pad_or_crop, slice_volume, slices_affine
+    from diffrecon.io.nifti import load_volume
 
     vol, aff = load_volume(template_path())
     if voxel_mm == 2:  # 1 mm -> 2 mm by 2x2x2 block averaging

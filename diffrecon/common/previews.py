@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffrecon.common.files import atomic_path
+
 
 def grid(images: np.ndarray, ncols: int | None = None, pad: int = 2,
          vmin: float | None = None, vmax: float | None = None) -> np.ndarray:
@@ -31,8 +33,6 @@ def save_png(path: str | Path, image: np.ndarray) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image).save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
     return path

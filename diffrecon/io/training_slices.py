@@ -11,9 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from diffrecon.io.nifti import pad_or_crop
+from diffrecon.common.geometry import inplane_axes, pad_or_crop, slice_volume
 
 
 def volume_files(inputs: list[str | Path], first: int | None = None) -> list[Path]:
@@ -33,7 +32,7 @@ def volume_files(inputs: list[str | Path], first: int | None = None) -> list[Pat
 
 @dataclass
 class SliceSet:
-    images: torch.Tensor  # (N, size, size) float32
+    images: np.ndarray  # (N, size, size) float32
     volumes: list[str] = field(default_factory=list)  # the volumes the slices come from
     slice_volume_index: list[int] = field(default_factory=list)
 
@@ -42,7 +41,7 @@ def volume_slices(path: Path, modality: str, orientation: str, size: int,
                   min_fraction: float = 0.05, pixel_mm: float | None = None) -> np.ndarray:
     """(n, size, size) float32 training slices of one volume; with ``pixel_mm`` resampled
     in-plane (linear) to that pixel size first."""
-    from diffrecon.io.nifti import load_volume, slice_volume
+    from diffrecon.io.nifti import load_volume
     from diffrecon.recon.diffusion.prior import hu_to_unit
 
     vol, affine = load_volume(path)
@@ -50,7 +49,7 @@ def volume_slices(path: Path, modality: str, orientation: str, size: int,
     if pixel_mm is not None:
         s = _resample_inplane(s, affine, orientation, pixel_mm)
     if modality == "ct":
-        s = hu_to_unit(torch.from_numpy(s)).numpy()
+        s = hu_to_unit(s)
         s = pad_or_crop(s, size, 0.0)
         keep = (s > 0.3).mean(axis=(1, 2)) > min_fraction  # more than a sliver of tissue
         return s[keep].astype(np.float32)
@@ -66,12 +65,8 @@ def _resample_inplane(s: np.ndarray, affine: np.ndarray, orientation: str,
                       pixel_mm: float) -> np.ndarray:
     from scipy.ndimage import zoom
 
-    from diffrecon.io.nifti import ORIENTATIONS
-
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)  # RAS axes x, y, z
-    axis = {"axial": 2, "coronal": 1, "sagittal": 0}[orientation]
-    assert orientation in ORIENTATIONS
-    cols, rows = [a for a in range(3) if a != axis]  # slice_volume: rows the later axis
+    rows, cols = inplane_axes(orientation)
     factors = (1.0, spacing[rows] / pixel_mm, spacing[cols] / pixel_mm)
     return zoom(s, factors, order=1, grid_mode=True, mode="grid-constant", cval=float(s.min()))
 
@@ -85,7 +80,7 @@ def load_slices(files: list[Path], modality: str, orientation: str, size: int,
         chunks.append(s)
         names.append(f.name)
         index += [i] * len(s)
-    images = torch.from_numpy(np.concatenate(chunks)) if chunks else torch.zeros(0, size, size)
+    images = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
     return SliceSet(images, names, index)
 
 

@@ -1,0 +1,45 @@
+"""Files in one place: atomic writes (temporary name in the same folder, then rename) and
+content digests of files and folders."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path`` (same extension, so writers that go by it
+    still work); on success it is renamed onto ``path``, on failure removed. The parent
+    folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
+    tmp = path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def path_digest(path: str | Path, names: tuple[str, ...] | None = None) -> str:
+    """sha256 of a file's bytes, or of a folder's file names and bytes (a DICOM series;
+    only ``names`` where given, e.g. a prior's config and weights)."""
+    p = Path(path)
+    h = hashlib.sha256()
+    if names is not None:
+        files = [p / n for n in names]
+    else:
+        files = sorted(q for q in p.rglob("*") if q.is_file()) if p.is_dir() else [p]
+    for f in files:
+        h.update(f.name.encode())
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
