@@ -62,7 +62,9 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False):
         x = fn(ku, maps, mask)
         record(name, x, t_maps + time.perf_counter() - t0, maps)
     if prior is not None:
-        from diffrecon.recon.diffusion.dds import DDSConfig, DPSConfig, sample
+        from diffrecon.recon.diffusion.dds import DDSConfig
+        from diffrecon.recon.diffusion.dps import DPSConfig
+        from diffrecon.recon.diffusion.run import sample
 
         runs = [("dds", DDSConfig())] + ([("dps", DPSConfig())] if dps else [])
         for name, cfg in runs:

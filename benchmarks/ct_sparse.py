@@ -30,7 +30,9 @@ METHODS = {"fbp": fbp, "cg-ls": cg_ls, "admm-tv": tv_ct}
 
 
 def diffusion_rows(prior, op, y, images, setting, args, n_cases) -> list[ResultRecord]:
-    from diffrecon.recon.diffusion.dds import DDSConfig, DPSConfig, sample
+    from diffrecon.recon.diffusion.dds import DDSConfig
+    from diffrecon.recon.diffusion.dps import DPSConfig
+    from diffrecon.recon.diffusion.run import sample
 
     rows = []
     runs = [("dds", DDSConfig(nfe=args.nfe, cg_iters=args.cg_iters, eta=args.eta,

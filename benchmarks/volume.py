@@ -47,9 +47,9 @@ from diffrecon.common.seeds import benchmark_rng, benchmark_seed
 from diffrecon.config import PERPENDICULAR_METHODS, VOLUME_METHODS, Z_TV_METHODS
 from diffrecon.io.nifti import load_volume
 from diffrecon.recon import metrics
-from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.training import hardware_name
+from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.operators import ZSuperResolution
 from diffrecon.recon.solvers import admm_tv
 from diffrecon.results import ResultRecord, format_table, write_results

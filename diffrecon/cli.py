@@ -116,18 +116,18 @@ def cmd_inbox(args) -> int:
     return 0 if all(s["state"] != "failed" for s in summary) else 1
 
 
-def cmd_export(args) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
+    from diffrecon.config import OUTPUTS
+    from diffrecon.flows.export import export_results
     from diffrecon.results import read_results
-    from diffrecon.tasks.export import OUTPUTS, export_result, source_of
 
     to = _outputs(args.to)
     wrong = [t for t in to if t not in OUTPUTS]
     if wrong or not to:
         raise ValueError(f"--to {args.to}: choose from {', '.join(OUTPUTS)}")
-    overrides = {kw: getattr(args, kw) for kw in ("PatientName", "PatientID",
-                                                  "StudyInstanceUID", "AccessionNumber",
-                                                  "StudyDate")}
-    source, header = source_of(args.source, **overrides)
+    identity = {kw: getattr(args, kw) for kw in ("PatientName", "PatientID",
+                                                 "StudyInstanceUID", "AccessionNumber",
+                                                 "StudyDate") if getattr(args, kw)}
     images: list[Path] = []
     for item in args.results:
         if item.is_dir():
@@ -139,13 +139,14 @@ def cmd_export(args) -> int:
             images.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
+    results = export_results([str(i) for i in images], to,
+                             str(args.out) if args.out else None, args.pacs, args.source,
+                             args.deidentify, args.modality, args.description, identity)
     failed = 0
-    for image in images:
-        try:
-            out = export_result(image, to, args.out or image.parent, args.modality,
-                                args.description, source, header, args.deidentify, args.pacs)
-        except Exception as exc:  # one bad image or a failed send does not stop the rest
-            print(f"{image}: export failed: {exc}", file=sys.stderr)
+    for out in results:  # one bad image or a failed send does not stop the rest
+        image = Path(out["image"])
+        if out["state"] != "done":
+            print(f"{image}: export failed: {out['error']}", file=sys.stderr)
             failed += 1
             continue
         for path in out["paths"]:
@@ -153,6 +154,18 @@ def cmd_export(args) -> int:
         if out["sent"]:
             print(f"{image.name}: sent {out['sent']}")
     return 1 if failed else 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from diffrecon.flows.reconstruct import METHODS
+
+    for m in METHODS.values():
+        needs = [n for n, flag in (("coil maps (MRI)", m.coil_maps), ("a prior", m.needs_prior),
+                                   ("a perpendicular prior (--prior-aux)", m.aux_prior))
+                 if flag]
+        print(f"{m.name:22s} {'/'.join(m.modalities):7s} {m.summary}"
+              + (f"; needs {', '.join(needs)}" if needs else ""))
+    return 0
 
 
 def cmd_demo(args) -> int:
@@ -163,7 +176,7 @@ def cmd_demo(args) -> int:
     scan = write_demo_scan(out / "input" / "mni152_demo.h5")
     print(f"sample scan (MNI152 T1 template, 12 simulated coils, fully sampled): {scan}")
     from diffrecon.config import PriorRef
-    from diffrecon.recon.diffusion.registry import list_priors
+    from diffrecon.flows.priors import list_priors
 
     shipped = {cfg.name for _, cfg, _ in list_priors() if cfg is not None}
     methods = ["zero-filled", "cg-sense"]
@@ -180,10 +193,8 @@ def cmd_demo(args) -> int:
     return _run_flow([str(scan)], config)
 
 
-def cmd_train(args) -> int:
-    from diffrecon.flows.train import train_prior
-    from diffrecon.io.training_slices import volume_files
-    from diffrecon.recon.diffusion.training import TrainConfig
+def cmd_train(args: argparse.Namespace) -> int:
+    from diffrecon.flows.train import TrainConfig, train_prior, volume_files
 
     files = volume_files(args.data, first=args.first)
     if not files:
@@ -211,7 +222,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_prior_list(args) -> int:
-    from diffrecon.recon.diffusion.registry import PRIORS_DIR, card_facts, list_priors
+    from diffrecon.flows.priors import PRIORS_DIR, card_facts, list_priors
 
     rows = list_priors(args.dir)
     if not rows:
@@ -231,7 +242,7 @@ def cmd_prior_list(args) -> int:
 
 
 def cmd_prior_import(args) -> int:
-    from diffrecon.recon.diffusion.registry import import_dds
+    from diffrecon.flows.priors import import_dds
 
     path = import_dds(args.file, args.kind, args.out, args.dtype)
     print(f"imported {args.file} as {path}")
@@ -255,6 +266,8 @@ def _outputs(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diffrecon.config import CT_METHODS, MRI_METHODS, PriorRef
+
     p = argparse.ArgumentParser(
         prog="diffrecon",
         description="MRI/CT reconstruction with diffusion priors, run as Prefect flows.",
@@ -270,8 +283,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limited-angle", type=float, default=None,
                    help="CT: views at 0, 1, ..., DEG-1 degrees instead")
     r.add_argument("--method", action="append", default=None,
-                   help="MRI: zero-filled, cg-sense, l1-wavelet, admm-tv, dds, dps; CT: fbp, "
-                        "cg-ls, admm-tv (repeat or comma-separate; default cg-sense / fbp)")
+                   help=f"MRI: {', '.join(MRI_METHODS)}; CT: {', '.join(CT_METHODS)} (repeat "
+                        "or comma-separate; default cg-sense / fbp). What each does: "
+                        "diffrecon methods")
     r.add_argument("--accel", type=float, default=4.0, help="acceleration R (fully sampled input)")
     r.add_argument("--mask", default="equispaced",
                    choices=["equispaced", "random", "gaussian", "poisson"])
@@ -291,24 +305,19 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--prior-aux", default=None,
                    help="dds-perpendicular(-tv): the perpendicular prior (CT default "
                         "ct-coronal-128)")
-    r.add_argument("--pattern", default="AAB",
-                   help="dds-perpendicular(-tv): primary (A) / auxiliary (B) per diffusion step")
-    r.add_argument("--z-tv-lam", type=float, default=0.04,
-                   help="dds-3d-tv, dds-perpendicular-tv: TV weight along z")
-    r.add_argument("--z-tv-rho", type=float, default=10.0,
-                   help="dds-3d-tv, dds-perpendicular-tv: ADMM penalty")
-    r.add_argument("--real-object", action="store_true",
-                   help="MRI volume methods: the object is real (magnitude images)")
-    r.add_argument("--nfe", type=int, default=50, help="dds: network evaluations")
-    r.add_argument("--eta", type=float, default=0.85, help="dds: noise mixing")
-    r.add_argument("--cg-iters", type=int, default=5, help="dds: data-consistency CG steps")
-    r.add_argument("--gamma", type=float, default=None,
-                   help="dds: noisy data consistency weight (default: noiseless)")
-    r.add_argument("--dps-steps", type=int, default=1000)
-    r.add_argument("--dps-step-size", type=float, default=1.0)
-    r.add_argument("--sampler-seed", type=int, default=0)
-    r.add_argument("--compile", action="store_true",
-                   help="diffusion methods: torch.compile the prior's network (GPU nodes)")
+    # the sampler flags: defaults and help from PriorRef, whose defaults come from the
+    # samplers' settings (recon.diffusion.settings), so each default lives in one place
+    for flag, field, kind in (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float),
+                              ("--z-tv-rho", "tv_rho", float), ("--nfe", "nfe", int),
+                              ("--eta", "eta", float), ("--cg-iters", "cg_iters", int),
+                              ("--gamma", "gamma", float), ("--dps-steps", "dps_steps", int),
+                              ("--dps-step-size", "dps_step_size", float),
+                              ("--sampler-seed", "seed", int)):
+        f = PriorRef.model_fields[field]
+        r.add_argument(flag, type=kind, default=f.default, help=f.description
+                       + ("" if f.default is None else f" (default {f.default})"))
+    for flag, field in (("--real-object", "real_object"), ("--compile", "compile")):
+        r.add_argument(flag, action="store_true", help=PriorRef.model_fields[field].description)
     r.add_argument("--slice-batch", type=int, default=None,
                    help="slices reconstructed together (halved on CUDA out-of-memory)")
     r.add_argument("--dask", default=None, metavar="N|tcp://HOST:PORT|cuda",
@@ -353,6 +362,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--deidentify", action="store_true",
                     help="replace patient identifiers (DICOM basic profile)")
     ex.set_defaults(func=cmd_export)
+
+    me = sub.add_parser("methods", help="list the reconstruction methods and what they need")
+    me.set_defaults(func=cmd_methods)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")
     d.add_argument("--out", type=Path, default=Path("demo_output"))

@@ -6,18 +6,20 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-# a scan's slices as one volume: the axial prior with TV along z; perpendicular priors;
-# both together (perpendicular priors with the TV-z ADMM data consistency)
-PERPENDICULAR_METHODS = ("dds-perpendicular", "dds-perpendicular-tv")  # two priors
-Z_TV_METHODS = ("dds-3d-tv", "dds-perpendicular-tv")  # ADMM with TV along z in each step
-VOLUME_METHODS = ("dds-3d-tv", *PERPENDICULAR_METHODS)
-MRI_METHODS = ("zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps",
-               *VOLUME_METHODS)
-NEEDS_COIL_MAPS = {"cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", *VOLUME_METHODS}
-NEEDS_PRIOR = {"dds", "dps", *VOLUME_METHODS}
-CT_METHODS = ("fbp", "cg-ls", "admm-tv", "dds", *VOLUME_METHODS)
-Method = Literal["zero-filled", "cg-sense", "l1-wavelet", "admm-tv", "dds", "dps", "fbp",
-                 "cg-ls", "dds-3d-tv", "dds-perpendicular", "dds-perpendicular-tv"]
+from diffrecon.recon.diffusion.settings import DDS3DConfig, DDSConfig, DPSConfig
+from diffrecon.recon.methods import METHODS, methods_for
+
+# the method sets, derived from the one registry (diffrecon.recon.methods)
+MRI_METHODS = methods_for("mri")
+CT_METHODS = methods_for("ct")
+NEEDS_COIL_MAPS = {m.name for m in METHODS.values() if m.coil_maps}
+NEEDS_PRIOR = {m.name for m in METHODS.values() if m.needs_prior}
+VOLUME_METHODS = tuple(m.name for m in METHODS.values() if m.volume)
+PERPENDICULAR_METHODS = tuple(m.name for m in METHODS.values() if m.aux_prior)  # two priors
+Z_TV_METHODS = tuple(m.name for m in METHODS.values() if m.z_tv)  # ADMM with TV along z
+Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
+OUTPUTS = ("nifti", "dicom", "png", "h5", "pacs")
+Output = Literal[OUTPUTS]  # type: ignore[valid-type]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 
 
@@ -44,23 +46,50 @@ class PriorRef(BaseModel):
                        "(for CT use e.g. ct-axial-128)")
     aux_prior: str | None = Field(None, description="dds-perpendicular(-tv): the prior of the "
                                   "perpendicular orientation (e.g. ct-coronal-128)")
-    pattern: str = Field("AAB", pattern="^[AB]+$", description="dds-perpendicular(-tv): primary "
-                         "(A) / auxiliary (B) prior per diffusion step, repeated")
-    tv_lam: float = Field(0.04, ge=0, description="dds-3d-tv, dds-perpendicular-tv: TV "
-                         "weight along z")
-    tv_rho: float = Field(10.0, ge=0, description="dds-3d-tv, dds-perpendicular-tv: ADMM "
-                         "penalty (0: no TV)")
-    real_object: bool = Field(False, description="MRI volume methods: the object is real "
-                              "(magnitude images): drop the prior's phase")
-    nfe: int = Field(50, ge=1, le=1000, description="DDS network evaluations per slice")
-    eta: float = Field(0.85, ge=0, le=1, description="DDS noise mixing")
-    cg_iters: int = Field(5, ge=0, description="DDS data-consistency CG iterations")
-    gamma: float | None = Field(None, gt=0, description="noisy DC weight; None: noiseless")
-    dps_steps: int = Field(1000, ge=1, le=1000)
-    dps_step_size: float = Field(1.0, gt=0)
-    seed: int = 0
+    pattern: str = Field(DDS3DConfig.pattern, pattern="^[AB]+$", description="dds-perpendicular"
+                         "(-tv): primary (A) / auxiliary (B) prior per diffusion step, repeated")
+    tv_lam: float = Field(DDS3DConfig.lam, ge=0, description="dds-3d-tv, dds-perpendicular-tv: "
+                          "TV weight along z")
+    tv_rho: float = Field(DDS3DConfig.rho, ge=0, description="dds-3d-tv, dds-perpendicular-tv: "
+                          "ADMM penalty (0: no TV)")
+    real_object: bool = Field(DDS3DConfig.real, description="MRI volume methods: the object is "
+                              "real (magnitude images): drop the prior's phase")
+    nfe: int = Field(DDSConfig.nfe, ge=1, le=1000, description="DDS and the volume methods: "
+                     "network evaluations (diffusion steps) per slice")
+    eta: float = Field(DDSConfig.eta, ge=0, le=1, description="DDS noise mixing")
+    cg_iters: int = Field(DDSConfig.cg_iters, ge=0, description="DDS data-consistency CG "
+                          "iterations per step")
+    gamma: float | None = Field(DDSConfig.gamma, gt=0, description="DDS noisy data-consistency "
+                                "weight (default: noiseless)")
+    dps_steps: int = Field(DPSConfig.steps, ge=1, le=1000, description="DPS steps (network "
+                           "evaluations per slice)")
+    dps_step_size: float = Field(DPSConfig.step_size, gt=0, description="DPS step size zeta")
+    seed: int = Field(DDSConfig.seed, description="sampler seed (noise of the diffusion steps)")
     compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
                           "a GPU for many slices: one compilation per batch shape)")
+
+    def sampler_config(self, method: str, slice_batch: int | None = None
+                       ) -> DDSConfig | DPSConfig | DDS3DConfig:
+        """The settings of ``method``'s sampler (its family in the method registry)."""
+        m = METHODS[method]
+        if m.sampler == "dps":
+            return DPSConfig(steps=self.dps_steps, step_size=self.dps_step_size, seed=self.seed)
+        dds = dict(nfe=self.nfe, eta=self.eta, cg_iters=self.cg_iters, gamma=self.gamma,
+                   seed=self.seed)
+        if m.sampler == "volume":
+            return DDS3DConfig(**dds, lam=self.tv_lam, rho=self.tv_rho if m.z_tv else 0.0,
+                               slice_batch=slice_batch or DDS3DConfig.slice_batch,
+                               pattern=self.pattern, real=self.real_object)
+        return DDSConfig(**dds)
+
+    def prior_names(self, method: str) -> list[str]:
+        """The priors ``method`` uses: the primary, and the auxiliary for perpendicular
+        methods (a ValueError when that is missing)."""
+        if not METHODS[method].aux_prior:
+            return [self.prior]
+        if not self.aux_prior:
+            raise ValueError(f"{method} needs a second prior (--prior-aux)")
+        return [self.prior, self.aux_prior]
 
 
 class CTSpec(BaseModel):
@@ -125,7 +154,7 @@ class ReconConfig(BaseModel):
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
     diffusion: PriorRef = Field(default_factory=PriorRef)
-    outputs: list[Literal["nifti", "dicom", "png", "h5", "pacs"]] = Field(
+    outputs: list[Output] = Field(
         default_factory=lambda: ["nifti"],
         description="what to write for each reconstruction; 'pacs' writes the DICOM series "
                     "and sends it to `pacs`")
@@ -146,7 +175,7 @@ class ReconConfig(BaseModel):
 
     @model_validator(mode="after")
     def _methods_fit_modality(self) -> ReconConfig:
-        allowed = CT_METHODS if self.modality == "ct" else MRI_METHODS
+        allowed = methods_for(self.modality)
         wrong = [m for m in self.methods if m not in allowed]
         if wrong:
             raise ValueError(f"method(s) {', '.join(wrong)} not available for "

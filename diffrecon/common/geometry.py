@@ -20,6 +20,14 @@ ORIENTATIONS = ("axial", "coronal", "sagittal")
 SLICE_AXIS = {"axial": 2, "coronal": 1, "sagittal": 0}
 
 
+# Views of an axial-layout volume (S, H, W) = (z, rows A->P, cols L->R) as the slices of
+# another orientation in the layout of :func:`slice_volume`: (axis permutation, flipped axes)
+# after the permutation; exact and cheap (no resampling). Used on torch tensors by
+# recon.diffusion.volume.volume_view.
+AXIAL_VIEWS = {"axial": ((0, 1, 2), ()), "coronal": ((1, 0, 2), (0, 1)),
+               "sagittal": ((2, 0, 1), (1, 2))}
+
+
 def _check(orientation: str) -> int:
     if orientation not in SLICE_AXIS:
         raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")

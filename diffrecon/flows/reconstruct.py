@@ -9,15 +9,10 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from diffrecon.config import (
-    NEEDS_COIL_MAPS,
-    NEEDS_PRIOR,
-    PERPENDICULAR_METHODS,
-    DaskSpec,
-    ReconConfig,
-)
+from diffrecon.config import DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_label
+from diffrecon.recon.methods import METHODS
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import mri
 from diffrecon.tasks.caching import cached, scan_run_name
@@ -26,11 +21,9 @@ from diffrecon.tasks.export import export, scan_report, send_series, series_desc
 
 def _prior_names(config: ReconConfig, method: str) -> str | None:
     """The prior(s) a method used, by the names the user gave (folder names for paths)."""
-    if method not in NEEDS_PRIOR:
+    if not METHODS[method].needs_prior:
         return None
-    ref = config.diffusion
-    names = [ref.prior] + ([ref.aux_prior] if method in PERPENDICULAR_METHODS else [])
-    return " + ".join(Path(n).name for n in names if n)
+    return " + ".join(Path(n).name for n in config.diffusion.prior_names(method))
 
 
 def _send(name: str, method: str, files: list[str], config: ReconConfig
@@ -61,7 +54,7 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
         meas = prepare(scan, config.mask, store, config.device, config.coil_compression)
         maps = None
         maps_seconds = 0.0
-        if NEEDS_COIL_MAPS.intersection(config.methods):
+        if any(METHODS[m].coil_maps for m in config.methods):
             t0 = time.perf_counter()
             maps = coil_maps(meas, store, config.coil_method, config.device)
             maps_seconds = time.perf_counter() - t0
@@ -75,15 +68,15 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     images = {}
     for method in config.methods:
         try:
-            out = reconstruct(meas, maps if method in NEEDS_COIL_MAPS else None, method, config)
+            out = reconstruct(meas, maps if METHODS[method].coil_maps else None, method, config)
             images[method] = out.image
-            qa = quality(meas, out, maps if method in NEEDS_COIL_MAPS else None, store)
+            qa = quality(meas, out, maps if METHODS[method].coil_maps else None, store)
             desc = series_description(method, out.prior, meas.setting)
             files = export(name, method, out.image, meas.affine, "mri", config.outputs,
                            config.out_dir, store, desc, config.deidentify, scan.source_attrs,
                            scan.header)
             sent, error = _send(name, method, files, config)
-            seconds = out.seconds + (maps_seconds if method in NEEDS_COIL_MAPS else 0.0)
+            seconds = out.seconds + (maps_seconds if METHODS[method].coil_maps else 0.0)
             records.append(
                 ResultRecord(scan=name, method=method, setting=meas.setting, seconds=seconds,
                              output=files[0] if files else None, nfe=out.nfe, prior=out.prior,
@@ -117,7 +110,7 @@ def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
     records, images = [], {}
     for method in config.methods:
         try:
-            diffusion = config.diffusion if method in NEEDS_PRIOR else None
+            diffusion = config.diffusion if METHODS[method].needs_prior else None
             image, seconds, nfe = reconstruct_ct(meas, method, config.ct, store, config.device,
                                                  diffusion, config.slice_batch)
             prior = _prior_names(config, method)

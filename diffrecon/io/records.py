@@ -131,3 +131,25 @@ def scan_name(path: str | Path) -> str:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name
+
+
+@dataclass
+class Volume:
+    """A reconstructed volume on its way to QA and export: the image, where it lies, and
+    where it comes from.
+
+    image: (slices, rows, cols) in output units (MRI magnitude, or complex; CT in HU).
+    affine: (slice, row, col) -> RAS mm.
+    name / method: the scan's identity and the method that made the image.
+    provenance: how it was made (e.g. SeriesDescription ``description``, the study and
+    patient DICOM attributes ``source``, the ISMRMRD ``header``); never logged.
+    """
+
+    name: str
+    method: str
+    modality: str
+    image: np.ndarray
+    affine: np.ndarray
+    description: str = ""
+    source: dict = field(default_factory=dict)
+    header: str | None = None

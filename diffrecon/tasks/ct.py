@@ -12,9 +12,10 @@ from pydantic import BaseModel
 
 from diffrecon.common.seeds import benchmark_rng
 from diffrecon.common.units import hu_to_unit
-from diffrecon.config import NEEDS_PRIOR, CTSpec, PriorRef
+from diffrecon.config import CTSpec, PriorRef
+from diffrecon.recon.methods import METHODS
 from diffrecon.tasks.caching import content_key, scan_run_name
-from diffrecon.tasks.mri import labelled_errors, resolve_device, retry_transient
+from diffrecon.tasks.common import labelled_errors, resolve_device, retry_transient, run_diffusion
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -76,9 +77,9 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
 def _prior_settings(parameters: dict) -> dict:
     """What a diffusion method's result depends on besides the measurement: the sampler
     settings and the priors' digests."""
-    from diffrecon.tasks.mri import diffusion_settings
+    from diffrecon.tasks.common import diffusion_settings
 
-    if parameters["method"] not in NEEDS_PRIOR:
+    if not METHODS[parameters["method"]].needs_prior:
         return {}
     return diffusion_settings(parameters["diffusion"], parameters["method"])
 
@@ -92,7 +93,7 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
                    slice_batch: int | None = None) -> tuple[ArrayRef, float, int | None]:
     """One CT method on the measurement: (image in CT units, seconds, network evaluations
     per slice or None)."""
-    from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
+    from diffrecon.recon.ct import CTProjector
 
     store = ArtifactStore(store_root)
     dev = resolve_device(device)
@@ -100,18 +101,13 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     op = CTProjector(geometry_of(meas))
     t0 = time.perf_counter()
     nfe = None
-    if method == "fbp":
-        x = fbp(y, op, spec.fbp_filter)
-    elif method == "cg-ls":
-        x = cg_ls(y, op, iters=spec.cg_iters)
-    elif method == "admm-tv":
-        x = tv_ct(y, op, lam=spec.tv_lam, along_z=spec.tv_along_z)
-    elif method in NEEDS_PRIOR:
-        from diffrecon.tasks.mri import run_diffusion
-
+    m = METHODS[method]
+    if m.needs_prior:
         x, nfe, _ = run_diffusion(method, lambda a, b: op, y.float(), diffusion or PriorRef(), dev,
                                   f"{method} on {meas.name}", slice_batch, "ct",
                                   tuple(meas.image_shape))
+    elif m.ct is not None:
+        x = m.ct(y, op, spec)
     else:
         raise ValueError(f"unknown CT method {method!r}")
     return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0, nfe

@@ -10,10 +10,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from diffrecon.common.units import unit_to_hu
-from diffrecon.tasks.mri import retry_transient
+from diffrecon.tasks.common import retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore, array_digest
-
-OUTPUTS = ("nifti", "dicom", "png", "h5", "pacs")
 
 
 def series_description(method: str, prior: str | None, setting: str) -> str:

@@ -3,23 +3,23 @@
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 
 import numpy as np
 import torch
 from prefect import get_run_logger, task
 from pydantic import BaseModel
 
-from diffrecon.config import (
-    NEEDS_PRIOR,
-    PERPENDICULAR_METHODS,
-    VOLUME_METHODS,
-    Z_TV_METHODS,
-    MaskSpec,
-    ReconConfig,
-)
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.config import MaskSpec, ReconConfig
+from diffrecon.recon.methods import METHODS
 from diffrecon.tasks.caching import content_key, scan_run_name
+from diffrecon.tasks.common import (
+    diffusion_settings,
+    in_slice_batches,
+    labelled_errors,
+    resolve_device,
+    retry_transient,
+    run_diffusion,
+)
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -58,158 +58,6 @@ class ReconOutput(BaseModel):
     prior: str | None = None
 
 
-@contextmanager
-def labelled_errors(path: str, label: str | None):
-    """Reader errors name the scan by its label when it is not the file stem (hashed
-    names: the file name must not reach logs)."""
-    from diffrecon.io.records import scan_name
-
-    try:
-        yield
-    except InvalidScanError as exc:
-        if label and label != scan_name(path):
-            raise InvalidScanError(label, exc.problem) from None
-        raise
-
-
-def retry_transient(task, task_run, state) -> bool:
-    """Retry I/O faults; never retry invalid input."""
-    try:
-        state.result()
-    except InvalidScanError:
-        return False
-    except OSError:
-        return True
-    except Exception:
-        return False
-    return False
-
-
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(spec)
-
-
-_PRIORS: dict = {}
-
-
-def cached_prior(name_or_path: str, device: torch.device, compile: bool = False):
-    """Load a prior once per process, device and compile setting (workers reuse it across
-    scans, and a compiled network its compilations)."""
-    from diffrecon.recon.diffusion.registry import resolve_prior
-
-    key = (name_or_path, str(device), compile)
-    if key not in _PRIORS:
-        _PRIORS[key] = resolve_prior(name_or_path, device=device, compile=compile)
-    return _PRIORS[key]
-
-
-def _progress_artifact(what: str):
-    """A Prefect progress artifact and the callback (step, total) that updates it."""
-    from prefect.artifacts import create_progress_artifact, update_progress_artifact
-
-    art = create_progress_artifact(0.0, description=what)
-    last = [0.0]
-
-    def progress(i: int, n: int) -> None:
-        pct = 100.0 * i / n
-        if pct - last[0] >= 10 or i == n:
-            update_progress_artifact(art, pct)
-            last[0] = pct
-
-    return progress
-
-
-def run_diffusion(method: str, make_op, y: torch.Tensor, ref, dev, what: str,
-                  slice_batch: int | None, modality: str, image_shape: tuple[int, int]):
-    """DDS/DPS (slices independent, in slice batches with CUDA OOM halving) or a volume
-    method (dds-3d-tv, dds-perpendicular(-tv): all slices together, the network in batches of
-    ``slice_batch``), with a progress artifact. ``make_op(a, b)`` is the operator of slices
-    a..b-1. Returns (image, network evaluations per slice, prior name)."""
-    from diffrecon.recon.diffusion.dds import (
-        DDS3DConfig,
-        DDSConfig,
-        DPSConfig,
-        dds_volume_sample,
-        sample,
-    )
-
-    priors = [cached_prior(ref.prior, dev, ref.compile)]
-    if method in PERPENDICULAR_METHODS:
-        if not ref.aux_prior:
-            raise ValueError(f"{method} needs a second prior (--prior-aux)")
-        priors.append(cached_prior(ref.aux_prior, dev, ref.compile))
-    h, w = image_shape
-    for p in priors:
-        if p.config.modality != modality or p.config.image_size != h \
-                or p.config.image_size != w:
-            raise ValueError(f"prior {p.name} ({p.config.modality}, {p.config.image_size} x "
-                             f"{p.config.image_size}) does not fit this scan "
-                             f"({modality.upper()}, {h} x {w})")
-    before = sum(p.nfe for p in priors)
-    progress = _progress_artifact(what)
-    if method in VOLUME_METHODS:
-        cfg = DDS3DConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
-                          seed=ref.seed, lam=ref.tv_lam,
-                          rho=ref.tv_rho if method in Z_TV_METHODS else 0.0,
-                          slice_batch=slice_batch or 32, pattern=ref.pattern,
-                          real=ref.real_object)
-        x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, cfg, progress)
-    else:
-        if method == "dds":
-            cfg = DDSConfig(nfe=ref.nfe, eta=ref.eta, cg_iters=ref.cg_iters, gamma=ref.gamma,
-                            seed=ref.seed)
-        else:
-            cfg = DPSConfig(steps=ref.dps_steps, step_size=ref.dps_step_size, seed=ref.seed)
-        x = in_slice_batches(lambda a, b: sample(priors[0], make_op(a, b), y[a:b], cfg,
-                                                 progress),
-                             y.shape[0], slice_batch, what)
-    nfe = (sum(p.nfe for p in priors) - before) // max(1, int(x.shape[0]))
-    name = priors[0].name + (f" + {priors[1].name}" if len(priors) > 1 else "")
-    return x, nfe, name
-
-
-def diffusion_settings(ref, method: str) -> dict:
-    """The cache-relevant settings of a diffusion method: sampler settings, priors' digests."""
-    from diffrecon.recon.diffusion.checkpoint import folder_digest
-    from diffrecon.recon.diffusion.registry import resolve_prior_path
-
-    out = {"diffusion": ref.model_dump(),
-           "prior_digest": folder_digest(resolve_prior_path(ref.prior))}
-    if method in PERPENDICULAR_METHODS and ref.aux_prior:
-        out["aux_digest"] = folder_digest(resolve_prior_path(ref.aux_prior))
-    return out
-
-
-def in_slice_batches(fn, n: int, batch: int | None, what: str = "") -> torch.Tensor:
-    """``fn(a, b)`` over slices [a, b) in batches of ``batch`` (None: all at once), joined.
-
-    On CUDA out-of-memory the cache is emptied and the failed batch retried with half as
-    many slices (down to one); finished batches are kept. Used for every 2D method, whose
-    slices are independent.
-    """
-    size = batch or n
-    parts, a = [], 0
-    while a < n:
-        b = min(n, a + size)
-        try:
-            parts.append(fn(a, b))
-            a = b
-        except torch.cuda.OutOfMemoryError:
-            if b - a == 1:
-                raise
-            size = max(1, (b - a) // 2)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            try:
-                get_run_logger().warning("%s: CUDA out of memory with %d slices, retrying "
-                                         "with %d", what, b - a, size)
-            except Exception:  # outside a Prefect run
-                pass
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
-
-
 def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(store.get(ref)).to(device)
 
@@ -246,7 +94,7 @@ def load_scan(path: str, store_root: str, label: str | None = None) -> ScanRef:
 
 
 def mask_seed(name: str, spec: MaskSpec) -> int:
-    from diffrecon.recon.masks import benchmark_seed
+    from diffrecon.common.seeds import benchmark_seed
 
     if spec.seed is not None:
         return spec.seed
@@ -316,17 +164,15 @@ def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: 
 
 
 def method_settings(parameters: dict) -> dict:
-    """What a method's result depends on besides its inputs (and the prior's digest)."""
+    """What a method's result depends on besides its inputs: the settings the registry
+    names, or a diffusion method's sampler settings and priors' digests."""
     method, config = parameters["method"], parameters["config"]
+    m = METHODS[method]
     out: dict = {"device": resolve_device(config.device).type}
-    if method == "cg-sense":
-        out.update(lam=config.lam, cg_iters=config.cg_iters)
-    elif method == "l1-wavelet":
-        out.update(lam=config.l1_lam)
-    elif method == "admm-tv":
-        out.update(lam=config.tv_lam)
-    elif method in NEEDS_PRIOR:
+    if m.needs_prior:
         out.update(diffusion_settings(config.diffusion, method))
+    else:
+        out.update(m.settings_of("mri", config))
     return out
 
 
@@ -337,37 +183,27 @@ def reconstruct(
     meas: Measurement, maps: ArrayRef | None, method: str, config: ReconConfig
 ) -> ReconOutput:
     """Run one reconstruction method; the image goes to the store."""
-    from diffrecon.recon import classical
-
     store = ArtifactStore(config.store_root)
     dev = resolve_device(config.device)
     k = _tensor(store, meas.kspace, dev)
     mask = _tensor(store, meas.mask, dev)
-    if method != "zero-filled" and maps is None:
+    m = METHODS[method]
+    if m.coil_maps and maps is None:
         raise ValueError(f"{method} needs coil maps")
     s = _tensor(store, maps, dev) if maps is not None else None
     t0 = time.perf_counter()
     nfe = prior_name = None
-    if method in NEEDS_PRIOR:
+    what = f"{method} on {meas.name}"
+    if m.needs_prior:
         from diffrecon.recon.operators import Sense
 
         x, nfe, prior_name = run_diffusion(
-            method, lambda a, b: Sense(s[a:b], mask), k, config.diffusion, dev,
-            f"{method} on {meas.name}", config.slice_batch, "mri", tuple(k.shape[-2:]))
-    else:
-        def run(a: int, b: int) -> torch.Tensor:  # slices a..b-1: independent in 2D
-            kb, sb = k[a:b], (s[a:b] if s is not None else None)
-            if method == "zero-filled":
-                return classical.zero_filled(kb, mask)
-            if method == "cg-sense":
-                return classical.cg_sense(kb, sb, mask, config.lam, config.cg_iters)
-            if method == "l1-wavelet":
-                return classical.l1_wavelet_sense(kb, sb, mask, config.l1_lam)
-            if method == "admm-tv":
-                return classical.tv_sense(kb, sb, mask, config.tv_lam)
-            raise ValueError(f"unknown method {method!r}")
-
-        x = in_slice_batches(run, k.shape[0], config.slice_batch, f"{method} on {meas.name}")
+            method, lambda a, b: Sense(s[a:b], mask), k, config.diffusion, dev, what,
+            config.slice_batch, "mri", tuple(k.shape[-2:]))
+    else:  # slices a..b-1: independent in 2D
+        x = in_slice_batches(lambda a, b: m.mri(k[a:b], s[a:b] if s is not None else None,
+                                                mask, config),
+                             k.shape[0], config.slice_batch, what)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0

@@ -18,7 +18,7 @@ def train_task(files: list[str], cfg, out_dir: str, work_dir: str, device: str,
 
     from diffrecon.io.training_slices import load_slices, split_by_volume
     from diffrecon.recon.diffusion.training import train
-    from diffrecon.tasks.mri import resolve_device
+    from diffrecon.tasks.common import resolve_device
 
     log = get_run_logger()
     paths = [Path(f) for f in files]

@@ -326,8 +326,8 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
     import torch
 
     from diffrecon.cli import _prior_ref, build_parser
-    from diffrecon.recon.diffusion import dds, registry
-    from diffrecon.tasks import mri
+    from diffrecon.recon.diffusion import registry, run
+    from diffrecon.tasks import common
 
     seen, loads = {}, []
     real_resolve = registry.resolve_prior
@@ -337,14 +337,14 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
         return real_resolve(name, device=device)
 
     monkeypatch.setattr(registry, "resolve_prior", recording_resolve)
-    monkeypatch.setattr(mri, "_PRIORS", {})
+    monkeypatch.setattr(common, "_PRIORS", {})
 
     def fake_sampler(priors, op, y, cfg, progress):
         seen["cfg"], seen["priors"] = cfg, [p.name for p in priors]
         return torch.zeros(y.shape, dtype=torch.complex64)
 
-    monkeypatch.setattr(dds, "dds_volume_sample", fake_sampler)
-    monkeypatch.setattr(mri, "_progress_artifact", lambda what: None)
+    monkeypatch.setattr(run, "dds_volume_sample", fake_sampler)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
     args = build_parser().parse_args(
         ["run", "vol.nii.gz", "--out", "o", "--method", "dds-3d-tv", "--gamma", "3",
          "--nfe", "7", "--eta", "0.5", "--cg-iters", "4", "--z-tv-lam", "0.02",
@@ -353,7 +353,7 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
     y = torch.zeros(4, 128, 128, dtype=torch.complex64)
     for method, rho, priors in (("dds-3d-tv", 0.1, 1), ("dds-perpendicular", 0.0, 2),
                                 ("dds-perpendicular-tv", 0.1, 2)):
-        mri.run_diffusion(method, lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
+        common.run_diffusion(method, lambda a, b: None, y, _prior_ref(args), torch.device("cpu"),
                           "vol", 2, "mri", (128, 128))
         cfg = seen["cfg"]
         assert (cfg.gamma, cfg.nfe, cfg.eta, cfg.cg_iters, cfg.lam, cfg.real,
@@ -363,5 +363,5 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
     assert loads == [("brain-t1-axial-128", True), ("brain-t1-coronal-128", True)]
     # the second prior is part of both perpendicular methods' cache key
     for method in ("dds-perpendicular", "dds-perpendicular-tv"):
-        assert "aux_digest" in mri.diffusion_settings(_prior_ref(args), method)
-    assert "aux_digest" not in mri.diffusion_settings(_prior_ref(args), "dds-3d-tv")
+        assert "aux_digest" in common.diffusion_settings(_prior_ref(args), method)
+    assert "aux_digest" not in common.diffusion_settings(_prior_ref(args), "dds-3d-tv")

@@ -9,15 +9,11 @@ import pytest
 import torch
 
 from diffrecon.recon import masks
-from diffrecon.recon.diffusion.dds import (
-    DDSConfig,
-    DPSConfig,
-    data_consistency,
-    dds_sample,
-    sample,
-)
+from diffrecon.recon.diffusion.dds import DDSConfig, data_consistency, dds_sample
+from diffrecon.recon.diffusion.dps import DPSConfig
 from diffrecon.recon.diffusion.networks import EpsNetwork
 from diffrecon.recon.diffusion.prior import Prior
+from diffrecon.recon.diffusion.run import sample
 from diffrecon.recon.operators import Sense
 from tests.recon.diffusion.test_checkpoint import tiny_config
 
@@ -129,8 +125,8 @@ def test_z_super_resolution_operator_is_adjoint():
 
 
 def test_dds_3d_tv_with_an_oracle_prior_and_a_smoother_z_profile():
-    from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_3d_tv_sample
     from diffrecon.recon.diffusion.networks import build_network
+    from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_3d_tv_sample
     from diffrecon.recon.operators import ZSuperResolution
     from diffrecon.recon.solvers import finite_differences
 
@@ -165,7 +161,7 @@ def test_volume_views_are_the_benchmark_slicing(orientation):
     import numpy as np
 
     from diffrecon.common.geometry import slice_volume, unslice_volume
-    from diffrecon.recon.diffusion.dds import volume_unview, volume_view
+    from diffrecon.recon.diffusion.volume import volume_unview, volume_view
 
     axial = torch.arange(5 * 6 * 7, dtype=torch.float64).reshape(5, 6, 7)
     ras = unslice_volume(axial.numpy(), "axial")
@@ -180,7 +176,7 @@ def test_perpendicular_priors_with_oracles_return_the_truth(rho):
     """An axial and a coronal oracle alternating (AAB) give back the volume; the coronal
     slices (8 rows) are padded to the prior's 16 and cropped back. rho > 0
     (dds-perpendicular-tv): the same with the TV-z ADMM data consistency."""
-    from diffrecon.recon.diffusion.dds import (
+    from diffrecon.recon.diffusion.volume import (
         DDS3DConfig,
         dds_perpendicular_sample,
         dds_volume_sample,
@@ -234,7 +230,8 @@ def test_real_object_drops_the_priors_phase_in_the_null_space():
     """z super-resolution of a real volume, with a prior whose Tweedie estimate is the truth
     plus an imaginary part that averages to zero in each group of 4 slices (invisible to the
     data): complex DDS keeps that phase, ``real=True`` returns the truth."""
-    from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_3d_tv_sample, estimate_scale
+    from diffrecon.recon.diffusion.dds import estimate_scale
+    from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_3d_tv_sample
     from diffrecon.recon.operators import ZSuperResolution
 
     g = torch.Generator().manual_seed(1)
@@ -260,7 +257,7 @@ def test_volume_noisy_data_consistency_matches_a_dense_solve(rho):
     """One diffusion step (nfe 1) with an oracle whose Tweedie estimate x0 is not the truth:
     the volume sampler returns the noisy-form solution (I + gamma (A^H A + rho D^H D)) x =
     x0 + gamma (A^H y + rho D^H D x0) (ADMM's first iteration: z = D x0, u = 0)."""
-    from diffrecon.recon.diffusion.dds import DDS3DConfig, dds_3d_tv_sample
+    from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_3d_tv_sample
     from diffrecon.recon.operators import ZSuperResolution
     from diffrecon.recon.solvers import finite_differences, finite_differences_adjoint
 

@@ -1,0 +1,130 @@
+"""What every task module shares: the retry policy, device resolution, a per-process prior
+cache, progress artifacts, error labels, and diffusion runs with their cache-relevant
+settings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import torch
+from prefect import get_run_logger
+from prefect.client.schemas.objects import State
+
+from diffrecon.config import PriorRef
+from diffrecon.io.errors import InvalidScanError
+from diffrecon.recon.diffusion.prior import Prior
+from diffrecon.recon.methods import METHODS
+
+
+@contextmanager
+def labelled_errors(path: str, label: str | None) -> Iterator[None]:
+    """Reader errors name the scan by its label when it is not the file stem (hashed
+    names: the file name must not reach logs)."""
+    from diffrecon.io.records import scan_name
+
+    try:
+        yield
+    except InvalidScanError as exc:
+        if label and label != scan_name(path):
+            raise InvalidScanError(label, exc.problem) from None
+        raise
+
+
+def retry_transient(task: object, task_run: object, state: State) -> bool:
+    """Retry I/O faults; never retry invalid input."""
+    try:
+        state.result()
+    except InvalidScanError:
+        return False
+    except OSError:
+        return True
+    except Exception:
+        return False
+    return False
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' (CUDA when present, else CPU), 'cpu' or 'cuda[:n]'."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(spec)
+
+
+_PRIORS: dict[tuple[str, str, bool], Prior] = {}
+
+
+def cached_prior(name_or_path: str, device: torch.device, compile: bool = False) -> Prior:
+    """Load a prior once per process, device and compile setting (workers reuse it across
+    scans, and a compiled network its compilations)."""
+    from diffrecon.recon.diffusion.registry import resolve_prior
+
+    key = (name_or_path, str(device), compile)
+    if key not in _PRIORS:
+        _PRIORS[key] = resolve_prior(name_or_path, device=device, compile=compile)
+    return _PRIORS[key]
+
+
+def _progress_artifact(what: str) -> Callable[[int, int], None]:
+    """A Prefect progress artifact and the callback (step, total) that updates it."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    art = create_progress_artifact(0.0, description=what)
+    last = [0.0]
+
+    def progress(i: int, n: int) -> None:
+        pct = 100.0 * i / n
+        if pct - last[0] >= 10 or i == n:
+            update_progress_artifact(art, pct)
+            last[0] = pct
+
+    return progress
+
+
+def _log_oom_retry(what: str) -> Callable[[int, int], None]:
+    def warn(failed: int, size: int) -> None:
+        try:
+            get_run_logger().warning("%s: CUDA out of memory with %d slices, retrying with %d",
+                                     what, failed, size)
+        except Exception:  # outside a Prefect run
+            pass
+    return warn
+
+
+def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef,
+                  dev: torch.device, what: str, slice_batch: int | None, modality: str,
+                  image_shape: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+    """A diffusion method of the registry on ``y`` with the priors and sampler settings of
+    ``ref`` (recon.diffusion.run does the work), with a progress artifact. ``make_op(a, b)``
+    is the operator of slices a..b-1. Returns (images, network evaluations per slice, the
+    priors' names)."""
+    from diffrecon.recon.diffusion.run import check_priors_fit
+    from diffrecon.recon.diffusion.run import run_diffusion as run
+
+    priors = [cached_prior(name, dev, ref.compile) for name in ref.prior_names(method)]
+    check_priors_fit(priors, modality, image_shape)
+    x, nfe = run(priors, ref.sampler_config(method, slice_batch), make_op, y, slice_batch,
+                 _progress_artifact(what), _log_oom_retry(what))
+    return x, nfe, " + ".join(p.name for p in priors)
+
+
+def diffusion_settings(ref: PriorRef, method: str) -> dict:
+    """The cache-relevant settings of a diffusion method: sampler settings, priors' digests."""
+    from diffrecon.recon.diffusion.checkpoint import folder_digest
+    from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+    names = [ref.prior] + ([ref.aux_prior] if METHODS[method].aux_prior and ref.aux_prior
+                           else [])
+    out = {"diffusion": ref.model_dump(),
+           "prior_digest": folder_digest(resolve_prior_path(names[0]))}
+    if len(names) > 1:
+        out["aux_digest"] = folder_digest(resolve_prior_path(names[1]))
+    return out
+
+
+def in_slice_batches(fn: Callable[[int, int], torch.Tensor], n: int, batch: int | None,
+                     what: str = "") -> torch.Tensor:
+    """recon.batching.in_slice_batches with the out-of-memory retries logged."""
+    from diffrecon.recon.batching import in_slice_batches as batches
+
+    return batches(fn, n, batch, _log_oom_retry(what))
