@@ -6,6 +6,10 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffrecon.config import ReconConfig
 
 DEMO_PRIOR = "brain-t1-axial-128"
 
@@ -34,7 +38,7 @@ def _methods(values: list[str], modality: str = "mri") -> list[str]:
     return out
 
 
-def _run_flow(paths: list[str], config) -> int:
+def _run_flow(paths: list[str], config: ReconConfig) -> int:
     from diffrecon.flows.reconstruct import reconstruct_scans
     from diffrecon.results import format_table
 
@@ -47,7 +51,7 @@ def _run_flow(paths: list[str], config) -> int:
     return 0 if all(r.state == "done" for r in records) else 1
 
 
-def _prior_ref(args):
+def _prior_ref(args: argparse.Namespace):
     from diffrecon.config import PriorRef
 
     ct = getattr(args, "modality", "mri") == "ct"
@@ -75,7 +79,7 @@ def _dask_spec(text: str | None):
                      "(tcp://host:8786) or 'cuda'")
 
 
-def cmd_run(args) -> int:
+def cmd_run(args: argparse.Namespace) -> int:
     from diffrecon.config import CTSpec, MaskSpec, ReconConfig
 
     if args.method is None:
@@ -100,7 +104,7 @@ def cmd_run(args) -> int:
     return _run_flow([str(p) for p in args.files], config)
 
 
-def cmd_inbox(args) -> int:
+def cmd_inbox(args: argparse.Namespace) -> int:
     from diffrecon.config import MaskSpec, ReconConfig
     from diffrecon.flows.inbox import process_inbox
 
@@ -168,7 +172,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args) -> int:
+def cmd_demo(args: argparse.Namespace) -> int:
     from diffrecon.config import MaskSpec, ReconConfig
     from diffrecon.demo_data import write_demo_scan
 
@@ -221,7 +225,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_prior_list(args) -> int:
+def cmd_prior_list(args: argparse.Namespace) -> int:
     from diffrecon.flows.priors import PRIORS_DIR, card_facts, list_priors
 
     rows = list_priors(args.dir)
@@ -241,7 +245,7 @@ def cmd_prior_list(args) -> int:
     return 0
 
 
-def cmd_prior_import(args) -> int:
+def cmd_prior_import(args: argparse.Namespace) -> int:
     from diffrecon.flows.priors import import_dds
 
     path = import_dds(args.file, args.kind, args.out, args.dtype)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from diffrecon.io.outputs import OUTPUTS
 from diffrecon.recon.diffusion.settings import DDS3DConfig, DDSConfig, DPSConfig
 from diffrecon.recon.methods import METHODS, methods_for
 
@@ -18,7 +19,6 @@ VOLUME_METHODS = tuple(m.name for m in METHODS.values() if m.volume)
 PERPENDICULAR_METHODS = tuple(m.name for m in METHODS.values() if m.aux_prior)  # two priors
 Z_TV_METHODS = tuple(m.name for m in METHODS.values() if m.z_tv)  # ADMM with TV along z
 Method = Literal[tuple(METHODS)]  # type: ignore[valid-type]
-OUTPUTS = ("nifti", "dicom", "png", "h5", "pacs")
 Output = Literal[OUTPUTS]  # type: ignore[valid-type]
 MaskKind = Literal["equispaced", "random", "gaussian", "poisson"]
 

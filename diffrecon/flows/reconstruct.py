@@ -1,9 +1,17 @@
-"""The batch flow: every scan in, the chosen outputs per method and one results table out."""
+"""The batch flow: every scan in, the chosen outputs per method and one results table out.
+
+One scan runs :func:`process_scan`, the same procedure for MRI and CT: prepare the
+measurement (MRI: load, undersample, coil maps; CT: read the volume, simulate the
+sinogram), then per method reconstruct, score, export and send. What differs between the
+modalities is the task behind each step, chosen by a small adapter (:class:`MRISteps`,
+:class:`CTSteps`)."""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
@@ -14,9 +22,13 @@ from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_label
 from diffrecon.recon.methods import METHODS
 from diffrecon.results import ResultRecord, table_rows, write_results
-from diffrecon.tasks import mri
+from diffrecon.tasks import ct, mri
 from diffrecon.tasks.caching import cached, scan_run_name
-from diffrecon.tasks.export import export, scan_report, send_series, series_description
+from diffrecon.tasks.common import ReconOutput
+from diffrecon.tasks.export import VolumeRef, export, scan_report, send_series, series_description
+
+if TYPE_CHECKING:
+    from prefect_dask import DaskTaskRunner
 
 
 def _prior_names(config: ReconConfig, method: str) -> str | None:
@@ -24,6 +36,80 @@ def _prior_names(config: ReconConfig, method: str) -> str | None:
     if not METHODS[method].needs_prior:
         return None
     return " + ".join(Path(n).name for n in config.diffusion.prior_names(method))
+
+
+@dataclass
+class Prepared:
+    """What a scan's methods start from: the measurement (a task's small reference), coil
+    maps and the seconds they took (MRI), and what exports inherit from the source."""
+
+    meas: Any
+    maps: Any = None
+    maps_seconds: float = 0.0
+    source: dict = field(default_factory=dict)
+    header: str | None = None
+
+
+class MRISteps:
+    """MRI: load the raw file, undersample it (retrospectively when fully sampled), coil
+    maps when a method needs them; SENSE-based methods and QA."""
+
+    modality = "mri"
+
+    def __init__(self, config: ReconConfig) -> None:
+        self.config, self.store = config, config.store_root
+        # the tasks with their results persisted in this store (content-keyed cache)
+        self.load_scan, self.prepare_measurement, self.estimate_coil_maps, \
+            self.reconstruct_task, self.quality_task = cached(
+                (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps,
+                 mri.reconstruct, mri.quality), self.store)
+
+    def prepare(self, path: str, name: str) -> Prepared:
+        c = self.config
+        scan = self.load_scan(path, self.store, name).model_copy(update={"name": name})
+        meas = self.prepare_measurement(scan, c.mask, self.store, c.device, c.coil_compression)
+        p = Prepared(meas, source=scan.source_attrs, header=scan.header)
+        if any(METHODS[m].coil_maps for m in c.methods):
+            t0 = time.perf_counter()
+            p.maps = self.estimate_coil_maps(meas, self.store, c.coil_method, c.device)
+            p.maps_seconds = time.perf_counter() - t0
+        return p
+
+    def reconstruct(self, p: Prepared, method: str) -> ReconOutput:
+        maps = p.maps if METHODS[method].coil_maps else None
+        return self.reconstruct_task(p.meas, maps, method, self.config)
+
+    def quality(self, p: Prepared, out: ReconOutput) -> dict:
+        maps = p.maps if METHODS[out.method].coil_maps else None
+        return self.quality_task(p.meas, out, maps, self.store)
+
+
+class CTSteps:
+    """CT: read the volume (NIfTI or DICOM), simulate its sinogram; CT methods and QA."""
+
+    modality = "ct"
+
+    def __init__(self, config: ReconConfig) -> None:
+        self.config, self.store = config, config.store_root
+        self.prepare_ct, self.reconstruct_ct, self.quality_ct = cached(
+            (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), self.store)
+
+    def prepare(self, path: str, name: str) -> Prepared:
+        meas = self.prepare_ct(path, self.config.ct, self.store, name)
+        meas = meas.model_copy(update={"name": name})
+        return Prepared(meas, source=meas.source_attrs)
+
+    def reconstruct(self, p: Prepared, method: str) -> ReconOutput:
+        c = self.config
+        diffusion = c.diffusion if METHODS[method].needs_prior else None
+        return self.reconstruct_ct(p.meas, method, c.ct, self.store, c.device, diffusion,
+                                   c.slice_batch)
+
+    def quality(self, p: Prepared, out: ReconOutput) -> dict:
+        return self.quality_ct(p.meas, out.image, self.store)
+
+
+STEPS = {"mri": MRISteps, "ct": CTSteps}
 
 
 def _send(name: str, method: str, files: list[str], config: ReconConfig
@@ -42,95 +128,47 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
 
 
 def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
-    """All methods of the config on one scan; a failure becomes a 'failed' record."""
+    """All methods of the config on one scan (MRI or CT); a failure becomes a 'failed'
+    record ('invalid' for bad input) and the other methods go on."""
     name = scan_label(path, config.name_by)
-    store = config.store_root
-    load, prepare, coil_maps, reconstruct, quality = cached(
-        (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps, mri.reconstruct,
-         mri.quality), store)
-    records: list[ResultRecord] = []
+    steps = STEPS[config.modality](config)
+    record = {"scan": name, "modality": config.modality}
     try:
-        scan = load(path, store, name).model_copy(update={"name": name})
-        meas = prepare(scan, config.mask, store, config.device, config.coil_compression)
-        maps = None
-        maps_seconds = 0.0
-        if any(METHODS[m].coil_maps for m in config.methods):
-            t0 = time.perf_counter()
-            maps = coil_maps(meas, store, config.coil_method, config.device)
-            maps_seconds = time.perf_counter() - t0
+        prepared = steps.prepare(path, name)
     except Exception as exc:  # the scan cannot be used: every method fails with its reason
         get_run_logger().error("scan %s failed: %s", name, exc)
         state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
-        return [
-            ResultRecord(scan=name, method=m, state=state, error=str(exc))
-            for m in config.methods
-        ]
+        return [ResultRecord(**record, method=m, state=state, error=str(exc))
+                for m in config.methods]
+    setting = prepared.meas.setting
+    records: list[ResultRecord] = []
     images = {}
     for method in config.methods:
         try:
-            out = reconstruct(meas, maps if METHODS[method].coil_maps else None, method, config)
+            out = steps.reconstruct(prepared, method)
             images[method] = out.image
-            qa = quality(meas, out, maps if METHODS[method].coil_maps else None, store)
-            desc = series_description(method, out.prior, meas.setting)
-            files = export(name, method, out.image, meas.affine, "mri", config.outputs,
-                           config.out_dir, store, desc, config.deidentify, scan.source_attrs,
-                           scan.header)
-            sent, error = _send(name, method, files, config)
-            seconds = out.seconds + (maps_seconds if METHODS[method].coil_maps else 0.0)
-            records.append(
-                ResultRecord(scan=name, method=method, setting=meas.setting, seconds=seconds,
-                             output=files[0] if files else None, nfe=out.nfe, prior=out.prior,
-                             sent=sent, error=error, state="failed" if error else "done", **qa)
-            )
-        except Exception as exc:
-            get_run_logger().error("%s on %s failed: %s", method, name, exc)
-            records.append(
-                ResultRecord(scan=name, method=method, setting=meas.setting, state="failed",
-                             error=str(exc))
-            )
-    scan_report(name, "mri", records, images, store)
-    return records
-
-
-def process_ct_volume(path: str, config: ReconConfig) -> list[ResultRecord]:
-    """CT: simulate the sinogram of a volume, reconstruct with each method."""
-    from diffrecon.tasks import ct
-
-    name = scan_label(path, config.name_by)
-    store = config.store_root
-    prepare_ct, reconstruct_ct, quality_ct = cached(
-        (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), store)
-    try:
-        meas = prepare_ct(path, config.ct, store, name).model_copy(update={"name": name})
-    except Exception as exc:
-        get_run_logger().error("CT volume %s failed: %s", name, exc)
-        state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
-        return [ResultRecord(scan=name, modality="ct", method=m, state=state, error=str(exc))
-                for m in config.methods]
-    records, images = [], {}
-    for method in config.methods:
-        try:
-            diffusion = config.diffusion if METHODS[method].needs_prior else None
-            image, seconds, nfe = reconstruct_ct(meas, method, config.ct, store, config.device,
-                                                 diffusion, config.slice_batch)
+            qa = steps.quality(prepared, out)
             prior = _prior_names(config, method)
-            images[method] = image
-            qa = quality_ct(meas, image, store)
-            files = export(meas.name, method, image, meas.affine, "ct", config.outputs,
-                           config.out_dir, store, series_description(method, prior,
-                                                                     meas.setting),
-                           config.deidentify, meas.source_attrs)
-            sent, error = _send(meas.name, method, files, config)
-            records.append(ResultRecord(scan=meas.name, modality="ct", method=method,
-                                        setting=meas.setting, seconds=seconds, nfe=nfe,
+            # a method that needs coil maps is charged their estimation time (MRI)
+            maps_seconds = prepared.maps_seconds if METHODS[method].coil_maps else 0.0
+            volume = VolumeRef(name=name, method=method, modality=config.modality,
+                               image=out.image, affine=prepared.meas.affine,
+                               description=series_description(method, prior, setting),
+                               source=prepared.source, header=prepared.header)
+            files = export(volume, config.outputs, config.out_dir, config.store_root,
+                           config.deidentify)
+            sent, error = _send(name, method, files, config)
+            records.append(ResultRecord(**record, method=method, setting=setting,
+                                        seconds=out.seconds + maps_seconds, nfe=out.nfe,
                                         prior=prior,
                                         output=files[0] if files else None, sent=sent,
-                                        error=error, state="failed" if error else "done", **qa))
+                                        error=error, state="failed" if error else "done",
+                                        **qa))
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
-            records.append(ResultRecord(scan=name, modality="ct", method=method,
-                                        setting=meas.setting, state="failed", error=str(exc)))
-    scan_report(meas.name, "ct", records, images, store)
+            records.append(ResultRecord(**record, method=method, setting=setting,
+                                        state="failed", error=str(exc)))
+    scan_report(name, config.modality, records, images, config.store_root)
     return records
 
 
@@ -143,12 +181,11 @@ def reconstruct_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
         worker = get_worker().name
     except (ImportError, ValueError):  # not on a Dask worker
         worker = None
-    process = process_ct_volume if config.modality == "ct" else process_scan
     return [r.model_copy(update={"worker": str(worker)}) if worker is not None else r
-            for r in process(path, config)]
+            for r in process_scan(path, config)]
 
 
-def dask_runner(spec: DaskSpec):
+def dask_runner(spec: DaskSpec) -> DaskTaskRunner:
     """prefect-dask's DaskTaskRunner for a DaskSpec: an existing scheduler, or a local
     (CUDA) cluster whose workers each offer the resource GPU=1."""
     from prefect_dask import DaskTaskRunner
@@ -181,12 +218,11 @@ def reconstruct_scans(paths: list[str], config: ReconConfig) -> list[ResultRecor
     With ``config.dask`` the scans run in parallel on a Dask cluster.
     """
     records: list[ResultRecord] = []
-    process = process_ct_volume if config.modality == "ct" else process_scan
     out = Path(config.out_dir)
     if config.dask is not None:
         per_scan = _scale_out(paths, config)
     else:
-        per_scan = [process(str(path), config) for path in paths]
+        per_scan = [process_scan(str(path), config) for path in paths]
     for scan_records in per_scan:
         if scan_records:  # the QA file of each scan, beside its images
             write_results(scan_records, out / f"{scan_records[0].scan}_qa.json")

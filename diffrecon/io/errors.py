@@ -12,7 +12,7 @@ class InvalidScanError(ValueError):
     user (or a Prefect log) sees at once which scan to look at and why.
     """
 
-    def __init__(self, path: str | Path, problem: str):
+    def __init__(self, path: str | Path, problem: str) -> None:
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{Path(path).name}: {problem}")

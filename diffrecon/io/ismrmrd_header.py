@@ -7,7 +7,12 @@ size, field of view, the k-space encoding limits, and a few study attributes.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffrecon.io.records import MRIAcquisition
 
 NS = "http://www.ismrm.org/ISMRMRD"
 
@@ -35,7 +40,7 @@ def _find(root: ET.Element, path: str) -> ET.Element | None:
     return node
 
 
-def _triple(root: ET.Element, path: str, cast) -> tuple | None:
+def _triple(root: ET.Element, path: str, cast: Callable[[float], float]) -> tuple | None:
     node = _find(root, path)
     if node is None:
         return None
@@ -76,7 +81,7 @@ def parse_header(text: str | bytes) -> HeaderInfo:
     return HeaderInfo(enc, rec, efov, rfov, freq, study)
 
 
-def acquisition_header(acq) -> str:
+def acquisition_header(acq: MRIAcquisition) -> str:
     """The ISMRMRD XML header of an MRIAcquisition (as fastMRI and ISMRMRD files get it)."""
     info = HeaderInfo(
         encoded_matrix=tuple(int(v) for v in acq.encoded_matrix),
@@ -95,7 +100,7 @@ def build_header(info: HeaderInfo, n_lines: int | None = None) -> str:
     q = lambda tag: f"{{{NS}}}{tag}"  # noqa: E731
     root = ET.Element(q("ismrmrdHeader"))
 
-    def sub(parent, tag, text=None):
+    def sub(parent: ET.Element, tag: str, text: object = None):
         el = ET.SubElement(parent, q(tag))
         if text is not None:
             el.text = str(text)

@@ -33,7 +33,8 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return data, img.affine
 
 
-def reslice(data: np.ndarray, affine: np.ndarray, orientation: str = "axial"):
+def reslice(data: np.ndarray, affine: np.ndarray,
+            orientation: str = "axial") -> tuple[np.ndarray, np.ndarray]:
     """Any (i, j, k) array with its voxel -> RAS affine, in the BENCHMARKS slice layout:
     (slices, rows, cols) and the (slice, row, col) -> RAS affine."""
     import nibabel as nib
@@ -43,7 +44,8 @@ def reslice(data: np.ndarray, affine: np.ndarray, orientation: str = "axial"):
     return slice_volume(vol, orientation), slices_affine(img.affine, vol.shape, orientation)
 
 
-def read_nifti_slices(path: str | Path, orientation: str = "axial"):
+def read_nifti_slices(path: str | Path,
+                      orientation: str = "axial") -> tuple[np.ndarray, np.ndarray]:
     """(slices, rows, cols) in the BENCHMARKS layout and the (slice, row, col) affine."""
     data, aff = load_volume(path)
     return slice_volume(data, orientation), slices_affine(aff, data.shape, orientation)

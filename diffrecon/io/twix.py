@@ -11,6 +11,7 @@ import contextlib
 import io
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,7 +40,7 @@ def twix_version(path: Path) -> str:
     )
 
 
-def _get(d, *keys, default=None):
+def _get(d: Any, *keys: str, default: Any = None):
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return default

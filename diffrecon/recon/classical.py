@@ -31,7 +31,7 @@ def sense_combine(coil_images: torch.Tensor, maps: torch.Tensor) -> torch.Tensor
     return torch.where(den > 0, num / den.clamp_min(1e-12), torch.zeros_like(num))
 
 
-def _scaled_problem(kspace, maps, mask):
+def _scaled_problem(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor):
     """The SENSE operator, A^H y for k-space scaled to max |y| = 1, and that scale (the
     regularised methods solve in these units and multiply the result back)."""
     scale = float(kspace.abs().max()) or 1.0
@@ -76,7 +76,7 @@ def l1_wavelet_sense(
     op, b, scale = _scaled_problem(kspace, maps, mask)
     w = Wavelet2D(tuple(kspace.shape[-2:]), levels, wavelet)
 
-    def prox(v, step):
+    def prox(v: torch.Tensor, step: float):
         return w.adjoint(soft_threshold(w.forward(v), lam * step))
 
     return fista(op.normal, b, prox, step=1.0, iters=iters) * scale

@@ -113,7 +113,8 @@ def espirit_gram(kernels: torch.Tensor, shape: tuple[int, int], step: int = 1) -
     return full
 
 
-def leading_eigenpairs(g: torch.Tensor, iters: int = 12, method: str = "power"):
+def leading_eigenpairs(g: torch.Tensor, iters: int = 12, method: str = "power"
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """Leading eigenvalue (...,) and unit eigenvector (..., C) of Hermitian PSD (..., C, C).
 
     ``power``: power iteration started from the column of the strongest diagonal entry,
@@ -255,7 +256,8 @@ def compress_coils(kspace: torch.Tensor, n_virtual: int) -> torch.Tensor:
     return torch.einsum("cv,scyx->svyx", u[:, :n_virtual].conj(), kspace)
 
 
-def _sigpy_maps(kspace, calib_width, kernel_width, thresh, crop) -> torch.Tensor:
+def _sigpy_maps(kspace: torch.Tensor, calib_width: int, kernel_width: int | None, thresh: float,
+                crop: float) -> torch.Tensor:
     import sigpy.mri
 
     if kernel_width is None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -44,22 +45,23 @@ class CTGeometry:
     image_shape: tuple[int, int] = (128, 128)
     pixel_size: float = 1.0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         if self.kind not in ("parallel", "fan-flat", "fan-equiangular"):
             raise ValueError(f"unknown CT geometry {self.kind!r}")
         if self.kind != "parallel" and self.source_origin <= 0:
             raise ValueError("a fan beam needs source_origin > 0 (mm)")
 
     @classmethod
-    def parallel(cls, angles, n_det: int, det_spacing: float = 1.0,
-                 image_shape=(128, 128), pixel_size: float = 1.0) -> CTGeometry:
+    def parallel(cls, angles: np.ndarray | Sequence[float], n_det: int, det_spacing: float = 1.0,
+                 image_shape: tuple[int, int] = (128, 128), pixel_size: float = 1.0
+                 ) -> CTGeometry:
         return cls("parallel", tuple(float(a) for a in np.asarray(angles)), int(n_det),
                    float(det_spacing), image_shape=tuple(image_shape), pixel_size=pixel_size)
 
     @classmethod
-    def fan(cls, angles, n_det: int, det_spacing: float, source_origin: float,
-            origin_det: float, detector: str = "flat", image_shape=(128, 128),
-            pixel_size: float = 1.0) -> CTGeometry:
+    def fan(cls, angles: np.ndarray | Sequence[float], n_det: int, det_spacing: float,
+            source_origin: float, origin_det: float, detector: str = "flat",
+            image_shape: tuple[int, int] = (128, 128), pixel_size: float = 1.0) -> CTGeometry:
         kind = {"flat": "fan-flat", "equiangular": "fan-equiangular"}[detector]
         return cls(kind, tuple(float(a) for a in np.asarray(angles)), int(n_det),
                    float(det_spacing), float(source_origin), float(origin_det),
@@ -98,7 +100,8 @@ class CTGeometry:
         return pts, dirs
 
 
-def joseph_entries(geom: CTGeometry, views: np.ndarray):
+def joseph_entries(geom: CTGeometry, views: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Sparse entries (ray index within the views, pixel index, weight) of Joseph's
     projector for the given views."""
     h, w = geom.image_shape
@@ -152,7 +155,8 @@ class CTProjector(LinearOperator):
     chunks of views with the same entries, computed on the fly.
     """
 
-    def __init__(self, geometry: CTGeometry, max_nnz: int = 60_000_000, view_chunk: int = 16):
+    def __init__(self, geometry: CTGeometry, max_nnz: int = 60_000_000, view_chunk: int = 16
+                 ) -> None:
         self.geom = geometry
         self.max_nnz = max_nnz
         self.view_chunk = view_chunk
@@ -160,7 +164,7 @@ class CTProjector(LinearOperator):
         est = geometry.n_views * geometry.n_det * 2 * max(h, w)
         self.matrix_free = est > max_nnz
 
-    def _matrices(self, dtype, device):
+    def _matrices(self, dtype: torch.dtype, device: torch.device):
         key = (self.geom, dtype, str(device))
         if key not in _MATRICES:
             r, c, v, n = joseph_entries(self.geom, np.arange(self.geom.n_views))
@@ -210,7 +214,7 @@ class CTProjector(LinearOperator):
 
 
 def ramp_filter(n_det: int, spacing: float = 1.0, window: str = "ram-lak",
-                dtype=torch.float64) -> torch.Tensor:
+                dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Frequency response (length of the zero-padded FFT) of the discrete ramp filter.
 
     Built from the spatial-domain ramp (Kak & Slaney: h[0] = 1/(4 s^2), h[odd n] =

@@ -52,7 +52,7 @@ def conjugate_gradient(
     return x, iters
 
 
-def soft_threshold(z: torch.Tensor, t) -> torch.Tensor:
+def soft_threshold(z: torch.Tensor, t: float) -> torch.Tensor:
     """Complex-aware soft thresholding: z * max(|z| - t, 0) / |z|."""
     mag = z.abs()
     return z * ((mag - t).clamp_min(0) / mag.clamp_min(1e-30))
@@ -115,10 +115,10 @@ def admm_tv(
     rho = 10 * lam if rho is None else rho
     x = rhs.clone() if x0 is None else x0.clone()
 
-    def dd(v):
+    def dd(v: torch.Tensor):
         return finite_differences(v, dims, periodic)
 
-    def dt(p):
+    def dt(p: torch.Tensor):
         return finite_differences_adjoint(p, dims, periodic)
 
     z = dd(x)

@@ -32,7 +32,7 @@ def _analysis_matrix(n: int, name: str) -> np.ndarray:
 class Wavelet2D:
     """x (..., H, W) real or complex -> packed coefficients (..., H, W), orthonormal."""
 
-    def __init__(self, shape: tuple[int, int], levels: int = 3, name: str = "db4"):
+    def __init__(self, shape: tuple[int, int], levels: int = 3, name: str = "db4") -> None:
         h, w = shape
         if h % 2**levels or w % 2**levels:
             raise ValueError(f"image {h} x {w} is not divisible by 2^{levels} for the wavelets")

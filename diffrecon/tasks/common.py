@@ -10,11 +10,25 @@ from contextlib import contextmanager
 import torch
 from prefect import get_run_logger
 from prefect.client.schemas.objects import State
+from pydantic import BaseModel
 
 from diffrecon.config import PriorRef
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.methods import METHODS
+from diffrecon.tasks.store import ArrayRef
+
+
+class ReconOutput(BaseModel):
+    """One method's result: the image in the store, run time, network evaluations per
+    slice and the priors (diffusion methods)."""
+
+    name: str
+    method: str
+    image: ArrayRef
+    seconds: float
+    nfe: int | None = None
+    prior: str | None = None
 
 
 @contextmanager

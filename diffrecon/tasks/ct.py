@@ -15,7 +15,13 @@ from diffrecon.common.units import hu_to_unit
 from diffrecon.config import CTSpec, PriorRef
 from diffrecon.recon.methods import METHODS
 from diffrecon.tasks.caching import content_key, scan_run_name
-from diffrecon.tasks.common import labelled_errors, resolve_device, retry_transient, run_diffusion
+from diffrecon.tasks.common import (
+    ReconOutput,
+    labelled_errors,
+    resolve_device,
+    retry_transient,
+    run_diffusion,
+)
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
@@ -90,9 +96,9 @@ def _prior_settings(parameters: dict) -> dict:
       tags=["gpu"])
 def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: str,
                    device: str, diffusion: PriorRef | None = None,
-                   slice_batch: int | None = None) -> tuple[ArrayRef, float, int | None]:
-    """One CT method on the measurement: (image in CT units, seconds, network evaluations
-    per slice or None)."""
+                   slice_batch: int | None = None) -> ReconOutput:
+    """One CT method on the measurement: the image in CT units, seconds, network
+    evaluations per slice (diffusion methods)."""
     from diffrecon.recon.ct import CTProjector
 
     store = ArtifactStore(store_root)
@@ -100,17 +106,19 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     y = torch.from_numpy(store.get(meas.sinogram)).to(dev, torch.float64)
     op = CTProjector(geometry_of(meas))
     t0 = time.perf_counter()
-    nfe = None
+    nfe = prior = None
     m = METHODS[method]
     if m.needs_prior:
-        x, nfe, _ = run_diffusion(method, lambda a, b: op, y.float(), diffusion or PriorRef(), dev,
-                                  f"{method} on {meas.name}", slice_batch, "ct",
-                                  tuple(meas.image_shape))
+        x, nfe, prior = run_diffusion(method, lambda a, b: op, y.float(),
+                                      diffusion or PriorRef(), dev, f"{method} on {meas.name}",
+                                      slice_batch, "ct", tuple(meas.image_shape))
     elif m.ct is not None:
         x = m.ct(y, op, spec)
     else:
         raise ValueError(f"unknown CT method {method!r}")
-    return store.put(x.cpu().numpy().astype(np.float32)), time.perf_counter() - t0, nfe
+    return ReconOutput(name=meas.name, method=method,
+                       image=store.put(x.cpu().numpy().astype(np.float32)),
+                       seconds=time.perf_counter() - t0, nfe=nfe, prior=prior)
 
 
 @task(cache_policy=content_key("ct-qa", "meas", "image"), task_run_name="ct-qa-{meas.name}")

@@ -1,15 +1,20 @@
-"""Writing a reconstruction out: NIfTI, a DICOM series, a PNG montage (one task for MRI
-and CT). Outputs are written atomically, so a crash leaves a complete file or none."""
+"""Writing a reconstruction out (one task for MRI and CT, over io.outputs.write_outputs),
+PACS sends, the per-scan report artifact, and ``diffrecon export`` of finished results.
+Outputs are written atomically, so a crash leaves a complete file or none."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from pydantic import BaseModel
 
 from diffrecon.common.units import unit_to_hu
+from diffrecon.io.outputs import preview_window, write_outputs
+from diffrecon.io.records import Volume
 from diffrecon.tasks.common import retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore, array_digest
 
@@ -20,52 +25,32 @@ def series_description(method: str, prior: str | None, setting: str) -> str:
         + f", {setting}"
 
 
+class VolumeRef(BaseModel):
+    """A reconstructed volume as tasks pass it (io.records.Volume with the image in the
+    store, CT in CT units): scan identity, method, geometry and provenance."""
+
+    name: str
+    method: str
+    modality: Literal["mri", "ct"]
+    image: ArrayRef
+    affine: list[list[float]]
+    description: str = ""
+    source: dict[str, str] = {}
+    header: str | None = None
+
+
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
-      retry_condition_fn=retry_transient, task_run_name="export-{method}-{name}")
-def export(name: str, method: str, image: ArrayRef, affine: list[list[float]], modality: str,
-           outputs: list[str], out_dir: str, store_root: str, description: str,
-           deidentify: bool = False, source: dict | None = None,
-           header: str | None = None) -> list[str]:
-    """Write the requested outputs of an image in the store (CT in CT units); the paths,
-    the NIfTI first when written. DICOM UIDs derive from the image's digest."""
-    x = ArtifactStore(store_root).get(image)
-    x = unit_to_hu(x.astype(np.float32)) if modality == "ct" else x
-    return write_outputs(name, method, x, np.asarray(affine), modality, outputs, out_dir,
-                         description, deidentify, source, header,
-                         uid_seed=f"{image.digest}/{method}")
-
-
-def write_outputs(name: str, method: str, image: np.ndarray, affine: np.ndarray,
-                  modality: str, outputs: list[str], out_dir: str | Path, description: str,
-                  deidentify: bool = False, source: dict | None = None,
-                  header: str | None = None, uid_seed: str | None = None) -> list[str]:
-    """Write ``OUT/<name>_<method>.nii.gz`` / ``_dicom/`` / ``.h5`` / ``.png`` for an image
-    in output units (MRI: magnitude or complex; CT: HU). One function for the flows and
-    ``diffrecon export``. Returns the paths written, the NIfTI first."""
-    from diffrecon.common.previews import grid, save_png
-    from diffrecon.io.dicom import write_dicom_series
-    from diffrecon.io.fastmri import write_reconstruction_h5
-    from diffrecon.io.nifti import write_nifti
-
-    x = np.asarray(image, np.float32) if modality == "ct" else np.abs(image).astype(np.float32)
-    aff = np.asarray(affine, np.float64)
-    base = Path(out_dir) / f"{name}_{method}"
-    paths: list[str] = []
-    if "nifti" in outputs:
-        paths.append(str(write_nifti(base.with_name(base.name + ".nii.gz"), x, aff)))
-    if "dicom" in outputs or "pacs" in outputs:
-        files = write_dicom_series(base.with_name(base.name + "_dicom"), x, aff,
-                                   "CT" if modality == "ct" else "MR", description, source,
-                                   deidentify=deidentify, uid_seed=uid_seed)
-        paths.append(str(files[0].parent))
-    if "h5" in outputs:
-        paths.append(str(write_reconstruction_h5(base.with_name(base.name + ".h5"), x, aff,
-                                                 method, description, header, deidentify)))
-    if "png" in outputs:
-        lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(x, 99.5)))
-        paths.append(str(save_png(base.with_name(base.name + ".png"),
-                                  grid(x[:: max(1, len(x) // 16)], vmin=lo, vmax=hi))))
-    return paths
+      retry_condition_fn=retry_transient, task_run_name="export-{volume.method}-{volume.name}")
+def export(volume: VolumeRef, outputs: list[str], out_dir: str, store_root: str,
+           deidentify: bool = False) -> list[str]:
+    """Write the requested outputs of a volume; the paths, the NIfTI first when written.
+    DICOM UIDs derive from the image's digest."""
+    x = ArtifactStore(store_root).get(volume.image)
+    x = unit_to_hu(x.astype(np.float32)) if volume.modality == "ct" else x
+    vol = Volume(volume.name, volume.method, volume.modality, x, np.asarray(volume.affine),
+                 volume.description, volume.source, volume.header)
+    return write_outputs(vol, outputs, out_dir, deidentify,
+                         uid_seed=f"{volume.image.digest}/{volume.method}")
 
 
 @task(cache_policy=NO_CACHE, task_run_name="send-{method}-{name}")
@@ -108,8 +93,7 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
                      f"{f(r.ssim, '{:.3f}')} | {f(r.dc_residual, '{:.4f}')} | "
                      f"{f(r.seconds, '{:.1f}')} | {r.state} |")
     if slices and len({s.shape for s in slices}) == 1:
-        lo, hi = (-160.0, 240.0) if modality == "ct" else (0.0, float(np.percentile(
-            np.stack(slices), 99.5)))
+        lo, hi = preview_window(np.stack(slices), modality)
         sheet = grid(np.stack(slices), ncols=len(slices), vmin=lo, vmax=hi)
         buf = io.BytesIO()
         Image.fromarray(sheet).save(buf, format="PNG")
@@ -180,9 +164,8 @@ def export_result(image_path: str | Path, to: list[str], out_dir: str | Path,
     if description is None:
         description = (series_description(record.method, record.prior, record.setting or "")
                        if record else f"diffrecon export of {name}")
-    paths = write_outputs(name, method, x, aff, modality, to, out_dir, description,
-                          deidentify, source, header,
-                          uid_seed=f"{array_digest(x)}/{method}")
+    vol = Volume(name, method, modality, x, aff, description, source or {}, header)
+    paths = write_outputs(vol, to, out_dir, deidentify, uid_seed=f"{array_digest(x)}/{method}")
     sent = None
     if "pacs" in to:
         from diffrecon.io.pacs import send

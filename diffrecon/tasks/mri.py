@@ -13,6 +13,7 @@ from diffrecon.config import MaskSpec, ReconConfig
 from diffrecon.recon.methods import METHODS
 from diffrecon.tasks.caching import content_key, scan_run_name
 from diffrecon.tasks.common import (
+    ReconOutput,
     diffusion_settings,
     in_slice_batches,
     labelled_errors,
@@ -47,15 +48,6 @@ class Measurement(_KSpaceRefs):
     """The (possibly retrospectively undersampled) data a method reconstructs from."""
 
     setting: str
-
-
-class ReconOutput(BaseModel):
-    name: str
-    method: str
-    image: ArrayRef
-    seconds: float
-    nfe: int | None = None
-    prior: str | None = None
 
 
 def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.Tensor:

@@ -106,7 +106,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
 class GroupNorm32(nn.GroupNorm):
     """GroupNorm(32) evaluated in float32 whatever the input dtype."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.float()).type(x.dtype)
 
 
@@ -117,7 +117,7 @@ def _norm(channels: int) -> nn.GroupNorm:
 class _Resample(nn.Module):
     """Nearest 2x upsampling, or 2x downsampling (strided conv ``op`` or average pooling)."""
 
-    def __init__(self, channels: int, use_conv: bool, up: bool):
+    def __init__(self, channels: int, use_conv: bool, up: bool) -> None:
         super().__init__()
         self.up = up
         self.use_conv = use_conv
@@ -127,7 +127,7 @@ class _Resample(nn.Module):
             self.op = (nn.Conv2d(channels, channels, 3, stride=2, padding=1) if use_conv
                        else nn.AvgPool2d(kernel_size=2, stride=2))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.up:
             x = F.interpolate(x, scale_factor=2, mode="nearest")
             return self.conv(x) if self.use_conv else x
@@ -135,22 +135,24 @@ class _Resample(nn.Module):
 
 
 class TimestepBlock(nn.Module):
-    def forward(self, x, emb):  # pragma: no cover - interface
+    def forward(self, x: torch.Tensor,  # pragma: no cover - interface
+                emb: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
 
 class TimestepEmbedSequential(nn.Sequential):
     """A sequence whose timestep-aware children also receive the embedding."""
 
-    def forward(self, x, emb):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         for layer in self:
             x = layer(x, emb) if isinstance(layer, TimestepBlock) else layer(x)
         return x
 
 
 class ResBlock(TimestepBlock):
-    def __init__(self, channels, emb_channels, dropout, out_channels=None,
-                 use_scale_shift_norm=True, up=False, down=False):
+    def __init__(self, channels: int, emb_channels: int, dropout: float,
+                 out_channels: int | None = None, use_scale_shift_norm: bool = True,
+                 up: bool = False, down: bool = False) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.use_scale_shift_norm = use_scale_shift_norm
@@ -174,7 +176,7 @@ class ResBlock(TimestepBlock):
         self.skip_connection = (nn.Identity() if out_channels == channels
                                 else nn.Conv2d(channels, out_channels, 1))
 
-    def forward(self, x, emb):
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         if self.updown:
             h = self.in_layers[:-1](x)
             h = self.h_upd(h)
@@ -195,7 +197,8 @@ class ResBlock(TimestepBlock):
 class AttentionBlock(nn.Module):
     """Self-attention over all positions; legacy (heads-then-qkv) or new (qkv-then-heads) split."""
 
-    def __init__(self, channels, num_heads=1, num_head_channels=-1, new_order=False):
+    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
+                 new_order: bool = False) -> None:
         super().__init__()
         if num_head_channels != -1:
             if channels % num_head_channels:
@@ -207,7 +210,7 @@ class AttentionBlock(nn.Module):
         self.qkv = nn.Conv1d(channels, channels * 3, 1)
         self.proj_out = nn.Conv1d(channels, channels, 1)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
@@ -227,7 +230,7 @@ class AttentionBlock(nn.Module):
 class ADMUNet(nn.Module):
     """guided-diffusion's UNetModel (2D, unconditional): forward(x, t) -> (N, C_out, H, W)."""
 
-    def __init__(self, cfg: ADMConfig):
+    def __init__(self, cfg: ADMConfig) -> None:
         super().__init__()
         self.config = cfg
         mc = cfg.num_channels
@@ -235,11 +238,11 @@ class ADMUNet(nn.Module):
         attention_ds = {cfg.image_size // r for r in cfg.attention_resolutions}
         heads_up = cfg.num_heads if cfg.num_heads_upsample == -1 else cfg.num_heads_upsample
 
-        def res(ch_in, ch_out, **kw):
+        def res(ch_in: int, ch_out: int, **kw: bool):
             return ResBlock(ch_in, ted, cfg.dropout, ch_out,
                             use_scale_shift_norm=cfg.use_scale_shift_norm, **kw)
 
-        def attn(ch, heads):
+        def attn(ch: int, heads: int):
             return AttentionBlock(ch, heads, cfg.num_head_channels, cfg.use_new_attention_order)
 
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))

@@ -21,7 +21,7 @@ FILES = ("config.json", "model.safetensors", "card.md")
 class PriorLoadError(ValueError):
     """A checkpoint folder that is missing, corrupt or inconsistent; names the folder."""
 
-    def __init__(self, path, problem: str):
+    def __init__(self, path: str | Path, problem: str) -> None:
         self.path = str(path)
         super().__init__(f"prior {Path(path).name}: {problem}")
 

@@ -16,7 +16,7 @@ ARCHITECTURES = ("monai-diffusion-unet", "adm")
 class EpsNetwork(nn.Module):
     """Wraps a network so that it returns exactly the epsilon channels."""
 
-    def __init__(self, net: nn.Module, architecture: str, channels: int):
+    def __init__(self, net: nn.Module, architecture: str, channels: int) -> None:
         super().__init__()
         self.net = net
         self.architecture = architecture
@@ -48,8 +48,9 @@ def build_network(architecture: str, args: dict) -> nn.Module:
     raise ValueError(f"unknown architecture {architecture!r}; expected one of {ARCHITECTURES}")
 
 
-def monai_unet_args(in_channels: int, base: int = 32, mult=(1, 2, 2, 4),
-                    attention=(False, False, False, True), num_res_blocks: int = 1,
+def monai_unet_args(in_channels: int, base: int = 32, mult: tuple[int, ...] = (1, 2, 2, 4),
+                    attention: tuple[bool, ...] = (False, False, False, True),
+                    num_res_blocks: int = 1,
                     head_channels: int = 32) -> dict:
     """Arguments of a MONAI DiffusionModelUNet of a given width (channels = base * mult)."""
     return {

@@ -61,7 +61,7 @@ def _window(norm: Normalisation | None) -> tuple[float, float]:
     return (norm.hu_min, norm.hu_max) if norm else (units.HU_MIN, units.HU_MAX)
 
 
-def _per_image(scale, x: torch.Tensor) -> torch.Tensor | float:
+def _per_image(scale: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor | float:
     if isinstance(scale, torch.Tensor) and scale.ndim > 0:
         return scale.reshape(-1, *([1] * (x.ndim - 1))).to(x.device)
     return scale
@@ -80,7 +80,7 @@ class Prior:
 
     def __init__(self, net: torch.nn.Module, config: PriorConfig, digest: str = "",
                  device: torch.device | str = "cpu", autocast: bool = True,
-                 compile: bool = False):
+                 compile: bool = False) -> None:
         self.device = torch.device(device)
         self.net = net.to(self.device).eval()
         if autocast and self.device.type == "cuda":
@@ -106,11 +106,11 @@ class Prior:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    def _t(self, t, n: int) -> torch.Tensor:
+    def _t(self, t: int | torch.Tensor, n: int) -> torch.Tensor:
         t = torch.as_tensor(t, device=self.device).long()
         return t.expand(n) if t.ndim == 0 else t
 
-    def eps(self, x_t: torch.Tensor, t, grad: bool = False) -> torch.Tensor:
+    def eps(self, x_t: torch.Tensor, t: int | torch.Tensor, grad: bool = False) -> torch.Tensor:
         """The network's noise prediction for x_t at timestep t (``grad``: keep the graph,
         for DPS)."""
         x_t = x_t.to(self.device, torch.float32)
@@ -119,17 +119,17 @@ class Prior:
         self.nfe += x_t.shape[0]
         return out.float()
 
-    def predict(self, x_t: torch.Tensor, t, grad: bool = False
+    def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, grad: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0_hat) with Tweedie's x0_hat = (x_t - sqrt(1 - abar) eps) / sqrt(abar)."""
         e = self.eps(x_t, t, grad)
         a = self.schedule.abar(self._t(t, x_t.shape[0]), e)
         return e, (x_t.to(e) - (1 - a).sqrt() * e) / a.sqrt()
 
-    def x0_hat(self, x_t: torch.Tensor, t) -> torch.Tensor:
+    def x0_hat(self, x_t: torch.Tensor, t: int | torch.Tensor) -> torch.Tensor:
         return self.predict(x_t, t)[1]
 
-    def to_model_space(self, x: torch.Tensor, scale=1.0) -> torch.Tensor:
+    def to_model_space(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Data (N, H, W) -> network input (N, C, H, W).
 
         MRI: complex images divided by ``scale`` (a float or one per image) -> (real, imag).
@@ -141,7 +141,8 @@ class Prior:
             return torch.stack([z.real, z.imag], dim=-3).float()
         return (2 * x - 1).unsqueeze(-3).float()
 
-    def from_model_space(self, z: torch.Tensor, scale=1.0) -> torch.Tensor:
+    def from_model_space(self, z: torch.Tensor, scale: float | torch.Tensor = 1.0
+                         ) -> torch.Tensor:
         """Inverse of :meth:`to_model_space`."""
         norm = self.config.normalisation
         if norm.kind == "complex":

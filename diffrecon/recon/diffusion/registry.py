@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffrecon.recon.diffusion.checkpoint import (
     PriorLoadError,
@@ -12,6 +13,9 @@ from diffrecon.recon.diffusion.checkpoint import (
     save_prior,
 )
 from diffrecon.recon.diffusion.prior import Normalisation, Prior, PriorConfig
+
+if TYPE_CHECKING:
+    import torch
 
 PRIORS_DIR = Path(__file__).resolve().parents[2] / "priors"
 
@@ -89,8 +93,8 @@ def resolve_prior_path(name_or_path: str | Path) -> Path:
     return p
 
 
-def resolve_prior(name_or_path: str | Path, device="cpu", autocast: bool = True,
-                  compile: bool = False) -> Prior:
+def resolve_prior(name_or_path: str | Path, device: torch.device | str = "cpu",
+                  autocast: bool = True, compile: bool = False) -> Prior:
     """A prior from a folder path, or by name from the package's priors directory."""
     return load_prior(resolve_prior_path(name_or_path), device=device, autocast=autocast,
                       compile=compile)

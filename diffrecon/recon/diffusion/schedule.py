@@ -12,7 +12,8 @@ class VPSchedule:
     (1e-4, 0.02, 1000 in DDS). Timesteps are integers 0 .. num_steps - 1.
     """
 
-    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000):
+    def __init__(self, beta_start: float = 1e-4, beta_end: float = 0.02, num_steps: int = 1000
+                 ) -> None:
         self.beta_start = float(beta_start)
         self.beta_end = float(beta_end)
         self.num_steps = int(num_steps)

@@ -22,6 +22,18 @@ class DDSConfig:
 
 
 @dataclass
+class DDSTVConfig(DDSConfig):
+    """dds-tv: DDS whose data consistency is ``tv_iters`` ADMM iterations of the in-plane
+    TV-regularised problem, min 0.5 ||A x - y||^2 + tv_lam TV(x), started at Tweedie's
+    estimate (z = D x0, u = 0). The weight is in the units the classical ADMM-TV uses (MRI:
+    k-space scaled to max |y| = 1; CT: data units), so the flow passes the modality's
+    ADMM-TV weight; 0 is plain DDS. ADMM's rho is 10 tv_lam, as in ADMM-TV."""
+
+    tv_lam: float = 0.0
+    tv_iters: int = 2
+
+
+@dataclass
 class DPSConfig:
     steps: int = 1000
     step_size: float = 1.0  # zeta: the step is zeta / ||y - A x0_hat|| (DPS paper)

@@ -201,7 +201,8 @@ def to_model_batch(x: torch.Tensor, modality: str, g: torch.Generator) -> torch.
     return (2 * x - 1)[:, None].float()
 
 
-def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSchedule):
+def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSchedule
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(x_t, t, noise) of one training step, a pure function of (data, seed, step)."""
     data = torch.as_tensor(data)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -218,7 +219,7 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
 
 
 @torch.no_grad()
-def validation_loss(net, data: torch.Tensor, cfg: TrainConfig, schedule: VPSchedule,
+def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig, schedule: VPSchedule,
                     device: torch.device, max_slices: int = 256) -> float | None:
     """Mean epsilon MSE on validation slices with fixed timesteps, noise and phase."""
     if len(data) == 0:
