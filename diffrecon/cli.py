@@ -13,6 +13,17 @@ if TYPE_CHECKING:
 
 DEMO_PRIOR = "brain-t1-axial-128"
 
+# the sampler flags of `run` and the PriorRef fields they set (defaults and help come from
+# PriorRef, whose defaults come from the samplers' settings: each default lives in one place)
+_SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float),
+                  ("--z-tv-rho", "tv_rho", float), ("--nfe", "nfe", int),
+                  ("--eta", "eta", float), ("--cg-iters", "cg_iters", int),
+                  ("--gamma", "gamma", float), ("--dps-steps", "dps_steps", int),
+                  ("--dps-step-size", "dps_step_size", float),
+                  ("--sampler-seed", "seed", int), ("--plane-tv-lam", "plane_tv_lam", float),
+                  ("--tv-iters", "tv_iters", int))
+_SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
+
 
 def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
@@ -57,11 +68,9 @@ def _prior_ref(args: argparse.Namespace):
     ct = getattr(args, "modality", "mri") == "ct"
     prior = args.prior or ("ct-axial-128" if ct else "brain-t1-axial-128")
     aux = args.prior_aux or ("ct-coronal-128" if ct else None)
-    return PriorRef(prior=prior, aux_prior=aux, nfe=args.nfe, eta=args.eta,
-                    cg_iters=args.cg_iters, gamma=args.gamma, dps_steps=args.dps_steps,
-                    dps_step_size=args.dps_step_size, seed=args.sampler_seed,
-                    pattern=args.pattern, tv_lam=args.z_tv_lam, tv_rho=args.z_tv_rho,
-                    real_object=args.real_object, compile=args.compile)
+    flags = [(flag, field) for flag, field, _ in _SAMPLER_FLAGS] + list(_SAMPLER_SWITCHES)
+    return PriorRef(prior=prior, aux_prior=aux,
+                    **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in flags})
 
 
 def _dask_spec(text: str | None):
@@ -311,16 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "ct-coronal-128)")
     # the sampler flags: defaults and help from PriorRef, whose defaults come from the
     # samplers' settings (recon.diffusion.settings), so each default lives in one place
-    for flag, field, kind in (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float),
-                              ("--z-tv-rho", "tv_rho", float), ("--nfe", "nfe", int),
-                              ("--eta", "eta", float), ("--cg-iters", "cg_iters", int),
-                              ("--gamma", "gamma", float), ("--dps-steps", "dps_steps", int),
-                              ("--dps-step-size", "dps_step_size", float),
-                              ("--sampler-seed", "seed", int)):
+    for flag, field, kind in _SAMPLER_FLAGS:
         f = PriorRef.model_fields[field]
         r.add_argument(flag, type=kind, default=f.default, help=f.description
                        + ("" if f.default is None else f" (default {f.default})"))
-    for flag, field in (("--real-object", "real_object"), ("--compile", "compile")):
+    for flag, field in _SAMPLER_SWITCHES:
         r.add_argument(flag, action="store_true", help=PriorRef.model_fields[field].description)
     r.add_argument("--slice-batch", type=int, default=None,
                    help="slices reconstructed together (halved on CUDA out-of-memory)")

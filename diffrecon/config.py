@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from diffrecon.io.outputs import OUTPUTS
-from diffrecon.recon.diffusion.settings import DDS3DConfig, DDSConfig, DPSConfig
+from diffrecon.recon.diffusion.settings import DDS3DConfig, DDSConfig, DDSTVConfig, DPSConfig
 from diffrecon.recon.methods import METHODS, methods_for
 
 # the method sets, derived from the one registry (diffrecon.recon.methods)
@@ -52,6 +52,10 @@ class PriorRef(BaseModel):
                           "TV weight along z")
     tv_rho: float = Field(DDS3DConfig.rho, ge=0, description="dds-3d-tv, dds-perpendicular-tv: "
                           "ADMM penalty (0: no TV)")
+    plane_tv_lam: float | None = Field(None, ge=0, description="dds-tv: in-plane TV weight "
+                                       "(default: the modality's ADMM-TV weight)")
+    tv_iters: int = Field(DDSTVConfig.tv_iters, ge=1, description="dds-tv: ADMM iterations "
+                          "per diffusion step")
     real_object: bool = Field(DDS3DConfig.real, description="MRI volume methods: the object is "
                               "real (magnitude images): drop the prior's phase")
     nfe: int = Field(DDSConfig.nfe, ge=1, le=1000, description="DDS and the volume methods: "
@@ -68,9 +72,10 @@ class PriorRef(BaseModel):
     compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
                           "a GPU for many slices: one compilation per batch shape)")
 
-    def sampler_config(self, method: str, slice_batch: int | None = None
-                       ) -> DDSConfig | DPSConfig | DDS3DConfig:
-        """The settings of ``method``'s sampler (its family in the method registry)."""
+    def sampler_config(self, method: str, slice_batch: int | None = None,
+                       tv_lam: float | None = None) -> DDSConfig | DPSConfig | DDS3DConfig:
+        """The settings of ``method``'s sampler (its family in the method registry);
+        ``tv_lam`` is the modality's ADMM-TV weight, dds-tv's default."""
         m = METHODS[method]
         if m.sampler == "dps":
             return DPSConfig(steps=self.dps_steps, step_size=self.dps_step_size, seed=self.seed)
@@ -80,6 +85,9 @@ class PriorRef(BaseModel):
             return DDS3DConfig(**dds, lam=self.tv_lam, rho=self.tv_rho if m.z_tv else 0.0,
                                slice_batch=slice_batch or DDS3DConfig.slice_batch,
                                pattern=self.pattern, real=self.real_object)
+        if m.sampler == "dds-tv":
+            lam = self.plane_tv_lam if self.plane_tv_lam is not None else tv_lam
+            return DDSTVConfig(**dds, tv_lam=lam or 0.0, tv_iters=self.tv_iters)
         return DDSConfig(**dds)
 
     def prior_names(self, method: str) -> list[str]:

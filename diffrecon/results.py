@@ -47,7 +47,7 @@ _COLUMNS = (
 )
 
 
-def _cell(value, fmt: str) -> str:
+def _cell(value: object, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 

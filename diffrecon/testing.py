@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +17,10 @@ import torch
 from diffrecon.common.seeds import benchmark_rng, benchmark_seed
 from diffrecon.common.units import hu_to_unit
 from diffrecon.recon.masks import add_noise, mask_1d, simulate_kspace, smooth_phase
+
+if TYPE_CHECKING:
+    from diffrecon.recon.ct import CTGeometry
+    from diffrecon.recon.operators import LinearOperator
 
 B1_SLICES = tuple(range(55, 91, 5))
 B1_QUICK_SLICES = (60, 70, 80, 90)
@@ -96,7 +101,7 @@ class CTCase:
     z: int
     image: torch.Tensor
 
-    def geometry(self, setting: str):
+    def geometry(self, setting: str) -> CTGeometry:
         """'8', '16', '32' (sparse views over [0, pi)) or 'limited' (0..89 degrees)."""
         from diffrecon.recon.ct import CTGeometry
 
@@ -106,7 +111,7 @@ class CTCase:
             angles = np.linspace(0, np.pi, int(setting), endpoint=False)
         return CTGeometry.parallel(angles, B3_DETECTORS, 1.0, (128, 128))
 
-    def sinogram(self, projector) -> torch.Tensor:
+    def sinogram(self, projector: LinearOperator) -> torch.Tensor:
         s = projector.forward(self.image.double()[None])
         g = benchmark_rng(self.volume, self.z, "noise")
         sigma = 1e-3 * float(s.abs().max())

@@ -35,7 +35,7 @@ class Method:
     summary: str
     modalities: tuple[str, ...]
     coil_maps: bool = False  # MRI: needs ESPIRiT maps
-    sampler: str | None = None  # diffusion family ("dds", "dps", "volume"): needs a prior
+    sampler: str | None = None  # diffusion family ("dds", "dds-tv", "dps", "volume"): a prior
     aux_prior: bool = False  # a second prior of the perpendicular orientation
     z_tv: bool = False  # volume sampler with the TV-along-z ADMM data consistency
     mri: MRIFunction | None = None  # (kspace, maps, mask, settings) -> images
@@ -119,6 +119,9 @@ _ALL = (
            mri_settings=("tv_lam",), ct_settings=("tv_lam", "tv_along_z")),
     Method("dds", "Decomposed Diffusion Sampler: Tweedie denoising + CG data consistency",
            ("mri", "ct"), coil_maps=True, sampler="dds"),
+    Method("dds-tv", "DDS whose data consistency is a few in-plane ADMM-TV iterations "
+           "started at the Tweedie estimate", ("mri", "ct"), coil_maps=True, sampler="dds-tv",
+           mri_settings=("tv_lam",), ct_settings=("tv_lam",)),
     Method("dps", "diffusion posterior sampling (baseline; ~1000 network evaluations)",
            ("mri",), coil_maps=True, sampler="dps"),
     Method("dds-3d-tv", "DDS on the whole volume with TV along z in the data consistency",

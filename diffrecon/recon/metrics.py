@@ -6,16 +6,18 @@ import numpy as np
 import torch
 
 from diffrecon.common.geometry import pad_or_crop
+from diffrecon.recon.operators import LinearOperator
 
 
-def _mag(x) -> np.ndarray:
+def _mag(x: torch.Tensor | np.ndarray) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.abs(np.asarray(x)).astype(np.float64)
     return x[None] if x.ndim == 2 else x
 
 
-def _pair(x, ref) -> tuple[np.ndarray, np.ndarray]:
+def _pair(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray
+          ) -> tuple[np.ndarray, np.ndarray]:
     r = _mag(ref)
     a = _mag(x)
     if a.shape[-2:] != r.shape[-2:]:
@@ -25,7 +27,8 @@ def _pair(x, ref) -> tuple[np.ndarray, np.ndarray]:
     return a, r
 
 
-def psnr(x, ref, data_range: float | None = None) -> float:
+def psnr(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray,
+         data_range: float | None = None) -> float:
     """Mean over slices of 20 log10(range / RMSE), range = max |ref| of the slice (MRI)."""
     a, r = _pair(x, ref)
     vals = []
@@ -36,7 +39,8 @@ def psnr(x, ref, data_range: float | None = None) -> float:
     return float(np.mean(vals))
 
 
-def ssim(x, ref, data_range: float | None = None) -> float:
+def ssim(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray,
+         data_range: float | None = None) -> float:
     """Mean over slices of scikit-image's SSIM with the same data range as PSNR."""
     from skimage.metrics import structural_similarity
 
@@ -55,7 +59,7 @@ def ssim(x, ref, data_range: float | None = None) -> float:
     return float(np.mean(vals))
 
 
-def nmse(x, ref) -> float:
+def nmse(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
     """Mean over slices of ||x - ref||^2 / ||ref||^2 on magnitudes."""
     a, r = _pair(x, ref)
     vals = [float(np.sum((a[s] - r[s]) ** 2) / max(np.sum(r[s] ** 2), 1e-30))
@@ -63,6 +67,6 @@ def nmse(x, ref) -> float:
     return float(np.mean(vals))
 
 
-def dc_residual(op, x: torch.Tensor, y: torch.Tensor) -> float:
+def dc_residual(op: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
     """Data-consistency residual ||A x - y|| / ||y|| over the whole batch."""
     return float(torch.linalg.vector_norm(op.forward(x) - y) / torch.linalg.vector_norm(y))

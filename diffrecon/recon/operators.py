@@ -36,13 +36,13 @@ class LinearOperator:
 
 
 class _Adjoint(LinearOperator):
-    def __init__(self, op: LinearOperator):
+    def __init__(self, op: LinearOperator) -> None:
         self.op = op
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.op.adjoint(x)
 
-    def adjoint(self, y):
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         return self.op.forward(y)
 
 
@@ -54,7 +54,7 @@ class Sense(LinearOperator):
     x: (..., H, W) complex image; y: (..., C, ky, kx) k-space (zero where not sampled).
     """
 
-    def __init__(self, maps: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, maps: torch.Tensor, mask: torch.Tensor) -> None:
         self.maps = maps
         self.mask = mask.to(device=maps.device, dtype=maps.real.dtype)
 
@@ -76,8 +76,9 @@ class Sense(LinearOperator):
 class SingleCoil(Sense):
     """Single-coil Cartesian MRI, y = M F x, with y of shape (..., 1, ky, kx)."""
 
-    def __init__(self, mask: torch.Tensor, shape: tuple[int, int], dtype=torch.complex64,
-                 device=None):
+    def __init__(self, mask: torch.Tensor, shape: tuple[int, int],
+                 dtype: torch.dtype = torch.complex64,
+                 device: torch.device | str | None = None) -> None:
         super().__init__(torch.ones((1, *shape), dtype=dtype, device=device), mask)
 
 
@@ -88,7 +89,7 @@ class ZSuperResolution(LinearOperator):
     each measured slice back over its group, divided by ``factor``.
     """
 
-    def __init__(self, factor: int):
+    def __init__(self, factor: int) -> None:
         self.factor = int(factor)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,8 @@ class Cartesian3D(LinearOperator):
     x: (Z, H, W) complex volume; y: (C, kz, ky, kx).
     """
 
-    def __init__(self, maps: torch.Tensor | None, mask: torch.Tensor, dtype=torch.complex64):
+    def __init__(self, maps: torch.Tensor | None, mask: torch.Tensor,
+                 dtype: torch.dtype = torch.complex64) -> None:
         if maps is None:
             maps = torch.ones(1, 1, 1, 1, dtype=dtype, device=mask.device)
         elif maps.ndim == 3:
@@ -140,7 +142,7 @@ def adjointness_error(
     y_shape: tuple[int, ...],
     dtype: torch.dtype = torch.complex128,
     seed: int = 0,
-    device=None,
+    device: torch.device | str | None = None,
 ) -> float:
     """Relative error |<Ax, y> - <x, A^H y>| / (|<Ax, y>|) for random x, y.
 

@@ -11,12 +11,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
 from diffrecon.common.files import path_digest
+
+if TYPE_CHECKING:
+    from prefect import Task
+    from prefect.cache_policies import CachePolicy
+    from prefect.context import TaskRunContext
+    from prefect.filesystems import LocalFileSystem, RemoteFileSystem
 
 
 @lru_cache(maxsize=1)
@@ -39,24 +47,26 @@ def code_version() -> str:
 
 
 
-def _jsonable(value):
+def _jsonable(value: object):
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")
     return value
 
 
-def make_key(task_name: str, *parts) -> str:
+def make_key(task_name: str, *parts: object) -> str:
     """One key from a task's name, the code version and the given parts."""
     payload = json.dumps([task_name, code_version(), *[_jsonable(p) for p in parts]],
                          sort_keys=True, default=str)
     return f"{task_name}-{hashlib.sha256(payload.encode()).hexdigest()}"
 
 
-def key_fn(task_name: str, *names: str, derive=None):
+def key_fn(task_name: str, *names: str,
+           derive: Callable[[dict[str, Any]], Any] | None = None
+           ) -> Callable[[TaskRunContext, dict[str, Any]], str | None]:
     """A Prefect ``cache_key_fn`` keyed on the named parameters (string paths by their
     content) plus whatever ``derive(parameters)`` adds (e.g. the relevant config)."""
 
-    def fn(context, parameters) -> str | None:
+    def fn(context: TaskRunContext, parameters: dict[str, Any]) -> str | None:
         parts = []
         for n in names:
             v = parameters.get(n)
@@ -72,14 +82,15 @@ def key_fn(task_name: str, *names: str, derive=None):
     return fn
 
 
-def content_key(task_name: str, *names: str, derive=None):
+def content_key(task_name: str, *names: str,
+                derive: Callable[[dict[str, Any]], Any] | None = None) -> CachePolicy:
     """The cache policy of a cached task: :func:`key_fn` as a Prefect cache policy."""
     from prefect.cache_policies import CachePolicy
 
     return CachePolicy.from_cache_key_fn(key_fn(task_name, *names, derive=derive))
 
 
-def result_storage(store_root: str):
+def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
     """Where cached results (small JSON references) live: beside the artifact store.
 
     Prefect wants result storage saved as a block; it is saved under a name derived from
@@ -102,14 +113,14 @@ def result_storage(store_root: str):
     return block
 
 
-def cached(tasks, store_root: str):
+def cached(tasks: Iterable[Task[..., Any]], store_root: str) -> list[Task[..., Any]]:
     """The tasks with persisted JSON results in this store (their cache_key_fn decides reuse)."""
     storage = result_storage(store_root)
     return [t.with_options(persist_result=True, result_storage=storage,
                            result_serializer="json") for t in tasks]
 
 
-def scan_run_name(prefix: str):
+def scan_run_name(prefix: str) -> Callable[[], str]:
     """A task-run name from the ``label`` parameter (the scan's label), else the ``path``
     parameter's file stem; never the whole path: folders may carry names that must not
     reach the UI."""

@@ -107,18 +107,19 @@ def _log_oom_retry(what: str) -> Callable[[int, int], None]:
 
 def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef,
                   dev: torch.device, what: str, slice_batch: int | None, modality: str,
-                  image_shape: tuple[int, int]) -> tuple[torch.Tensor, int, str]:
+                  image_shape: tuple[int, int], tv_lam: float | None = None
+                  ) -> tuple[torch.Tensor, int, str]:
     """A diffusion method of the registry on ``y`` with the priors and sampler settings of
     ``ref`` (recon.diffusion.run does the work), with a progress artifact. ``make_op(a, b)``
-    is the operator of slices a..b-1. Returns (images, network evaluations per slice, the
-    priors' names)."""
+    is the operator of slices a..b-1; ``tv_lam`` the modality's ADMM-TV weight (dds-tv's
+    default). Returns (images, network evaluations per slice, the priors' names)."""
     from diffrecon.recon.diffusion.run import check_priors_fit
     from diffrecon.recon.diffusion.run import run_diffusion as run
 
     priors = [cached_prior(name, dev, ref.compile) for name in ref.prior_names(method)]
     check_priors_fit(priors, modality, image_shape)
-    x, nfe = run(priors, ref.sampler_config(method, slice_batch), make_op, y, slice_batch,
-                 _progress_artifact(what), _log_oom_retry(what))
+    x, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
+                 slice_batch, _progress_artifact(what), _log_oom_retry(what))
     return x, nfe, " + ".join(p.name for p in priors)
 
 

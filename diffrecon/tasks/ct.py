@@ -4,6 +4,7 @@ in HU out. Tasks exchange small references; arrays live in the artifact store.""
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +25,9 @@ from diffrecon.tasks.common import (
 )
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
+if TYPE_CHECKING:
+    from diffrecon.recon.ct import CTGeometry
+
 
 class CTMeasurement(BaseModel):
     name: str
@@ -37,7 +41,7 @@ class CTMeasurement(BaseModel):
     source_attrs: dict[str, str] = {}  # study/patient DICOM attributes, for DICOM exports
 
 
-def geometry_of(meas: CTMeasurement):
+def geometry_of(meas: CTMeasurement) -> CTGeometry:
     from diffrecon.recon.ct import CTGeometry
 
     return CTGeometry.parallel(np.asarray(meas.angles), meas.n_det, 1.0, meas.image_shape)
@@ -111,7 +115,8 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     if m.needs_prior:
         x, nfe, prior = run_diffusion(method, lambda a, b: op, y.float(),
                                       diffusion or PriorRef(), dev, f"{method} on {meas.name}",
-                                      slice_batch, "ct", tuple(meas.image_shape))
+                                      slice_batch, "ct", tuple(meas.image_shape),
+                                      tv_lam=spec.tv_lam)
     elif m.ct is not None:
         x = m.ct(y, op, spec)
     else:

@@ -5,7 +5,7 @@ Outputs are written atomically, so a crash leaves a complete file or none."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from prefect import task
@@ -17,6 +17,9 @@ from diffrecon.io.outputs import preview_window, write_outputs
 from diffrecon.io.records import Volume
 from diffrecon.tasks.common import retry_transient
 from diffrecon.tasks.store import ArrayRef, ArtifactStore, array_digest
+
+if TYPE_CHECKING:
+    from diffrecon.results import ResultRecord
 
 
 def series_description(method: str, prior: str | None, setting: str) -> str:
@@ -87,7 +90,7 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
     lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | s | state |",
              "|---|---|---|---|---|---|---|"]
     for r in records:
-        def f(v, fmt):
+        def f(v: float | None, fmt: str):
             return "-" if v is None else fmt.format(v)
         lines.append(f"| {r.method} | {r.setting or '-'} | {f(r.psnr, '{:.2f}')} | "
                      f"{f(r.ssim, '{:.3f}')} | {f(r.dc_residual, '{:.4f}')} | "
@@ -105,7 +108,7 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
     return key
 
 
-def find_record(image_path: str | Path):
+def find_record(image_path: str | Path) -> ResultRecord | None:
     """The ResultRecord whose output is ``image_path``, from the results.json or QA files
     beside it (None when the image was not written by diffrecon's flows)."""
     from diffrecon.results import read_results

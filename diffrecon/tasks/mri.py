@@ -157,14 +157,13 @@ def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: 
 
 def method_settings(parameters: dict) -> dict:
     """What a method's result depends on besides its inputs: the settings the registry
-    names, or a diffusion method's sampler settings and priors' digests."""
+    names, and a diffusion method's sampler settings and priors' digests."""
     method, config = parameters["method"], parameters["config"]
     m = METHODS[method]
     out: dict = {"device": resolve_device(config.device).type}
     if m.needs_prior:
         out.update(diffusion_settings(config.diffusion, method))
-    else:
-        out.update(m.settings_of("mri", config))
+    out.update(m.settings_of("mri", config))
     return out
 
 
@@ -191,7 +190,7 @@ def reconstruct(
 
         x, nfe, prior_name = run_diffusion(
             method, lambda a, b: Sense(s[a:b], mask), k, config.diffusion, dev, what,
-            config.slice_batch, "mri", tuple(k.shape[-2:]))
+            config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam)
     else:  # slices a..b-1: independent in 2D
         x = in_slice_batches(lambda a, b: m.mri(k[a:b], s[a:b] if s is not None else None,
                                                 mask, config),

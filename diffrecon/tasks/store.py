@@ -32,7 +32,7 @@ def array_digest(a: np.ndarray) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, root: str):
+    def __init__(self, root: str) -> None:
         import fsspec
 
         self.root = str(root).rstrip("/")
@@ -41,7 +41,7 @@ class ArtifactStore:
     def _path_for(self, digest: str) -> str:
         return f"{self._path}/{digest[:2]}/{digest}.npy"
 
-    def put(self, array) -> ArrayRef:
+    def put(self, array: np.ndarray) -> ArrayRef:
         a = np.asarray(array)
         digest = array_digest(a)
         path = self._path_for(digest)

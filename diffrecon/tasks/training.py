@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+if TYPE_CHECKING:
+    from diffrecon.recon.diffusion.training import TrainConfig
+
 
 @task(cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5, tags=["gpu"],
       task_run_name="train-{cfg.name}")
-def train_task(files: list[str], cfg, out_dir: str, work_dir: str, device: str,
+def train_task(files: list[str], cfg: TrainConfig, out_dir: str, work_dir: str, device: str,
                val_fraction: float) -> dict:
     """Slice the volumes, train (resuming from work_dir after a crash or a retry)."""
     from pathlib import Path

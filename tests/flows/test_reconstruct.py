@@ -240,13 +240,16 @@ def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
     vol = np.repeat(body[:, :, None], 6, axis=2).astype(np.float32)  # 6 axial slices
     nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), str(tmp_path / "ph.nii.gz"))
     config = ReconConfig(modality="ct", methods=["dds", "dds-3d-tv", "dds-perpendicular",
-                                                 "dds-perpendicular-tv"],
+                                                 "dds-perpendicular-tv", "dds-tv"],
                          out_dir=str(tmp_path / "o"), ct=CTSpec(views=8, size=32),
                          diffusion=PriorRef(prior=str(dirs["axial"]),
                                             aux_prior=str(dirs["coronal"]), nfe=3))
     recs = {r.method: r for r in reconstruct_scans([str(tmp_path / "ph.nii.gz")], config)}
     assert all(r.state == "done" for r in recs.values()), [r.error for r in recs.values()]
-    assert recs["dds"].nfe == 3 and recs["dds-3d-tv"].nfe == 3
+    assert recs["dds"].nfe == 3 and recs["dds-3d-tv"].nfe == 3 and recs["dds-tv"].nfe == 3
+    # dds-tv: the in-plane TV (the CT ADMM-TV weight, 1.0) changes the DDS result
+    a, b = (nib.load(recs[m].output).get_fdata() for m in ("dds", "dds-tv"))
+    assert np.abs(a - b).max() > 1.0  # HU
     # A A B: two axial steps on 6 slices, one coronal step on 32 coronal slices, per slice
     for m in ("dds-perpendicular", "dds-perpendicular-tv"):
         assert recs[m].nfe == (2 * 6 + 32) // 6
@@ -365,3 +368,23 @@ def test_volume_methods_get_every_sampler_setting(monkeypatch):
     for method in ("dds-perpendicular", "dds-perpendicular-tv"):
         assert "aux_digest" in common.diffusion_settings(_prior_ref(args), method)
     assert "aux_digest" not in common.diffusion_settings(_prior_ref(args), "dds-3d-tv")
+
+
+def test_dds_tv_settings_reach_its_sampler_and_its_cache_key():
+    """--plane-tv-lam / --tv-iters reach DDSTVConfig; without --plane-tv-lam dds-tv takes
+    the modality's ADMM-TV weight, which is then part of its cache key."""
+    from diffrecon.cli import _prior_ref, build_parser
+    from diffrecon.recon.diffusion.settings import DDSTVConfig
+    from diffrecon.tasks.mri import method_settings
+
+    args = build_parser().parse_args(["run", "s.h5", "--out", "o", "--method", "dds-tv",
+                                      "--plane-tv-lam", "0.5", "--tv-iters", "3",
+                                      "--nfe", "7"])
+    cfg = _prior_ref(args).sampler_config("dds-tv", tv_lam=9.0)
+    assert type(cfg) is DDSTVConfig and (cfg.tv_lam, cfg.tv_iters, cfg.nfe) == (0.5, 3, 7)
+    plain = _prior_ref(build_parser().parse_args(["run", "s.h5", "--out", "o"]))
+    assert plain.sampler_config("dds-tv", tv_lam=2e-4).tv_lam == 2e-4
+    a = method_settings({"method": "dds-tv", "config": ReconConfig(methods=["dds-tv"])})
+    b = method_settings({"method": "dds-tv", "config": ReconConfig(methods=["dds-tv"],
+                                                                   tv_lam=3e-4)})
+    assert a["tv_lam"] == 1e-4 and b["tv_lam"] == 3e-4

@@ -219,8 +219,9 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
 
 
 @torch.no_grad()
-def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig, schedule: VPSchedule,
-                    device: torch.device, max_slices: int = 256) -> float | None:
+def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig,
+                    schedule: VPSchedule, device: torch.device, max_slices: int = 256
+                    ) -> float | None:
     """Mean epsilon MSE on validation slices with fixed timesteps, noise and phase."""
     if len(data) == 0:
         return None

@@ -127,10 +127,10 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
     x = torch.randn(shape, generator=g).to(prior.device)
     ts = sched.sampling_timesteps(cfg.nfe)
 
-    def dz(v):
+    def dz(v: torch.Tensor):
         return finite_differences(v, (-3,), periodic=False)
 
-    def dzt(p):
+    def dzt(p: torch.Tensor):
         return finite_differences_adjoint(p, (-3,), periodic=False)
 
     zvar = uvar = None
