@@ -40,11 +40,12 @@ def mri_rows(args) -> list[ResultRecord]:
         ku = torch.stack([c.kspace for c in cases]) * mask
         s = coils.estimate_coil_maps(ku, mask)
         op = Sense(s, mask)
-        runs = {"admm-tv": None, "dds": DDSConfig()}
+        runs = {} if args.skip_baselines else {"admm-tv": None, "dds": DDSConfig()}
         for it in args.iters:
             for f in args.lam_factors:
-                runs[f"dds-tv iters={it} lam={1e-4 * f:g}"] = DDSTVConfig(tv_lam=1e-4 * f,
-                                                                          tv_iters=it)
+                for carry in args.carry:
+                    runs[f"dds-tv iters={it} lam={1e-4 * f:g} carry={carry}"] = DDSTVConfig(
+                        tv_lam=1e-4 * f, tv_iters=it, tv_carry=carry)
         for name, cfg in runs.items():
             t0 = time.perf_counter()
             x = classical.tv_sense(ku, s, mask, 1e-4) if cfg is None \
@@ -65,11 +66,12 @@ def ct_rows(args) -> list[ResultRecord]:
     for views in ("8", "16"):
         op = CTProjector(cases[0].geometry(views))
         y = torch.cat([c.sinogram(op) for c in cases])
-        runs = {"admm-tv": None, "dds": DDSConfig(eta=1.0)}
+        runs = {} if args.skip_baselines else {"admm-tv": None, "dds": DDSConfig(eta=1.0)}
         for it in args.iters:
             for f in args.lam_factors:
-                runs[f"dds-tv iters={it} lam={f:g}"] = DDSTVConfig(eta=1.0, tv_lam=f,
-                                                                   tv_iters=it)
+                for carry in args.carry:
+                    runs[f"dds-tv iters={it} lam={f:g} carry={carry}"] = DDSTVConfig(
+                        eta=1.0, tv_lam=f, tv_iters=it, tv_carry=carry)
         for name, cfg in runs.items():
             t0 = time.perf_counter()
             x = (tv_ct(y, op, lam=1.0) if cfg is None
@@ -88,11 +90,14 @@ def main() -> None:
     ap.add_argument("--task", choices=["mri", "ct"], default="mri")
     ap.add_argument("--iters", default="1,2,4")
     ap.add_argument("--lam-factors", default="1", help="multiples of the ADMM-TV weight")
+    ap.add_argument("--carry", default="1", help="comma list of 0/1: carry ADMM's z, u")
+    ap.add_argument("--skip-baselines", action="store_true")
     ap.add_argument("--ct-prior", default="ct-axial-128")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     args.iters = [int(v) for v in args.iters.split(",")]
     args.lam_factors = [float(v) for v in args.lam_factors.split(",")]
+    args.carry = [bool(int(v)) for v in args.carry.split(",")]
     rows = mri_rows(args) if args.task == "mri" else ct_rows(args)
     print(format_table(rows))
     out = args.out or f"benchmarks/results/tune_dds_tv_{args.task}.json"

@@ -104,8 +104,12 @@ def admm_tv(
     periodic: bool = True,
     x0: torch.Tensor | None = None,
     batch_dims: int = 1,
+    state: dict[str, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """min_x 0.5 ||A x - y||^2 + lam TV(x) by ADMM (splitting z = D x).
+
+    ``state`` (a dict) carries the splitting variables z and u from one call to the next
+    (warm ADMM across the steps of a sampler): used when present, updated in place.
 
     ``normal`` is A^H A and ``rhs`` A^H y; the x-update solves (A^H A + rho D^H D) x =
     rhs + rho D^H (z - u) with a few warm-started CG iterations. TV is isotropic (the
@@ -121,8 +125,11 @@ def admm_tv(
     def dt(p: torch.Tensor):
         return finite_differences_adjoint(p, dims, periodic)
 
-    z = dd(x)
-    u = torch.zeros_like(z)
+    if state is not None and "z" in state:
+        z, u = state["z"], state["u"]
+    else:
+        z = dd(x)
+        u = torch.zeros_like(z)
     for _ in range(iters):
         x, _ = conjugate_gradient(lambda v: normal(v) + rho * dt(dd(v)), rhs + rho * dt(z - u),
                                   x0=x, max_iter=cg_iters, tol=0.0, batch_dims=batch_dims)
@@ -134,6 +141,8 @@ def admm_tv(
         else:
             z = soft_threshold(v, lam / rho)
         u = u + dx - z
+    if state is not None:
+        state.update(z=z, u=u)
     return x
 
 

@@ -89,12 +89,13 @@ def data_consistency(operator: LinearOperator, y: torch.Tensor, x0: torch.Tensor
 
 
 def tv_data_consistency(operator: LinearOperator, x0: torch.Tensor, aty: torch.Tensor,
-                        cfg: DDSTVConfig, data_scale: float, periodic: bool) -> torch.Tensor:
+                        cfg: DDSTVConfig, data_scale: float, periodic: bool,
+                        state: dict | None = None) -> torch.Tensor:
     """dds-tv's data consistency: ``cfg.tv_iters`` ADMM iterations (each ``cfg.cg_iters``
     CG steps) of min 0.5 ||A x - y||^2 + tv_lam TV(x), isotropic in-plane TV, started at
     x0, in data units divided by ``data_scale``. With ``gamma`` the noisy form, as
     :func:`data_consistency`: I + gamma A^H A on the left, x0 + gamma A^H y on the right
-    and the TV weight times gamma."""
+    and the TV weight times gamma. ``state`` carries ADMM's z and u between calls."""
     from diffrecon.recon.solvers import admm_tv
 
     start, rhs, lam, normal = x0 / data_scale, aty / data_scale, cfg.tv_lam, operator.normal
@@ -103,7 +104,8 @@ def tv_data_consistency(operator: LinearOperator, x0: torch.Tensor, aty: torch.T
         normal, rhs, lam = (lambda v: v + gamma * operator.normal(v)), start + gamma * rhs, \
             gamma * cfg.tv_lam
     x = admm_tv(normal, rhs, lam, dims=(-2, -1), rho=10 * lam, iters=cfg.tv_iters,
-                cg_iters=cfg.cg_iters, periodic=periodic, x0=start, batch_dims=1)
+                cg_iters=cfg.cg_iters, periodic=periodic, x0=start, batch_dims=1,
+                state=state)
     return x * data_scale
 
 
@@ -143,13 +145,15 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     mri = prior.config.normalisation.kind == "complex"
     # dds-tv solves in the classical ADMM-TV's units: MRI k-space scaled to max |y| = 1
     tv_scale = (float(y.abs().max()) or 1.0) if mri else 1.0
+    tv_state: dict | None = {} if getattr(cfg, "tv_carry", False) else None
     for i, t in enumerate(ts):
         eps, x0 = prior.predict(x, t)
         if cfg.clip:
             x0 = x0.clamp(-1, 1)
         xd = prior.from_model_space(x0, scale).to(y.device, dtype)
         if isinstance(cfg, DDSTVConfig) and cfg.tv_lam > 0 and cfg.tv_iters > 0:
-            xd = tv_data_consistency(operator, xd, aty, cfg, tv_scale, periodic=mri)
+            xd = tv_data_consistency(operator, xd, aty, cfg, tv_scale, periodic=mri,
+                                     state=tv_state)
         else:
             xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma, aty)
         x0 = prior.to_model_space(xd, scale).to(prior.device)

@@ -25,12 +25,16 @@ class DDSConfig:
 class DDSTVConfig(DDSConfig):
     """dds-tv: DDS whose data consistency is ``tv_iters`` ADMM iterations of the in-plane
     TV-regularised problem, min 0.5 ||A x - y||^2 + tv_lam TV(x), started at Tweedie's
-    estimate (z = D x0, u = 0). The weight is in the units the classical ADMM-TV uses (MRI:
+    estimate (z and u carried over from the previous step with ``tv_carry``, else
+    z = D x0, u = 0). The weight is in the units the classical ADMM-TV uses (MRI:
     k-space scaled to max |y| = 1; CT: data units), so the flow passes the modality's
     ADMM-TV weight; 0 is plain DDS. ADMM's rho is 10 tv_lam, as in ADMM-TV."""
 
     tv_lam: float = 0.0
     tv_iters: int = 2
+    # carry ADMM's z and u from one diffusion step to the next (as dds-3d-tv does along z):
+    # the steps together make one long ADMM run whose x restarts at each Tweedie estimate
+    tv_carry: bool = True
 
 
 @dataclass
