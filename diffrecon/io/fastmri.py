@@ -19,11 +19,12 @@ from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.ismrmrd_header import (
     HeaderInfo,
+    acquisition_from_header,
     acquisition_header,
     parse_header,
     strip_identifiers,
 )
-from diffrecon.io.records import MRIAcquisition, mask_from_kspace, scan_name
+from diffrecon.io.records import MRIAcquisition, mask_from_kspace
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
@@ -105,24 +106,9 @@ def read_fastmri(path: str | Path) -> MRIAcquisition:
         if info is None:
             info = HeaderInfo((n_kx, n_ky, 1), (n_kx, n_ky, 1), (0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
         attrs = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in f.attrs.items()}
-    metadata = dict(info.study)
-    metadata["attrs"] = {k: str(v) for k, v in attrs.items()}
-    metadata["single_coil"] = single_coil
-    metadata["frequency_hz"] = info.frequency_hz
-    metadata["recon_fov_mm"] = info.recon_fov_mm
-    acq = MRIAcquisition(
-        name=scan_name(path),
-        kspace=kspace,
-        mask=mask,
-        encoded_matrix=info.encoded_matrix,
-        recon_matrix=info.recon_matrix,
-        fov_mm=info.encoded_fov_mm,
-        reference=reference,
-        reference_kind=ref_key,
-        source=str(path),
-        metadata=metadata,
-    )
-    return acq.validate()
+    metadata = {"attrs": {k: str(v) for k, v in attrs.items()}, "single_coil": single_coil}
+    return acquisition_from_header(path, kspace, mask, info, metadata, reference,
+                                   ref_key).validate()
 
 
 def write_fastmri(acq: MRIAcquisition, path: str | Path) -> Path:

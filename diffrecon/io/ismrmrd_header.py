@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    import numpy as np
+
     from diffrecon.io.records import MRIAcquisition
 
 NS = "http://www.ismrm.org/ISMRMRD"
@@ -155,3 +159,19 @@ def strip_identifiers(text: str) -> str:
         for el in root.findall(f"{{{NS}}}{tag}"):
             root.remove(el)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode")
+
+
+def acquisition_from_header(path: str | Path, kspace: np.ndarray, mask: np.ndarray,
+                            info: HeaderInfo, metadata: dict | None = None,
+                            reference: np.ndarray | None = None,
+                            reference_kind: str | None = None) -> MRIAcquisition:
+    """An MRIAcquisition of a file with its header's matrix, FOV, study attributes and
+    frequency (``metadata`` adds to them)."""
+    from diffrecon.io.records import MRIAcquisition, scan_name
+
+    return MRIAcquisition(
+        name=scan_name(path), kspace=kspace, mask=mask, encoded_matrix=info.encoded_matrix,
+        recon_matrix=info.recon_matrix, fov_mm=info.encoded_fov_mm, reference=reference,
+        reference_kind=reference_kind, source=str(path),
+        metadata={**info.study, **(metadata or {}), "frequency_hz": info.frequency_hz,
+                  "recon_fov_mm": info.recon_fov_mm})

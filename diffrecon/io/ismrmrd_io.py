@@ -8,8 +8,8 @@ import numpy as np
 
 from diffrecon.common.files import atomic_path
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.ismrmrd_header import acquisition_header, parse_header
-from diffrecon.io.records import MRIAcquisition, scan_name
+from diffrecon.io.ismrmrd_header import acquisition_from_header, acquisition_header, parse_header
+from diffrecon.io.records import MRIAcquisition
 
 _SKIP_FLAGS = ("ACQ_IS_NOISE_MEASUREMENT", "ACQ_IS_NAVIGATION_DATA", "ACQ_IS_PHASECORR_DATA")
 
@@ -83,17 +83,7 @@ def read_ismrmrd(path: str | Path, dataset: str = "dataset") -> MRIAcquisition:
     for ln, e2, s, d in lines:
         k[e2 if n_par > 1 else s, :, ln, :] += d
         mask[ln] = True
-    acq = MRIAcquisition(
-        name=scan_name(path),
-        kspace=k,
-        mask=mask,
-        encoded_matrix=info.encoded_matrix,
-        recon_matrix=info.recon_matrix,
-        fov_mm=info.encoded_fov_mm,
-        source=str(path),
-        metadata={**info.study, "frequency_hz": info.frequency_hz,
-                  "recon_fov_mm": info.recon_fov_mm},
-    )
+    acq = acquisition_from_header(path, k, mask, info)
     return acq.validate()
 
 

@@ -39,14 +39,8 @@ def _scaled_problem(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor
     return op, op.adjoint(kspace / scale), scale
 
 
-def cg_sense(
-    kspace: torch.Tensor,
-    maps: torch.Tensor,
-    mask: torch.Tensor,
-    lam: float = 1e-2,
-    max_iter: int = 30,
-    tol: float = 1e-6,
-) -> torch.Tensor:
+def cg_sense(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: float = 1e-2,
+             max_iter: int = 30, tol: float = 1e-6) -> torch.Tensor:
     """CG-SENSE: argmin ||M F S x - y||^2 + lam ||x||^2, batched over slices.
 
     kspace: (S, C, ky, kx); maps (S, C, H, W); mask (ky, kx). ``lam`` is relative: the
@@ -58,15 +52,9 @@ def cg_sense(
     return x * scale
 
 
-def l1_wavelet_sense(
-    kspace: torch.Tensor,
-    maps: torch.Tensor,
-    mask: torch.Tensor,
-    lam: float = 1e-4,
-    iters: int = 60,
-    levels: int = 3,
-    wavelet: str = "db4",
-) -> torch.Tensor:
+def l1_wavelet_sense(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor,
+                     lam: float = 1e-4, iters: int = 60, levels: int = 3,
+                     wavelet: str = "db4") -> torch.Tensor:
     """argmin 0.5 ||M F S x - y||^2 + lam ||W x||_1 by FISTA; W orthonormal Daubechies.
 
     Step 1: ||A^H A|| <= 1 for maps with unit sum of squares and a binary mask.
@@ -82,15 +70,8 @@ def l1_wavelet_sense(
     return fista(op.normal, b, prox, step=1.0, iters=iters) * scale
 
 
-def tv_sense(
-    kspace: torch.Tensor,
-    maps: torch.Tensor,
-    mask: torch.Tensor,
-    lam: float = 1e-4,
-    iters: int = 40,
-    cg_iters: int = 4,
-    rho: float | None = None,
-) -> torch.Tensor:
+def tv_sense(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: float = 1e-4,
+             iters: int = 40, cg_iters: int = 4, rho: float | None = None) -> torch.Tensor:
     """argmin 0.5 ||M F S x - y||^2 + lam TV(x) (isotropic, in-plane) by ADMM."""
     op, b, scale = _scaled_problem(kspace, maps, mask)
     x = admm_tv(op.normal, b, lam, dims=(-2, -1), rho=rho,
