@@ -68,10 +68,10 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False):
 
         runs = [("dds", DDSConfig())] + ([("dps", DPSConfig())] if dps else [])
         for name, cfg in runs:
-            before = prior.nfe
+            before = prior.evaluations
             t0 = time.perf_counter()
             x = sample(prior, Sense(maps, mask), ku, cfg)
-            record(name, x, t_maps + time.perf_counter() - t0, maps, prior.nfe - before)
+            record(name, x, t_maps + time.perf_counter() - t0, maps, prior.evaluations - before)
     if use_bart:
         bmaps, t_b = bart.ecalib(ku[0].numpy())
         bmaps = torch.from_numpy(bmaps)[None]

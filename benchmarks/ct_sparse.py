@@ -40,7 +40,7 @@ def diffusion_rows(prior, op, y, images, setting, args, n_cases) -> list[ResultR
     if args.dps and setting == "8":
         runs.append(("dps", DPSConfig(step_size=args.dps_step_size), slice(0, 2)))
     for name, cfg, sl in runs:
-        before = prior.nfe
+        before = prior.evaluations
         t0 = time.perf_counter()
         x = sample(prior, op, y[sl], cfg)
         n = x.shape[0]
@@ -52,7 +52,7 @@ def diffusion_rows(prior, op, y, images, setting, args, n_cases) -> list[ResultR
             else f"{setting} views", psnr=metrics.psnr(x, ref, data_range=1.0),
             ssim=metrics.ssim(x, ref, data_range=1.0), nmse=metrics.nmse(x, ref),
             dc_residual=metrics.dc_residual(op, x, y[sl]), seconds=secs,
-            nfe=(prior.nfe - before) // n))
+            nfe=(prior.evaluations - before) // n))
     return rows
 
 

@@ -129,7 +129,7 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     """Run ``fn`` (a volume), score it per orientation, replace the scan's earlier rows of
     the method for ``setting`` and write the results file; network evaluations per axial
     slice."""
-    before = sum(p.nfe for p in priors)
+    before = sum(p.evaluations for p in priors)
     cuda = torch.cuda.is_available()
     if cuda:
         torch.cuda.reset_peak_memory_stats()
@@ -137,7 +137,7 @@ def measure(records: list, out: Path, scan: str, modality: str, method: str, set
     result = fn()
     x = np.abs(result.cpu().numpy())  # .cpu() waits for the GPU
     seconds = time.perf_counter() - t0
-    nfe = (sum(p.nfe for p in priors) - before) // x.shape[0] or None
+    nfe = (sum(p.evaluations for p in priors) - before) // x.shape[0] or None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     gpu = f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" \
         if result.is_cuda else ""  # not for a --device cpu run on a GPU machine

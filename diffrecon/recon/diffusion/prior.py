@@ -91,7 +91,7 @@ class Prior:
         self.schedule = VPSchedule.from_dict(config.schedule)
         self.digest = digest
         self.autocast = autocast
-        self.nfe = 0  # network evaluations (images), for the benchmark tables
+        self.evaluations = 0  # network evaluations (images) so far, for the benchmark tables
 
     @property
     def name(self) -> str:
@@ -116,7 +116,7 @@ class Prior:
         x_t = x_t.to(self.device, torch.float32)
         with torch.set_grad_enabled(grad), self._ctx():
             out = self.net(x_t, self._t(t, x_t.shape[0]))
-        self.nfe += x_t.shape[0]
+        self.evaluations += x_t.shape[0]
         return out.float()
 
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, grad: bool = False

@@ -48,11 +48,11 @@ def run_diffusion(priors: list[Prior], config: SamplerConfig,
     DDS3DConfig samples the whole volume with every prior (``make_op(0, S)``), the others
     each slice batch independently (``make_op(a, b)`` the operator of slices a..b-1, CUDA
     out-of-memory halving the batch). Returns (images, network evaluations per slice)."""
-    before = sum(p.nfe for p in priors)
+    before = sum(p.evaluations for p in priors)
     if isinstance(config, DDS3DConfig):
         x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, config, progress)
     else:
         x = in_slice_batches(lambda a, b: sample(priors[0], make_op(a, b), y[a:b], config,
                                                  progress), y.shape[0], slice_batch, on_retry)
-    nfe = (sum(p.nfe for p in priors) - before) // max(1, int(x.shape[0]))
+    nfe = (sum(p.evaluations for p in priors) - before) // max(1, int(x.shape[0]))
     return x, nfe

@@ -82,7 +82,7 @@ def test_dds_with_an_oracle_prior_returns_the_truth():
     x = dds_sample(prior, op, y, cfg, progress=lambda i, n: calls.append((i, n)))
     assert x.shape == x_true.shape and x.dtype == y.dtype
     assert float((x - x_true).norm() / x_true.norm()) < 1e-4
-    assert calls[-1] == (10, 10) and prior.nfe == 10 * 2
+    assert calls[-1] == (10, 10) and prior.evaluations == 10 * 2
 
 
 def test_dds_is_deterministic_and_batched_per_slice():
@@ -201,7 +201,7 @@ def test_perpendicular_priors_with_oracles_return_the_truth(rho):
                                  DDS3DConfig(nfe=6, clip=False, rho=rho, lam=1e-6,
                                              slice_batch=16))
     assert float((x - vol).norm() / vol.norm()) < 1e-3
-    assert axial.nfe == 4 * 8 and coronal.nfe == 2 * 16  # steps A A B A A B
+    assert axial.evaluations == 4 * 8 and coronal.evaluations == 2 * 16  # steps A A B A A B
     with pytest.raises(ValueError, match="same orientation"):
         dds_perpendicular_sample(axial, axial, op, y)
     with pytest.raises(ValueError, match="same orientation"):  # the flow's entry point

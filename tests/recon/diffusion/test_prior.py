@@ -42,7 +42,7 @@ def test_tweedie_recovers_x0_when_eps_is_exact():
     eps, x0_hat = prior.predict(x_t, t)
     assert torch.equal(eps, e)
     assert torch.allclose(x0_hat, x0, atol=1e-3)
-    assert prior.nfe == 4
+    assert prior.evaluations == 4
 
 
 def test_model_space_roundtrip():
@@ -84,5 +84,5 @@ def test_compiled_prior_predicts_the_same_noise(monkeypatch):
     t = torch.tensor([10, 400, 900])
     e_plain, e_fast = plain.eps(x, t), fast.eps(x, t)
     assert torch.allclose(e_fast, e_plain, atol=1e-5)
-    assert fast.nfe == 3
+    assert fast.evaluations == 3
     torch._dynamo.reset()
