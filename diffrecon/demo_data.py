@@ -56,7 +56,7 @@ def simulated_multicoil(n_slices: int = 1, size: int = 128, n_coils: int = 12, s
                         rel_noise: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
     """Fully sampled k-space (S, C, size, size) of template slices with a smooth phase and
     birdcage coils, the true maps (C, size, size) and the magnitude images (S, size, size)."""
-    from diffrecon.recon.masks import add_noise, birdcage_maps, simulate_kspace, smooth_phase
+    from diffrecon.recon.simulation import add_noise, birdcage_maps, simulate_kspace, smooth_phase
 
     rng = np.random.default_rng(seed)
     img, _ = demo_slices(n_slices, size, voxel_mm=2 if size <= 192 else 1)

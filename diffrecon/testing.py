@@ -16,7 +16,8 @@ import torch
 
 from diffrecon.common.seeds import benchmark_rng, benchmark_seed
 from diffrecon.common.units import hu_to_unit
-from diffrecon.recon.masks import add_noise, mask_1d, simulate_kspace, smooth_phase
+from diffrecon.recon.masks import mask_1d
+from diffrecon.recon.simulation import add_noise, simulate_kspace, smooth_phase
 
 if TYPE_CHECKING:
     from diffrecon.recon.ct import CTGeometry

@@ -44,7 +44,7 @@ def make_acquisition(
     import torch
 
     from diffrecon.io.records import MRIAcquisition
-    from diffrecon.recon.masks import birdcage_maps, simulate_kspace
+    from diffrecon.recon.simulation import birdcage_maps, simulate_kspace
 
     rng = np.random.default_rng(seed)
     yy, xx = np.meshgrid(np.linspace(-1, 1, ny), np.linspace(-1, 1, nx), indexing="ij")

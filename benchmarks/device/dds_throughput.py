@@ -20,8 +20,9 @@ from diffrecon.recon.diffusion.adm import ADMConfig, ADMUNet
 from diffrecon.recon.diffusion.dds import DDSConfig, dds_sample
 from diffrecon.recon.diffusion.networks import EpsNetwork
 from diffrecon.recon.diffusion.prior import Normalisation, Prior, PriorConfig
-from diffrecon.recon.masks import birdcage_maps, make_mask
+from diffrecon.recon.masks import make_mask
 from diffrecon.recon.operators import Sense
+from diffrecon.recon.simulation import birdcage_maps
 
 OFFICIAL_MRI = {"image_size": 320, "in_channels": 2, "out_channels": 4, "num_channels": 256,
                 "num_res_blocks": 1, "attention_resolutions": "16", "num_heads": 4,

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffrecon.recon import classical, coils, masks, metrics
+from diffrecon.recon import classical, coils, masks, metrics, simulation
 from diffrecon.recon.operators import Sense
 
 
@@ -12,12 +12,12 @@ def test_cg_sense_agrees_with_sigpy():
 
     rng = np.random.default_rng(0)
     n = 48
-    maps = masks.birdcage_maps(8, (n, n))
+    maps = simulation.birdcage_maps(8, (n, n))
     yy, xx = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
     img = torch.from_numpy(((yy**2 + xx**2 < 0.5) * (1 + 0.2 * rng.random((n, n))))
                            .astype(np.complex64))
     mask = masks.make_mask("equispaced", (n, n), 3)
-    k = masks.add_noise(masks.simulate_kspace(img, maps) * mask, 1e-3, rng) * mask
+    k = simulation.add_noise(simulation.simulate_kspace(img, maps) * mask, 1e-3, rng) * mask
     ours = classical.cg_sense(k[None], maps[None], mask, lam=1e-2, max_iter=100, tol=1e-10)[0]
     scale = float(k.abs().max())
     ref = sigpy.mri.app.SenseRecon(
@@ -29,9 +29,9 @@ def test_cg_sense_agrees_with_sigpy():
 
 
 def test_zero_filled_rss_of_full_data_is_the_magnitude():
-    maps = masks.birdcage_maps(5, (16, 16))
+    maps = simulation.birdcage_maps(5, (16, 16))
     img = torch.randn(2, 16, 16, dtype=torch.complex64)
-    k = masks.simulate_kspace(img, maps)
+    k = simulation.simulate_kspace(img, maps)
     assert torch.allclose(classical.zero_filled(k), img.abs(), atol=1e-5)
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from diffrecon.recon.fft import fft2c, ifft2c
-from diffrecon.recon.masks import birdcage_maps, make_mask
+from diffrecon.recon.masks import make_mask
 from diffrecon.recon.operators import Sense, SingleCoil, adjointness_error
+from diffrecon.recon.simulation import birdcage_maps
 
 
 def test_fft_is_centred_and_orthonormal():
@@ -32,10 +33,65 @@ def _operators(dtype):
     }
 
 
-@pytest.mark.parametrize("name", ["sense", "sense-batched", "single-coil"])
+def _cartesian_3d(dtype):
+    from diffrecon.recon.operators import Cartesian3D
+
+    mask = torch.rand(6, 8, generator=torch.Generator().manual_seed(0)) < 0.4
+    return Cartesian3D(birdcage_maps(3, (8, 5)).to(dtype), mask, dtype=dtype), (6, 8, 5), \
+        (3, 6, 8, 5)
+
+
+def _z_super_resolution(dtype):
+    from diffrecon.recon.operators import ZSuperResolution
+
+    return ZSuperResolution(4), (8, 5, 6), (2, 5, 6)
+
+
+def _wavelet(dtype):
+    from diffrecon.recon.wavelets import Wavelet2D
+
+    return Wavelet2D((16, 24), levels=3), (2, 16, 24), (2, 16, 24)
+
+
+def _ct(kind):
+    def make(dtype):
+        import numpy as np
+
+        from diffrecon.recon.ct import CTGeometry, CTProjector
+
+        if kind == "parallel":
+            geom = CTGeometry.parallel(np.linspace(0, np.pi, 16, endpoint=False), 47,
+                                       image_shape=(32, 32))
+        else:
+            geom = CTGeometry.fan(np.linspace(0, 2 * np.pi, 20, endpoint=False), 60, 1.0, 80.0,
+                                  40.0, detector=kind, image_shape=(32, 24))
+        return CTProjector(geom), (2, *geom.image_shape), (2, geom.n_views, geom.n_det)
+    return make
+
+
+# Every linear operator of recon/, by name: factory(dtype) -> (operator, x shape, y shape).
+# Complex operators are checked in complex128 and complex64, real ones (CT) in float64.
+OPERATORS = {
+    "sense": lambda dtype: _operators(dtype)["sense"],
+    "sense-batched": lambda dtype: _operators(dtype)["sense-batched"],
+    "single-coil": lambda dtype: _operators(dtype)["single-coil"],
+    "cartesian-3d": _cartesian_3d,
+    "z-super-resolution": _z_super_resolution,
+    "wavelet-db4": _wavelet,
+    "ct-parallel": _ct("parallel"),
+    "ct-fan-flat": _ct("flat"),
+    "ct-fan-equiangular": _ct("equiangular"),
+}
+REAL = {"ct-parallel", "ct-fan-flat", "ct-fan-equiangular"}
+
+
+@pytest.mark.parametrize("name", sorted(OPERATORS))
 @pytest.mark.parametrize("dtype, tol", [(torch.complex128, 1e-5), (torch.complex64, 1e-4)])
 def test_adjointness(name, dtype, tol):
-    op, xs, ys = _operators(dtype)[name]
+    """<A x, y> = <x, A^H y> for every operator of the registry above."""
+    if name in REAL:
+        dtype, tol = torch.float64, 1e-10
+    op, xs, ys = OPERATORS[name](dtype)
     assert adjointness_error(op, xs, ys, dtype=dtype) < tol
 
 
@@ -60,8 +116,8 @@ def test_adjointness_check_detects_a_wrong_adjoint():
 def test_cartesian_3d_operator_is_adjoint_and_matches_a_dense_dft():
     import numpy as np
 
-    from diffrecon.recon.masks import birdcage_maps
     from diffrecon.recon.operators import Cartesian3D, adjointness_error
+    from diffrecon.recon.simulation import birdcage_maps
 
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(6, 8, generator=g) < 0.4

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from diffrecon.recon import classical, coils, masks, metrics
+from diffrecon.recon import classical, coils, masks, metrics, simulation
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.solvers import (
     admm_tv,
@@ -49,12 +49,12 @@ def test_finite_differences_adjoint(periodic):
 
 def _small_problem(n=48, coils_=8, accel=3, seed=0):
     rng = np.random.default_rng(seed)
-    maps = masks.birdcage_maps(coils_, (n, n))
+    maps = simulation.birdcage_maps(coils_, (n, n))
     yy, xx = np.meshgrid(np.linspace(-1, 1, n), np.linspace(-1, 1, n), indexing="ij")
     img = ((yy**2 + xx**2 < 0.5) * 1.0 + (np.abs(yy) < 0.2) * (np.abs(xx) < 0.3) * 0.5)
     x = torch.from_numpy(img.astype(np.complex64))
     mask = masks.make_mask("random", (n, n), accel, seed=1)
-    k = masks.add_noise(masks.simulate_kspace(x, maps), 1e-2, rng) * mask
+    k = simulation.add_noise(simulation.simulate_kspace(x, maps), 1e-2, rng) * mask
     return k / k.abs().max(), maps, mask, x
 
 

@@ -29,7 +29,7 @@ from diffrecon.recon.diffusion.checkpoint import save_prior
 from diffrecon.recon.diffusion.networks import EpsNetwork, build_network, monai_unet_args
 from diffrecon.recon.diffusion.prior import Normalisation, Prior, PriorConfig
 from diffrecon.recon.diffusion.schedule import VPSchedule
-from diffrecon.recon.masks import smooth_phase_from
+from diffrecon.recon.simulation import smooth_phase_from
 
 
 class SliceSet(Protocol):

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from diffrecon.recon import masks
+from diffrecon.recon import masks, simulation
 from diffrecon.recon.diffusion.dds import DDSConfig, data_consistency, dds_sample
 from diffrecon.recon.diffusion.dps import DPSConfig
 from diffrecon.recon.diffusion.networks import EpsNetwork
@@ -32,7 +32,7 @@ class OracleEps(torch.nn.Module):
 
 def _problem(n=16, coils=4, slices=2, accel=2, seed=0):
     g = torch.Generator().manual_seed(seed)
-    maps = masks.birdcage_maps(coils, (n, n)).to(torch.complex128)
+    maps = simulation.birdcage_maps(coils, (n, n)).to(torch.complex128)
     maps = maps[None].expand(slices, -1, -1, -1)
     x = torch.randn(slices, n, n, dtype=torch.complex128, generator=g) * 0.3
     mask = masks.make_mask("random", (n, n), accel, seed=seed)
