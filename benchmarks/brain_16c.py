@@ -22,6 +22,7 @@ import bart  # benchmarks/bart.py
 import numpy as np
 import torch
 
+from diffrecon.config import ReconConfig
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.recon.operators import Sense
@@ -41,7 +42,7 @@ def methods():
     }
 
 
-def run_case(case, accel, kind, use_bart, prior=None, dps=False):
+def run_case(case, accel, kind, use_bart, prior=None, dps=False, methods=("dds",)):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -65,8 +66,12 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False):
         from diffrecon.recon.diffusion.dds import DDSConfig
         from diffrecon.recon.diffusion.dps import DPSConfig
         from diffrecon.recon.diffusion.run import sample
+        from diffrecon.recon.diffusion.settings import DDSTVConfig
 
-        runs = [("dds", DDSConfig())] + ([("dps", DPSConfig())] if dps else [])
+        sampler = {"dds": DDSConfig(),
+                   # dds-tv with the flow's defaults: ADMM-TV's weight (ReconConfig.tv_lam)
+                   "dds-tv": DDSTVConfig(tv_lam=ReconConfig.model_fields["tv_lam"].default)}
+        runs = [(m, sampler[m]) for m in methods] + ([("dps", DPSConfig())] if dps else [])
         for name, cfg in runs:
             before = prior.evaluations
             t0 = time.perf_counter()
@@ -89,6 +94,7 @@ def main() -> None:
     ap.add_argument("--prior", default="brain-t1-axial-128",
                     help="prior for the DDS rows ('none' to skip them)")
     ap.add_argument("--dps", action="store_true", help="DPS rows (R = 8 random, 2 slices)")
+    ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
     args = ap.parse_args()
     prior = None
     if args.prior != "none":
@@ -107,7 +113,8 @@ def main() -> None:
             acc: dict[str, list] = {}
             for i, case in enumerate(cases):
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
-                for method, *vals in run_case(case, accel, kind, use_bart, prior, dps):
+                for method, *vals in run_case(case, accel, kind, use_bart, prior, dps,
+                                              args.diffusion.split(",")):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
@@ -120,7 +127,7 @@ def main() -> None:
                     setting=f"R={accel} {kind}", psnr=opt[0], ssim=opt[1], nmse=opt[2],
                     dc_residual=opt[3], seconds=opt[4],
                     nfe=None if opt[5] is None else int(opt[5]),
-                    prior=prior.name if method in ("dds", "dps") else None))
+                    prior=prior.name if method in ("dds", "dds-tv", "dps") else None))
             print(f"done {dataset} R={accel} {kind}", flush=True)
     print(f"\nB1/B2 on {hardware_name(torch.device('cpu'))}; seconds per slice incl. coil maps")
     print(format_table(records))

@@ -30,13 +30,18 @@ METHODS = {"fbp": fbp, "cg-ls": cg_ls, "admm-tv": tv_ct}
 
 
 def diffusion_rows(prior, op, y, images, setting, args, n_cases) -> list[ResultRecord]:
+    from diffrecon.config import CTSpec
     from diffrecon.recon.diffusion.dds import DDSConfig
     from diffrecon.recon.diffusion.dps import DPSConfig
     from diffrecon.recon.diffusion.run import sample
+    from diffrecon.recon.diffusion.settings import DDSTVConfig
 
     rows = []
-    runs = [("dds", DDSConfig(nfe=args.nfe, cg_iters=args.cg_iters, eta=args.eta,
-                              gamma=args.gamma), slice(None))]
+    dds = dict(nfe=args.nfe, cg_iters=args.cg_iters, eta=args.eta, gamma=args.gamma)
+    sampler = {"dds": DDSConfig(**dds),
+               # dds-tv with the flow's defaults: ADMM-TV's weight (CTSpec.tv_lam)
+               "dds-tv": DDSTVConfig(**dds, tv_lam=CTSpec.model_fields["tv_lam"].default)}
+    runs = [(m, sampler[m], slice(None)) for m in args.diffusion.split(",")]
     if args.dps and setting == "8":
         runs.append(("dps", DPSConfig(step_size=args.dps_step_size), slice(0, 2)))
     for name, cfg, sl in runs:
@@ -66,6 +71,9 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=0.85)
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--dps", action="store_true", help="add DPS rows (8 views, 2 slices)")
+    ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
+    ap.add_argument("--settings", default="8,16,32,limited",
+                    help="comma list of 8, 16, 32 (views) and limited")
     ap.add_argument("--dps-step-size", type=float, default=1.0)
     args = ap.parse_args()
     prior = None
@@ -76,7 +84,7 @@ def main() -> None:
     cases = ct_slices(VOLUME, every=16 if args.quick else 4)
     images = torch.stack([c.image for c in cases]).double()
     records = []
-    for setting in ("8", "16", "32", "limited"):
+    for setting in args.settings.split(","):
         op = CTProjector(cases[0].geometry(setting))
         y = torch.cat([c.sinogram(op) for c in cases])
         for name, fn in METHODS.items():

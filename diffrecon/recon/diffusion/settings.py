@@ -31,7 +31,7 @@ class DDSTVConfig(DDSConfig):
     ADMM-TV weight; 0 is plain DDS. ADMM's rho is 10 tv_lam, as in ADMM-TV."""
 
     tv_lam: float = 0.0
-    tv_iters: int = 2
+    tv_iters: int = 4  # chosen on IXI training slices (benchmarks/tune_dds_tv.py)
     # carry ADMM's z and u from one diffusion step to the next (as dds-3d-tv does along z):
     # the steps together make one long ADMM run whose x restarts at each Tweedie estimate
     tv_carry: bool = True
