@@ -42,7 +42,7 @@ def methods():
     }
 
 
-def run_case(case, accel, kind, use_bart, prior=None, dps=False, methods=("dds",)):
+def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",)):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -71,7 +71,7 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, methods=("dds",
         sampler = {"dds": DDSConfig(),
                    # dds-tv with the flow's defaults: ADMM-TV's weight (ReconConfig.tv_lam)
                    "dds-tv": DDSTVConfig(tv_lam=ReconConfig.model_fields["tv_lam"].default)}
-        runs = [(m, sampler[m]) for m in methods] + ([("dps", DPSConfig())] if dps else [])
+        runs = [(m, sampler[m]) for m in diffusion] + ([("dps", DPSConfig())] if dps else [])
         for name, cfg in runs:
             before = prior.evaluations
             t0 = time.perf_counter()
