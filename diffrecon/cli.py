@@ -194,8 +194,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     shipped = {cfg.name for _, cfg, _ in list_priors() if cfg is not None}
     methods = ["zero-filled", "cg-sense"]
     if DEMO_PRIOR in shipped:
-        methods.append("dds")
-        print(f"DDS with the shipped prior {DEMO_PRIOR} (see its card.md for how it was trained)")
+        methods += ["dds", "dds-tv"]
+        print(f"DDS and dds-tv with the shipped prior {DEMO_PRIOR} (see its card.md for how it "
+              "was trained)")
     config = ReconConfig(
         methods=methods,
         mask=MaskSpec(kind="equispaced", accel=4),
