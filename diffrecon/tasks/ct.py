@@ -53,7 +53,7 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
                ) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
-    from diffrecon.common.geometry import pad_or_crop
+    from diffrecon.common.geometry import pad_or_crop, shift_affine_for_pad_or_crop
     from diffrecon.io.dicom import read_ct_volume, source_attributes
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
@@ -62,9 +62,7 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
     x = hu_to_unit(vol.hu).astype(np.float64)
     affine = np.asarray(vol.affine, np.float64).copy()
     if spec.size is not None:  # B3: padded with air or centre-cropped to size x size
-        for axis, n in ((1, x.shape[1]), (2, x.shape[2])):
-            shift = (n - spec.size) // 2 if n > spec.size else -((spec.size - n) // 2)
-            affine[:3, 3] += affine[:3, axis] * shift  # new index i is old index i + shift
+        affine = shift_affine_for_pad_or_crop(affine, x.shape[1:], spec.size)
         x = pad_or_crop(x, spec.size, 0.0)
     h, w = x.shape[-2:]
     n_det = int(np.ceil(np.hypot(h, w))) | 1
