@@ -139,3 +139,39 @@ def test_prefetched_batches_give_the_same_run(slices, tmp_path):
     a, b = load_prior(tmp_path / "a"), load_prior(tmp_path / "b")
     for k, v in a.net.state_dict().items():
         assert torch.equal(v, b.net.state_dict()[k])
+
+
+def test_pixel_range_stores_slices_at_twice_the_size_and_validates_at_its_upper_end(tmp_path):
+    """2 mm volumes stored at 1 mm on a 32 x 32 grid: a 16 x 16 image at 2 mm (the range's
+    upper end, where validation sits) covers the whole stored field of view."""
+    from diffrecon.recon.diffusion.training import validation_images
+
+    cfg = tiny_cfg(pixel_range=(1.0, 2.0))
+    assert cfg.storage() == (32, 1.0)
+    folder = write_volumes(tmp_path / "v", n=1)
+    stored = volume_slices(folder / "vol00.nii.gz", "mri", "axial", 32, pixel_mm=1.0,
+                           min_fraction=-1.0)
+    native = volume_slices(folder / "vol00.nii.gz", "mri", "axial", 16, min_fraction=-1.0)
+    assert stored.shape[1:] == (32, 32) and stored.shape[0] == native.shape[0]
+    val = validation_images(torch.from_numpy(stored), cfg).numpy()
+    assert val.shape == native.shape
+    # resampled twice (up to 1 mm, back to 2 mm, linear): the native 2 mm slices, blurred by
+    # the two resamplings (6 % mean error on these sharp-edged blobs) but not shifted: any
+    # one-pixel shift is more than twice as far off
+    err = np.abs(val - native).mean()
+    assert err < 0.1 * native.mean()
+    for shift in ((0, 1), (1, 0), (0, -1), (-1, 0)):
+        assert np.abs(np.roll(val, shift, (1, 2)) - native).mean() > 2 * err
+    x_t, t, noise = make_batch(stored, 3, cfg, VPSchedule())
+    assert x_t.shape == (cfg.batch_size, 2, 16, 16)
+
+
+def test_init_from_needs_the_same_network(tmp_path, slices):
+    out = tmp_path / "p"
+    train(*slices, tiny_cfg(steps=2, checkpoint_every=2), out, tmp_path / "w")
+    r = train(*slices, tiny_cfg(steps=2, checkpoint_every=2, init_from=str(out)),
+              tmp_path / "q", tmp_path / "w2")
+    assert r.step == 2
+    with pytest.raises(ValueError, match="differs from the one being trained"):
+        train(*slices, tiny_cfg(steps=2, base_channels=16, init_from=str(out)),
+              tmp_path / "r", tmp_path / "w3")
