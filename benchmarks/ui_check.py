@@ -66,7 +66,7 @@ def main() -> None:
         report = kinds["report-mni152-demo"]
         assert "cg-sense" in report.data and "data:image/png;base64," in report.data
         assert any(a.type == "progress" and a.data == 100.0 for a in arts)
-        assert "reconstruction-results" in kinds
+        assert "results-mni152-demo" in kinds
         profile = Path(tmp) / "chromium"
         screenshot(f"{server.url}/v2/runs/flow-run/{run.id}", out / "ui_flow_run.png", profile)
         screenshot(f"{server.url}/v2/artifacts/artifact/{report.id}", out / "ui_report.png",

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from diffrecon.config import DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.records import scan_label
+from diffrecon.io.records import scan_labels, short_hash
 from diffrecon.recon.methods import METHODS
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import ct, mri
@@ -127,10 +127,10 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
         return None, error
 
 
-def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
-    """All methods of the config on one scan (MRI or CT); a failure becomes a 'failed'
-    record ('invalid' for bad input) and the other methods go on."""
-    name = scan_label(path, config.name_by)
+def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord]:
+    """All methods of the config on one scan (MRI or CT) named ``name`` (its unique label:
+    outputs, records and run names); a failure becomes a 'failed' record ('invalid' for bad
+    input) and the other methods go on."""
     steps = STEPS[config.modality](config)
     record = {"scan": name, "modality": config.modality}
     try:
@@ -173,7 +173,7 @@ def process_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
 
 
 @task(cache_policy=NO_CACHE, task_run_name=scan_run_name("scan"))
-def reconstruct_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
+def reconstruct_scan(path: str, config: ReconConfig, label: str) -> list[ResultRecord]:
     """One scan as one task, for scale-out: its own tasks run inside it on the worker."""
     try:
         from distributed import get_worker
@@ -182,7 +182,7 @@ def reconstruct_scan(path: str, config: ReconConfig) -> list[ResultRecord]:
     except (ImportError, ValueError):  # not on a Dask worker
         worker = None
     return [r.model_copy(update={"worker": str(worker)}) if worker is not None else r
-            for r in process_scan(path, config)]
+            for r in process_scan(path, config, label)]
 
 
 def dask_runner(spec: DaskSpec) -> DaskTaskRunner:
@@ -200,29 +200,48 @@ def dask_runner(spec: DaskSpec) -> DaskTaskRunner:
                                           "resources": {"GPU": 1}})
 
 
-def _scale_out(paths: list[str], config: ReconConfig) -> list[list[ResultRecord]]:
+def _scale_out(paths: list[str], config: ReconConfig, names: list[str]
+               ) -> list[list[ResultRecord]]:
     """Every scan as a task on the Dask cluster, each holding one GPU resource."""
     import dask
 
     with dask_runner(config.dask) as runner, dask.annotate(resources={"GPU": 1}):
-        futures = [runner.submit(reconstruct_scan, {"path": str(p), "config": config})
-                   for p in paths]
+        futures = [runner.submit(reconstruct_scan, {"path": str(p), "config": config,
+                                                    "label": n})
+                   for p, n in zip(paths, names, strict=True)]
         return [f.result() for f in futures]
 
 
+def results_key(names: list[str]) -> str:
+    """The results table's artifact key, one per batch (``results-<scan>`` for one scan,
+    else ``results-<n>-scans-<hash of the names>``), so each batch's table stays visible."""
+    import re
+
+    tag = names[0] if len(names) == 1 else f"{len(names)}-scans-{short_hash('/'.join(names))}"
+    return re.sub(r"[^a-z0-9-]+", "-", f"results-{tag}".lower()).strip("-")[:100]
+
+
 @flow(name="reconstruct-scans")
-def reconstruct_scans(paths: list[str], config: ReconConfig) -> list[ResultRecord]:
+def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | None = None
+                      ) -> list[ResultRecord]:
     """Reconstruct every scan with every method of ``config``; write results.json.
 
-    A bad scan fails its own tasks with the reader's message and the others complete.
-    With ``config.dask`` the scans run in parallel on a Dask cluster.
+    Each scan is named by a label unique in the batch (``names``, else
+    :func:`~diffrecon.io.records.scan_labels`: the file stem, with a short hash of the path
+    when two files share a stem), so no two scans write to one path. A bad scan fails its
+    own tasks with the reader's message and the others complete. With ``config.dask`` the
+    scans run in parallel on a Dask cluster.
     """
     records: list[ResultRecord] = []
     out = Path(config.out_dir)
+    names = list(names) if names is not None else scan_labels(paths, config.name_by)
+    if len(set(names)) != len(names) or len(names) != len(paths):
+        raise ValueError(f"scan names must be unique, one per scan: {names}")
     if config.dask is not None:
-        per_scan = _scale_out(paths, config)
+        per_scan = _scale_out(paths, config, names)
     else:
-        per_scan = [process_scan(str(path), config) for path in paths]
+        per_scan = [process_scan(str(path), config, name)
+                    for path, name in zip(paths, names, strict=True)]
     for scan_records in per_scan:
         if scan_records:  # the QA file of each scan, beside its images
             write_results(scan_records, out / f"{scan_records[0].scan}_qa.json")
@@ -230,7 +249,7 @@ def reconstruct_scans(paths: list[str], config: ReconConfig) -> list[ResultRecor
     write_results(records, out / "results.json")
     create_table_artifact(
         table=table_rows(records),
-        key="reconstruction-results",
+        key=results_key(names),
         description=f"{len(paths)} scan(s), methods {', '.join(config.methods)}",
     )
     return records

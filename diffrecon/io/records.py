@@ -116,12 +116,37 @@ def scan_label(path: str | Path, mode: str = "stem") -> str:
     """A scan's name in run names, logs and outputs: the file stem, or with ``mode`` "hash"
     a short one-way hash of it ("scan-1a2b3c4d5e"), for sites whose file names carry
     identifiers."""
-    import hashlib
-
     stem = scan_name(path)
     if mode == "hash":
-        return "scan-" + hashlib.sha256(stem.encode()).hexdigest()[:10]
+        return "scan-" + short_hash(stem, 10)
     return stem
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    """The first ``n`` hex digits of sha256(text): a stable, one-way tag."""
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def unique_label(label: str, key: str, taken: set[str] | dict) -> str:
+    """``label``, or ``label-<hash of key>`` when ``label`` is already ``taken`` by another
+    scan (two files with one stem: ``a/scan.h5`` and ``b/scan.h5``, ``scan.h5`` and
+    ``scan.hdf5``); ``key`` is what tells the two apart (the path, the inbox entry)."""
+    return label if label not in taken else f"{label}-{short_hash(key)}"
+
+
+def scan_labels(paths: list[str] | list[Path], mode: str = "stem") -> list[str]:
+    """One label per scan of a batch, never two alike: :func:`scan_label`, and where several
+    paths share one, each of them gets the short hash of its resolved path (so neither
+    output can be mistaken for the other). Raises ValueError when a path is given twice."""
+    resolved = [str(Path(p).resolve()) for p in paths]
+    if len(set(resolved)) < len(resolved):
+        twice = sorted({r for r in resolved if resolved.count(r) > 1})
+        raise ValueError(f"a scan is given more than once: {', '.join(twice)}")
+    base = [scan_label(p, mode) for p in paths]
+    shared = {b for b in base if base.count(b) > 1}
+    return [unique_label(b, r, shared) for b, r in zip(base, resolved, strict=True)]
 
 
 def scan_name(path: str | Path) -> str:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,7 +189,7 @@ def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batc
     assert report.type == "markdown"
     assert "| cg-sense | R=2 equispaced |" in report.data
     assert "![preview](data:image/png;base64," in report.data
-    table = next(a for a in arts if a.key == "reconstruction-results")
+    table = next(a for a in arts if a.key == "results-report-scan")  # one key per batch
     assert table.type == "table"
 
 
@@ -388,3 +389,34 @@ def test_dds_tv_settings_reach_its_sampler_and_its_cache_key():
     b = method_settings({"method": "dds-tv", "config": ReconConfig(methods=["dds-tv"],
                                                                    tv_lam=3e-4)})
     assert a["tv_lam"] == 1e-4 and b["tv_lam"] == 3e-4
+
+def test_two_files_with_one_stem_never_share_an_output(prefect_harness, tmp_path):
+    """a/scan.h5 and b/scan.h5 (different patients) in one batch: each gets its own label
+    (stem + hash of its path), outputs and QA file; nothing is overwritten."""
+    import nibabel as nib
+
+    from diffrecon.flows.reconstruct import reconstruct_scans
+    from diffrecon.io.records import scan_labels, short_hash
+
+    a = write_fastmri(make_acquisition(n_slices=1, n_coils=4, ny=32, nx=32, seed=1),
+                      tmp_path / "a" / "scan.h5")
+    b = write_fastmri(make_acquisition(n_slices=1, n_coils=4, ny=32, nx=32, seed=2),
+                      tmp_path / "b" / "scan.h5")
+    c = write_fastmri(make_acquisition(n_slices=1, n_coils=4, ny=32, nx=32, seed=3),
+                      tmp_path / "b" / "other.h5")
+    labels = scan_labels([a, b, c])
+    assert labels == [f"scan-{short_hash(str(a.resolve()))}",
+                      f"scan-{short_hash(str(b.resolve()))}", "other"]
+    with pytest.raises(ValueError, match="more than once"):
+        scan_labels([a, tmp_path / "a" / ".." / "a" / "scan.h5"])
+    out = tmp_path / "o"
+    records = reconstruct_scans([str(a), str(b), str(c)],
+                                ReconConfig(methods=["zero-filled"], mask=MaskSpec(accel=2),
+                                            out_dir=str(out)))
+    assert [r.scan for r in records] == labels
+    outputs = [r.output for r in records]
+    assert len(set(outputs)) == 3 and all(Path(o).exists() for o in outputs)
+    # each image is its own scan's (different seeds give different images)
+    imgs = [np.asarray(nib.load(o).dataobj) for o in outputs]
+    assert not np.allclose(imgs[0], imgs[1])
+    assert {p.name for p in out.glob("*_qa.json")} == {f"{n}_qa.json" for n in labels}
