@@ -53,7 +53,13 @@ def _run_flow(paths: list[str], config: ReconConfig) -> int:
     from diffrecon.flows.reconstruct import reconstruct_scans
     from diffrecon.results import format_table
 
-    records = reconstruct_scans(paths, config)
+    # a batch with a failed scan ends as a failed flow run; its records are the state's data
+    state = reconstruct_scans(paths, config, fail_run=True, return_state=True)
+    records = state.result(raise_on_failure=False)
+    if not isinstance(records, list):
+        print(f"diffrecon: error: the run did not finish: {state.message or records}",
+              file=sys.stderr)
+        return 1
     print(format_table(records))
     print(f"\nresults: {Path(config.out_dir) / 'results.json'}")
     for r in records:
@@ -88,45 +94,48 @@ def _dask_spec(text: str | None):
                      "(tcp://host:8786) or 'cuda'")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
+    """The ReconConfig of the options `run` and `inbox` share."""
     from diffrecon.config import CTSpec, MaskSpec, ReconConfig
 
     if args.method is None:
         args.method = ["fbp"] if args.modality == "ct" else ["cg-sense"]
-    config = ReconConfig(
+    return ReconConfig(
         modality=args.modality,
         ct=CTSpec(views=args.views, limited_angle=args.limited_angle, size=args.ct_size),
         methods=_methods(args.method, args.modality),
         diffusion=_prior_ref(args),
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
-        out_dir=str(args.out),
-        store=args.store,
         device=args.device,
         coil_compression=args.coils,
         outputs=_outputs(args.outputs),
         pacs=args.pacs,
         deidentify=args.deidentify,
         slice_batch=args.slice_batch,
-        dask=_dask_spec(args.dask),
         name_by=args.name_by,
+        **extra,
     )
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _config(args, out_dir=str(args.out), store=args.store, dask=_dask_spec(args.dask))
     return _run_flow([str(p) for p in args.files], config)
 
 
 def cmd_inbox(args: argparse.Namespace) -> int:
-    from diffrecon.config import MaskSpec, ReconConfig
-    from diffrecon.flows.inbox import process_inbox
+    from diffrecon.flows.inbox import InboxBusyError, process_inbox
 
-    config = ReconConfig(methods=_methods(args.method or ["cg-sense"]),
-                         mask=MaskSpec(kind=args.mask, accel=args.accel), device=args.device,
-                         outputs=_outputs(args.outputs), pacs=args.pacs,
-                         deidentify=args.deidentify, name_by=args.name_by)
-    summary = process_inbox(args.inbox, args.out, config, force=args.force,
-                            max_attempts=args.max_attempts, settle_seconds=args.settle)
+    config = _config(args)
+    try:
+        summary = process_inbox(args.inbox, args.out, config, force=args.force,
+                                max_attempts=args.max_attempts, settle_seconds=args.settle)
+    except InboxBusyError as exc:
+        print(f"diffrecon: {exc}", file=sys.stderr)
+        return 3
     for s in summary:
         print(f"{s['scan']:32s} {s['state']:12s} {s.get('reason') or ''}")
     print(f"{len(summary)} scan(s) processed; ledger: {Path(args.out) / 'ledger.sqlite'}")
-    return 0 if all(s["state"] != "failed" for s in summary) else 1
+    return 0 if all(s["state"] not in ("failed", "running") for s in summary) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -275,13 +284,67 @@ def _output_args(p: argparse.ArgumentParser, default: str) -> None:
                    help="name scans in runs, logs and outputs by file stem or a short hash")
 
 
+def _recon_args(p: argparse.ArgumentParser, outputs: str) -> None:
+    """The options `run` and `inbox` share: modality, methods, sampling, priors and the
+    sampler, outputs."""
+    from diffrecon.config import CT_METHODS, MRI_METHODS, PriorRef
+
+    p.add_argument("--modality", choices=["mri", "ct"], default="mri",
+                   help="what the inputs are (default mri)")
+    p.add_argument("--method", action="append", default=None,
+                   help=f"MRI: {', '.join(MRI_METHODS)}; CT: {', '.join(CT_METHODS)} (repeat "
+                        "or comma-separate; default cg-sense / fbp). What each does: "
+                        "diffrecon methods")
+    p.add_argument("--accel", type=float, default=4.0,
+                   help="MRI: acceleration R for fully sampled input (default 4)")
+    p.add_argument("--mask", default="equispaced",
+                   choices=["equispaced", "random", "gaussian", "poisson"],
+                   help="MRI: the retrospective sampling mask (default equispaced)")
+    p.add_argument("--views", type=int, default=16,
+                   help="CT: views over [0, 180) degrees (default 16)")
+    p.add_argument("--limited-angle", type=float, default=None,
+                   help="CT: views at 0, 1, ..., DEG-1 degrees instead")
+    p.add_argument("--ct-size", type=int, default=None,
+                   help="CT: pad (air) or crop slices to N x N first (the CT priors need 128)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--coils", type=int, default=None,
+                   help="MRI: compress to this many virtual coils (SVD) before the coil maps")
+    _output_args(p, outputs)
+    p.add_argument("--prior", default=None,
+                   help="dds/dps and the volume methods: a shipped prior's name or a "
+                        "checkpoint folder (default brain-t1-axial-128; CT: ct-axial-128)")
+    p.add_argument("--prior-aux", default=None,
+                   help="dds-perpendicular(-tv): the perpendicular prior (CT default "
+                        "ct-coronal-128)")
+    # the sampler flags: defaults and help from PriorRef, whose defaults come from the
+    # samplers' settings (recon.diffusion.settings), so each default lives in one place
+    for flag, field, kind in _SAMPLER_FLAGS:
+        f = PriorRef.model_fields[field]
+        p.add_argument(flag, type=kind, default=f.default, help=f.description
+                       + ("" if f.default is None else f" (default {f.default})"))
+    for flag, field in _SAMPLER_SWITCHES:
+        p.add_argument(flag, action="store_true", help=PriorRef.model_fields[field].description)
+    p.add_argument("--slice-batch", type=int, default=None,
+                   help="slices reconstructed together (halved on CUDA out-of-memory)")
+
+
+RUN_EXAMPLES = """examples:
+  diffrecon run scan.h5 --out out --method cg-sense,dds-tv --accel 8
+  diffrecon run chest_ct/ --modality ct --views 8 --ct-size 128 --method fbp,dds --out out
+  diffrecon run *.h5 --out out --outputs nifti,dicom,pacs --pacs https://pacs:8042/dicom-web
+"""
+INBOX_EXAMPLES = """examples:
+  diffrecon inbox /data/inbox --out /data/outbox --method cg-sense,dds-tv
+  diffrecon inbox /data/inbox --out /data/outbox --outputs nifti,pacs \
+      --pacs dicom://PACS@127.0.0.1:4242 --deidentify --name-by hash
+"""
+
+
 def _outputs(text: str) -> list[str]:
     return [o.strip() for o in text.split(",") if o.strip()]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffrecon.config import CT_METHODS, MRI_METHODS, PriorRef
-
     p = argparse.ArgumentParser(
         prog="diffrecon",
         description="MRI/CT reconstruction with diffusion priors, run as Prefect flows.",
@@ -289,65 +352,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="show Prefect's INFO logs")
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="reconstruct a batch of scans")
+    r = sub.add_parser("run", help="reconstruct a batch of scans",
+                       formatter_class=argparse.RawDescriptionHelpFormatter, epilog=RUN_EXAMPLES)
     r.add_argument("files", nargs="+", type=Path,
                    help="MRI: fastMRI/ISMRMRD .h5 or twix .dat; CT: NIfTI or DICOM folder")
-    r.add_argument("--modality", choices=["mri", "ct"], default="mri")
-    r.add_argument("--views", type=int, default=16, help="CT: views over [0, 180) degrees")
-    r.add_argument("--limited-angle", type=float, default=None,
-                   help="CT: views at 0, 1, ..., DEG-1 degrees instead")
-    r.add_argument("--method", action="append", default=None,
-                   help=f"MRI: {', '.join(MRI_METHODS)}; CT: {', '.join(CT_METHODS)} (repeat "
-                        "or comma-separate; default cg-sense / fbp). What each does: "
-                        "diffrecon methods")
-    r.add_argument("--accel", type=float, default=4.0, help="acceleration R (fully sampled input)")
-    r.add_argument("--mask", default="equispaced",
-                   choices=["equispaced", "random", "gaussian", "poisson"])
-    r.add_argument("--seed", type=int, default=None,
-                   help="mask seed (default: BENCHMARKS.md crc32 of scan/0/R/mask)")
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--store", default=None, help="artifact store (default OUT/.artifacts)")
-    r.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    r.add_argument("--coils", type=int, default=None,
-                   help="compress to this many virtual coils (SVD) before the coil maps")
-    _output_args(r, "nifti")
-    r.add_argument("--ct-size", type=int, default=None,
-                   help="CT: pad (air) or crop slices to N x N first (the CT priors need 128)")
-    r.add_argument("--prior", default=None,
-                   help="dds/dps and the volume methods: a shipped prior's name or a "
-                        "checkpoint folder (default brain-t1-axial-128; CT: ct-axial-128)")
-    r.add_argument("--prior-aux", default=None,
-                   help="dds-perpendicular(-tv): the perpendicular prior (CT default "
-                        "ct-coronal-128)")
-    # the sampler flags: defaults and help from PriorRef, whose defaults come from the
-    # samplers' settings (recon.diffusion.settings), so each default lives in one place
-    for flag, field, kind in _SAMPLER_FLAGS:
-        f = PriorRef.model_fields[field]
-        r.add_argument(flag, type=kind, default=f.default, help=f.description
-                       + ("" if f.default is None else f" (default {f.default})"))
-    for flag, field in _SAMPLER_SWITCHES:
-        r.add_argument(flag, action="store_true", help=PriorRef.model_fields[field].description)
-    r.add_argument("--slice-batch", type=int, default=None,
-                   help="slices reconstructed together (halved on CUDA out-of-memory)")
+    r.add_argument("--seed", type=int, default=None,
+                   help="mask seed (default: BENCHMARKS.md crc32 of scan/0/R/mask)")
+    _recon_args(r, "nifti")
     r.add_argument("--dask", default=None, metavar="N|tcp://HOST:PORT|cuda",
                    help="scale out: a local Dask cluster of N workers, an existing scheduler, "
                         "or one worker per GPU (dask_cuda)")
     r.set_defaults(func=cmd_run)
 
-    ib = sub.add_parser("inbox", help="reconstruct every new scan of an inbox (the nightly run)")
-    ib.add_argument("inbox")
+    ib = sub.add_parser("inbox", help="reconstruct every new scan of an inbox (the nightly run)",
+                        formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog=INBOX_EXAMPLES)
+    ib.add_argument("inbox", help="folder the scanners drop scans into (one run at a time)")
     ib.add_argument("--out", required=True, help="outbox (outputs and ledger.sqlite)")
-    ib.add_argument("--method", action="append", default=None)
-    ib.add_argument("--accel", type=float, default=4.0)
-    ib.add_argument("--mask", default="equispaced",
-                    choices=["equispaced", "random", "gaussian", "poisson"])
     ib.add_argument("--force", action="store_true", help="reprocess scans already done")
-    ib.add_argument("--max-attempts", type=int, default=3)
+    ib.add_argument("--max-attempts", type=int, default=3,
+                    help="attempts before a failing scan is left alone, or quarantined when "
+                         "it stopped the worker (default 3)")
     ib.add_argument("--settle", type=float, default=30.0,
-                    help="seconds without change before a scan counts as complete")
-    ib.add_argument("--device", default="auto")
-    _output_args(ib, "nifti,png")
-    ib.set_defaults(func=cmd_inbox)
+                    help="seconds without change before a scan counts as complete (default 30)")
+    _recon_args(ib, "nifti,png")
+    ib.set_defaults(func=cmd_inbox, seed=None)
 
     ex = sub.add_parser("export", help="export reconstructions to DICOM, a PACS, HDF5, NIfTI "
                                        "or PNG")

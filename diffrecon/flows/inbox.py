@@ -1,19 +1,38 @@
 """The nightly run: every new scan in an inbox reconstructed into an outbox, with a ledger.
 
-A scan is a file (.h5, .mrd, .dat, .nii, .nii.gz) or a folder (a DICOM series) directly in
-the inbox. It is taken once it is complete: a ``NAME.ready`` marker beside it, or no change
-of size and modification time for ``settle_seconds``; names ending in .part/.tmp and
-hidden names are ignored. Each scan runs as a subflow named after its file stem, writing
-into ``OUTBOX/<scan>/``. The ledger (``OUTBOX/ledger.sqlite``) records done, failed (with
-its reason; retried on later runs up to ``max_attempts``) and quarantined (bad input,
-moved to ``INBOX/quarantine/`` with a ``.reason.txt``; never blocks the batch). A done
-scan is not processed again unless its content changes or ``force`` is set.
+A scan is a file (.h5, .hdf5, .mrd, .dat, .nii, .nii.gz) or a folder (a DICOM series)
+directly in the inbox. It is taken once it is complete: a ``NAME.ready`` marker beside it,
+or no change of size and modification time for ``settle_seconds``; names ending in
+.part/.tmp and hidden names are ignored. An entry that cannot be read (a dangling symbolic
+link, a link loop, no permission) is quarantined with its reason and the night goes on.
+
+Identity: a scan is its inbox entry (the file name); its label (outputs in
+``OUTBOX/<label>/``, the subflow's name, the ledger's ``name``) is the file stem, or the
+stem with a short hash of the entry name when another entry already has that stem
+(``scan.h5`` and ``scan.hdf5``), kept in the ledger so it never changes.
+
+Hospital safety: one run at a time per inbox (a lock file, ``INBOX/.diffrecon-inbox.lock``,
+held with ``flock`` so a dead holder's lock is free again, naming its holder); a scan is
+claimed in the ledger (state running, one more attempt) before any work, so a run that
+dies (killed, out of memory, a segfault) leaves a row that the next run counts as a failed
+attempt, and a scan that stopped the worker ``max_attempts`` times is quarantined instead
+of blocking every night. The ledger (``OUTBOX/ledger.sqlite``) records done, failed (with
+its reason; retried up to ``max_attempts``) and quarantined (bad input, moved to
+``INBOX/quarantine/`` with a ``.reason.txt``). A done scan is not processed again unless
+its content changes or ``force`` is set.
 """
 
 from __future__ import annotations
 
+import errno
+import fcntl
+import os
 import shutil
+import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 from prefect import flow, get_run_logger
@@ -22,12 +41,41 @@ from prefect.artifacts import create_table_artifact
 from diffrecon.common.files import path_digest
 from diffrecon.config import ReconConfig
 from diffrecon.flows.reconstruct import reconstruct_scans
-from diffrecon.io.records import scan_label, scan_name
+from diffrecon.io.records import scan_label, unique_label
 from diffrecon.results import ResultRecord
-from diffrecon.tasks.ledger import Ledger
+from diffrecon.tasks.ledger import Entry, Ledger
 
 SCAN_SUFFIXES = (".h5", ".hdf5", ".mrd", ".dat", ".nii", ".nii.gz")
 IGNORED_SUFFIXES = (".part", ".tmp", ".ready", ".reason.txt")
+LOCK_NAME = ".diffrecon-inbox.lock"
+
+
+class InboxBusyError(RuntimeError):
+    """Another run holds the inbox."""
+
+
+@contextmanager
+def inbox_lock(inbox: Path) -> Iterator[None]:
+    """Hold the inbox for this process: an exclusive ``flock`` on ``INBOX/.diffrecon-inbox.lock``
+    (released by the kernel when the holder dies, so a stale lock is simply free), with the
+    holder (pid, host, start time) written in it. A second run raises InboxBusyError naming
+    the holder."""
+    path = inbox / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 512, 0).decode(errors="replace").strip() or "another run"
+            raise InboxBusyError(f"inbox {inbox} is being processed by {holder}; this run "
+                                 "exits without touching it") from None
+        since = datetime.now(UTC).isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()} since {since}\n".encode(),
+                  0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
 
 
 def _stamp(p: Path) -> tuple[int, float]:
@@ -36,90 +84,195 @@ def _stamp(p: Path) -> tuple[int, float]:
             max((q.stat().st_mtime for q in files), default=0.0))
 
 
-def discover(inbox: Path, settle_seconds: float) -> tuple[list[Path], list[Path]]:
-    """(complete scans, scans still arriving) in the inbox, sorted by name."""
-    ready, waiting = [], []
+def _unreadable(p: Path) -> str | None:
+    """Why an inbox entry cannot be used as it stands (None when it can)."""
+    try:
+        os.stat(p)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "symbolic link loop"
+        if p.is_symlink():
+            return f"dangling symbolic link (its target {os.readlink(p)!r} does not exist)"
+        return f"cannot be read ({exc.strerror})"
+    if not os.access(p, os.R_OK | (os.X_OK if p.is_dir() else 0)):
+        return "cannot be read (permission denied)"
+    return None
+
+
+def discover(inbox: Path, settle_seconds: float
+             ) -> tuple[list[Path], list[Path], list[tuple[Path, str]]]:
+    """(complete scans, scans still arriving, unusable entries with the reason), each sorted
+    by name. No entry can stop the others: whatever fails while looking at one makes it
+    unusable."""
+    ready, waiting, bad = [], [], []
     now = time.time()
     for p in sorted(inbox.iterdir(), key=lambda q: q.name):
         name = p.name
         if name.startswith(".") or name == "quarantine" or name.endswith(IGNORED_SUFFIXES):
             continue
-        if p.is_file() and not name.lower().endswith(SCAN_SUFFIXES):
+        if not p.is_dir() and not name.lower().endswith(SCAN_SUFFIXES) and not p.is_symlink():
             continue
-        marker = p.with_name(name + ".ready")
-        size, mtime = _stamp(p)
+        problem = _unreadable(p)
+        if problem is None and not p.is_dir() and not name.lower().endswith(SCAN_SUFFIXES):
+            continue  # a link to something that is not a scan
+        if problem is not None:
+            bad.append((p, problem))
+            continue
+        try:
+            marker = p.with_name(name + ".ready")
+            size, mtime = _stamp(p)
+        except OSError as exc:
+            bad.append((p, f"cannot be read ({exc.strerror or exc})"))
+            continue
         if marker.exists() or (size > 0 and now - mtime >= settle_seconds):
             ready.append(p)
         else:
             waiting.append(p)
-    return ready, waiting
+    return ready, waiting, bad
 
 
 def quarantine(path: Path, reason: str) -> Path:
-    """Move a bad scan out of the inbox, with its reason beside it."""
+    """Move a bad scan (or a bad link: the link itself) out of the inbox, with its reason
+    beside it."""
     qdir = path.parent / "quarantine"
     qdir.mkdir(exist_ok=True)
     target = qdir / path.name
-    if target.exists():
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
-    shutil.move(str(path), str(target))
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    elif target.exists():
+        shutil.rmtree(target)
+    os.rename(path, target) if path.is_symlink() else shutil.move(str(path), str(target))
     (qdir / f"{path.name}.reason.txt").write_text(reason + "\n")
     marker = path.with_name(path.name + ".ready")
     marker.unlink(missing_ok=True)
     return target
 
 
+def _label(path: Path, ledger: Ledger, taken: set[str], mode: str) -> tuple[str, Entry | None]:
+    """(label, ledger row) of an inbox entry: the label it was given before, else its stem
+    label, or that with the hash of the entry name when another scan has it."""
+    row = ledger.by_entry(path.name)
+    if row is None:  # a ledger from before entries were kept: rows were named by the stem
+        old = ledger.get(scan_label(path, mode))
+        if old is not None and old.entry is None and Path(old.path).name == path.name:
+            row = old
+    if row is not None:
+        return row.name, row
+    return unique_label(scan_label(path, mode), path.name, taken), None
+
+
+def _dead_claims(ledger: Ledger, inbox: Path, max_attempts: int) -> list[dict]:
+    """Rows left in state running by a run that died (this run holds the lock, so no one
+    else is working): a failed attempt, or quarantine after ``max_attempts``."""
+    out = []
+    for row in ledger.all():
+        if row.state != "running":
+            continue
+        path = inbox / (row.entry or Path(row.path).name)
+        if row.attempts >= max_attempts and (path.exists() or path.is_symlink()):
+            reason = (f"stopped the worker {row.attempts} times while being processed "
+                      "(killed, out of memory or crashed); quarantined so it no longer "
+                      "blocks the inbox")
+            moved = quarantine(path, reason)
+            ledger.record(row.name, str(moved), row.digest, "quarantined", reason,
+                          attempt=False)
+        else:
+            reason = "the run processing it stopped before finishing (killed, out of " \
+                     "memory or crashed)"
+            ledger.record(row.name, row.path, row.digest, "failed", reason, row.outputs,
+                          attempt=False, sent=row.sent)
+        entry = ledger.get(row.name)
+        out.append({"scan": entry.name, "state": entry.state, "attempts": entry.attempts,
+                    "reason": entry.reason})
+    return out
+
+
 @flow(name="process-inbox")
 def process_inbox(inbox: str, outbox: str, config: ReconConfig | None = None,
                   force: bool = False, max_attempts: int = 3,
                   settle_seconds: float = 30.0) -> list[dict]:
-    """Reconstruct every new, complete scan of ``inbox`` into ``outbox``; see the module."""
+    """Reconstruct every new, complete scan of ``inbox`` into ``outbox``; see the module.
+    Raises InboxBusyError when another run holds the inbox."""
+    inbox_p = Path(inbox)
+    with inbox_lock(inbox_p):
+        return _process_inbox(inbox_p, Path(outbox), config or ReconConfig(), force,
+                              max_attempts, settle_seconds)
+
+
+def _process_inbox(inbox_p: Path, outbox_p: Path, config: ReconConfig, force: bool,
+                   max_attempts: int, settle_seconds: float) -> list[dict]:
     log = get_run_logger()
-    config = config or ReconConfig()
-    inbox_p, outbox_p = Path(inbox), Path(outbox)
     outbox_p.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(outbox_p / "ledger.sqlite")
-    ready, waiting = discover(inbox_p, settle_seconds)
+    summary = _dead_claims(ledger, inbox_p, max_attempts)
+    ready, waiting, bad = discover(inbox_p, settle_seconds)
+    taken = {row.name for row in ledger.all()}
+    for path, problem in bad:
+        label, row = _label(path, ledger, taken, config.name_by)
+        taken.add(label)
+        moved = quarantine(path, f"{path.name}: {problem}")
+        entry = ledger.record(label, str(moved), "-", "quarantined", problem, entry=path.name)
+        log.warning("inbox entry %s quarantined: %s", label, problem)
+        summary.append({"scan": label, "state": entry.state, "attempts": entry.attempts,
+                        "reason": entry.reason})
+    for path in waiting:
+        if path.is_dir() and not any(path.iterdir()):
+            log.warning("inbox folder %s is empty; left for a later run",
+                        scan_label(path, config.name_by))
     if waiting:
         log.info("%d scan(s) still arriving, left for the next run", len(waiting))
-    summary = []
     for path in ready:
-        name = scan_name(path)
+        label, old = _label(path, ledger, taken, config.name_by)
+        taken.add(label)
         digest = path_digest(path)
-        old = ledger.get(name)
         if old is not None and old.digest == digest and not force:
             if old.state == "done" and all(Path(o).exists() for o in old.outputs):
                 continue
             if old.state == "failed" and old.attempts >= max_attempts:
                 continue
-        out_dir = outbox_p / name
-        cfg = config.model_copy(update={"out_dir": str(out_dir),
-                                        "store": config.store or str(outbox_p / ".artifacts")})
-        sub = reconstruct_scans.with_options(flow_run_name=scan_label(path, config.name_by))
-        try:
-            records: list[ResultRecord] = sub([str(path)], cfg)
-        except Exception as exc:  # the subflow itself broke (a lost worker, a full disk)
-            entry = ledger.record(name, str(path), digest, "failed", f"{type(exc).__name__}: "
-                                                                      f"{exc}")
-            summary.append({"scan": name, "state": entry.state, "reason": entry.reason})
-            continue
-        states = {r.state for r in records}
-        reason = "; ".join(sorted({r.error for r in records if r.error})) or None
-        outputs = [r.output for r in records if r.output]
-        sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
-        if "invalid" in states:
-            moved = quarantine(path, reason or "invalid input")
-            entry = ledger.record(name, str(moved), digest, "quarantined", reason)
-        elif states == {"done"}:
-            outputs.append(str(out_dir / "results.json"))
-            entry = ledger.record(name, str(path), digest, "done", None, outputs, sent=sent)
-        else:  # retried on the next run; what was written (and sent) is recorded
-            entry = ledger.record(name, str(path), digest, "failed", reason, outputs, sent=sent)
-        log.info("scan %s: %s", name, entry.state)
-        summary.append({"scan": name, "state": entry.state, "attempts": entry.attempts,
-                        "reason": entry.reason})
+        # the claim: recorded (and the attempt counted) before any work
+        ledger.record(label, str(path), digest, "running",
+                      f"claimed by pid {os.getpid()} on {socket.gethostname()}",
+                      attempt=True, entry=path.name)
+        summary.append(_process_one(path, label, digest, config, outbox_p, ledger))
+        log.info("scan %s: %s", label, summary[-1]["state"])
     if summary:
         create_table_artifact(table=[{k: ("-" if v is None else str(v)) for k, v in s.items()}
                                      for s in summary],
                               key="inbox-run", description=f"inbox {inbox_p.name}")
     return summary
+
+
+def _process_one(path: Path, label: str, digest: str, config: ReconConfig, outbox_p: Path,
+                 ledger: Ledger) -> dict:
+    """One claimed scan as a subflow (a failed or invalid scan is a failed flow run); its
+    ledger row after it."""
+    out_dir = outbox_p / label
+    cfg = config.model_copy(update={"out_dir": str(out_dir),
+                                    "store": config.store or str(outbox_p / ".artifacts")})
+    sub = reconstruct_scans.with_options(flow_run_name=label)
+    state = sub([str(path)], cfg, [label], fail_run=True, return_state=True)
+    records = state.result(raise_on_failure=False)
+    if not isinstance(records, list):  # the subflow itself broke (a lost worker, a full disk)
+        reason = f"{type(records).__name__}: {records}" if isinstance(records, BaseException) \
+            else (state.message or "the reconstruction flow did not finish")
+        entry = ledger.record(label, str(path), digest, "failed", reason, attempt=False)
+        return {"scan": label, "state": entry.state, "attempts": entry.attempts,
+                "reason": entry.reason}
+    records: list[ResultRecord]
+    states = {r.state for r in records}
+    reason = "; ".join(sorted({r.error for r in records if r.error})) or None
+    outputs = [r.output for r in records if r.output]
+    sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
+    if "invalid" in states:
+        moved = quarantine(path, reason or "invalid input")
+        entry = ledger.record(label, str(moved), digest, "quarantined", reason, attempt=False)
+    elif states == {"done"}:
+        outputs.append(str(out_dir / "results.json"))
+        entry = ledger.record(label, str(path), digest, "done", None, outputs, attempt=False,
+                              sent=sent)
+    else:  # retried on the next run; what was written (and sent) is recorded
+        entry = ledger.record(label, str(path), digest, "failed", reason, outputs,
+                              attempt=False, sent=sent)
+    return {"scan": label, "state": entry.state, "attempts": entry.attempts,
+            "reason": entry.reason}

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed, State
 
 from diffrecon.config import DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
@@ -222,15 +223,17 @@ def results_key(names: list[str]) -> str:
 
 
 @flow(name="reconstruct-scans")
-def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | None = None
-                      ) -> list[ResultRecord]:
+def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | None = None,
+                      fail_run: bool = False) -> list[ResultRecord] | State:
     """Reconstruct every scan with every method of ``config``; write results.json.
 
     Each scan is named by a label unique in the batch (``names``, else
     :func:`~diffrecon.io.records.scan_labels`: the file stem, with a short hash of the path
     when two files share a stem), so no two scans write to one path. A bad scan fails its
     own tasks with the reader's message and the others complete. With ``config.dask`` the
-    scans run in parallel on a Dask cluster.
+    scans run in parallel on a Dask cluster. With ``fail_run`` a batch with a failed or
+    invalid scan ends as a Failed flow run (its message the reasons; the records are the
+    state's data: call with ``return_state=True``), so the UI shows it red.
     """
     records: list[ResultRecord] = []
     out = Path(config.out_dir)
@@ -252,4 +255,9 @@ def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | 
         key=results_key(names),
         description=f"{len(paths)} scan(s), methods {', '.join(config.methods)}",
     )
+    bad = [r for r in records if r.state != "done"]
+    if fail_run and bad:
+        reasons = sorted({f"{r.scan} {r.method}: {r.state} ({r.error})" for r in bad})
+        return Failed(message=f"{len(bad)} of {len(records)} reconstructions not done: "
+                              + "; ".join(reasons)[:1500], data=records)
     return records

@@ -3,9 +3,12 @@
 SQLite (one file, ``OUTBOX/ledger.sqlite``) rather than JSON lines: updates are atomic
 transactions, several workers on a shared outbox serialise on the database lock instead
 of interleaving appends, and a physicist can query it with any SQLite tool. A row per
-scan: name, path, content digest, state (done | failed | quarantined), attempts, reason,
-outputs (JSON list), sent (the PACS sends, e.g. "cg-sense: 5 instances to dicom://..."),
-updated (UTC ISO time).
+scan: name (its label: outputs go to ``OUTBOX/<name>/``), entry (the inbox entry's file
+name, the scan's identity: ``scan.h5`` and ``scan.hdf5`` are two rows with two names), path,
+content digest, state (running | done | failed | quarantined), attempts, reason, outputs
+(JSON list), sent (the PACS sends, e.g. "cg-sense: 5 instances to dicom://..."), updated
+(UTC ISO time). A scan is claimed (state running, one more attempt) before any work, so a
+run that dies leaves a row saying so.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ CREATE TABLE IF NOT EXISTS scans (
     reason TEXT,
     outputs TEXT NOT NULL DEFAULT '[]',
     updated TEXT NOT NULL,
-    sent TEXT
+    sent TEXT,
+    entry TEXT
 )
 """
-COLUMNS = "name, path, digest, state, attempts, reason, outputs, updated, sent"
+COLUMNS = "name, path, digest, state, attempts, reason, outputs, updated, sent, entry"
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Entry:
     outputs: list[str]
     updated: str
     sent: str | None = None
+    entry: str | None = None
 
 
 class Ledger:
@@ -52,8 +57,9 @@ class Ledger:
         with self._db() as db:
             db.execute(SCHEMA)
             have = {row[1] for row in db.execute("PRAGMA table_info(scans)")}
-            if "sent" not in have:  # a ledger written before sends were recorded
-                db.execute("ALTER TABLE scans ADD COLUMN sent TEXT")
+            for column in ("sent", "entry"):  # a ledger written before these were kept
+                if column not in have:
+                    db.execute(f"ALTER TABLE scans ADD COLUMN {column} TEXT")
 
     def _db(self) -> sqlite3.Connection:
         return sqlite3.connect(self.path, timeout=30, isolation_level="IMMEDIATE")
@@ -64,6 +70,13 @@ class Ledger:
                              (name,)).fetchone()
         return None if row is None else _entry(row)
 
+    def by_entry(self, entry: str) -> Entry | None:
+        """The row of an inbox entry (by file name)."""
+        with self._db() as db:
+            row = db.execute(f"SELECT {COLUMNS} FROM scans WHERE entry = ?",
+                             (entry,)).fetchone()
+        return None if row is None else _entry(row)
+
     def all(self) -> list[Entry]:
         with self._db() as db:
             rows = db.execute(f"SELECT {COLUMNS} FROM scans ORDER BY name").fetchall()
@@ -71,7 +84,7 @@ class Ledger:
 
     def record(self, name: str, path: str, digest: str, state: str, reason: str | None = None,
                outputs: list[str] | None = None, attempt: bool = True,
-               sent: str | None = None) -> Entry:
+               sent: str | None = None, entry: str | None = None) -> Entry:
         """Write a scan's new state; ``attempt`` counts one more processing attempt (reset
         when the content digest changes)."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
@@ -80,15 +93,16 @@ class Ledger:
         attempts += 1 if attempt else 0
         with self._db() as db:
             db.execute(
-                f"INSERT INTO scans ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO scans ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT(name) DO UPDATE SET "
                 "path = excluded.path, digest = excluded.digest, state = excluded.state, "
                 "attempts = excluded.attempts, reason = excluded.reason, "
-                "outputs = excluded.outputs, updated = excluded.updated, sent = excluded.sent",
+                "outputs = excluded.outputs, updated = excluded.updated, sent = excluded.sent, "
+                "entry = COALESCE(excluded.entry, scans.entry)",
                 (name, path, digest, state, attempts, reason, json.dumps(outputs or []), now,
-                 sent))
+                 sent, entry))
         return self.get(name)
 
 
 def _entry(row: tuple) -> Entry:
-    return Entry(*row[:6], json.loads(row[6]), row[7], row[8])
+    return Entry(*row[:6], json.loads(row[6]), row[7], row[8], row[9])

@@ -91,3 +91,100 @@ def test_transient_failures_are_retried_up_to_the_limit(prefect_harness, inbox, 
     monkeypatch.setattr(mri, "reconstruct", real)
     healed = process_inbox(str(inbox), str(out), config, max_attempts=3, settle_seconds=60)
     assert {s["state"] for s in healed} == {"done"}
+
+
+def _states(summary):
+    return {s["scan"]: s["state"] for s in summary}
+
+
+def test_same_stem_bad_links_and_dead_claims(prefect_harness, inbox, tmp_path):
+    """scan.h5 and scan.hdf5 keep two outputs and two stable rows; a dangling link and a
+    link loop are quarantined with their reason while the rest is processed; a claim left
+    by a dead run is a failed attempt, and quarantine once it reached max_attempts."""
+    from prefect.client.orchestration import get_client
+
+    from diffrecon.flows.inbox import process_inbox
+    from diffrecon.io.records import short_hash
+
+    (inbox / "corrupt.h5").unlink()
+    (inbox / "bert.hdf5").write_bytes(
+        write_fastmri(make_acquisition(n_slices=1, n_coils=6, ny=64, nx=64, seed=5),
+                      tmp_path / "bert2.h5").read_bytes())
+    (inbox / "gone.h5").symlink_to(tmp_path / "nowhere.h5")
+    (inbox / "loop.h5").symlink_to(inbox / "loop.h5")
+    (inbox / "empty").mkdir()
+    old = time.time() - 3600
+    os.utime(inbox / "bert.hdf5", (old, old))
+    out = tmp_path / "outbox"
+    config = ReconConfig(methods=["zero-filled"], mask=MaskSpec(accel=2))
+    first = process_inbox(str(inbox), str(out), config, settle_seconds=60)
+    twin = f"bert-{short_hash('bert.hdf5')}"
+    assert _states(first) == {"anna": "done", "bert": "done", twin: "done",
+                              "gone": "quarantined", "loop": "quarantined"}
+    reasons = {s["scan"]: s["reason"] for s in first}
+    assert reasons["gone"].startswith("dangling symbolic link (its target")
+    assert reasons["loop"] == "symbolic link loop"
+    assert (inbox / "quarantine" / "gone.h5").is_symlink()
+    assert "dangling" in (inbox / "quarantine" / "gone.h5.reason.txt").read_text()
+    a = out / "bert" / "bert_zero-filled.nii.gz"
+    b = out / twin / f"{twin}_zero-filled.nii.gz"
+    assert a.exists() and b.exists() and a.read_bytes() != b.read_bytes()
+    rows = {e.name: e for e in Ledger(out / "ledger.sqlite").all()}
+    assert rows["bert"].entry == "bert.h5" and rows[twin].entry == "bert.hdf5"
+    assert process_inbox(str(inbox), str(out), config, settle_seconds=60) == []
+
+    # the invalid scan's subflow is a failed flow run, its message the reason
+    (inbox / "bad.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 100)
+    os.utime(inbox / "bad.h5", (old, old))
+    assert _states(process_inbox(str(inbox), str(out), config, settle_seconds=60)) == {
+        "bad": "quarantined"}
+    with get_client(sync_client=True) as client:
+        runs = {r.name: r for r in client.read_flow_runs()}
+    assert runs["bad"].state_type.value == "FAILED"
+    assert "bad zero-filled: invalid" in runs["bad"].state.message
+
+    # a run died while working on anna (its claim is left): a failed attempt, retried
+    ledger = Ledger(out / "ledger.sqlite")
+    row = ledger.get("anna")
+    ledger.record("anna", row.path, "changed", "running", "claimed by pid 1", entry="anna.h5")
+    nxt = process_inbox(str(inbox), str(out), config, max_attempts=2, settle_seconds=60)
+    assert nxt[0] == {"scan": "anna", "state": "failed", "attempts": 1,
+                      "reason": "the run processing it stopped before finishing (killed, out "
+                                "of memory or crashed)"}
+    assert nxt[1]["scan"] == "anna" and nxt[1]["state"] == "done"  # the retry, same night
+    # ... and once it stopped the worker max_attempts times, it is quarantined
+    row = ledger.get("anna")
+    ledger.record("anna", row.path, "other", "running", "claimed", entry="anna.h5")
+    ledger.record("anna", row.path, "other", "running", "claimed", entry="anna.h5")
+    last = process_inbox(str(inbox), str(out), config, max_attempts=2, settle_seconds=60)
+    assert _states(last) == {"anna": "quarantined"}
+    assert last[0]["reason"].startswith("stopped the worker 2 times while being processed")
+    assert (inbox / "quarantine" / "anna.h5").exists() and not (inbox / "anna.h5").exists()
+
+
+def test_one_run_at_a_time_per_inbox(prefect_harness, inbox, tmp_path):
+    """A second run on a held inbox exits at once, naming the holder; a lock left by a dead
+    process (flock is released with its holder) is simply taken."""
+    import subprocess
+    import sys
+
+    from diffrecon.flows.inbox import LOCK_NAME, InboxBusyError, process_inbox
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\n"
+         "from diffrecon.flows.inbox import inbox_lock\n"
+         f"with inbox_lock(Path({str(inbox)!r})):\n"
+         "    print('held', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        config = ReconConfig(methods=["zero-filled"], mask=MaskSpec(accel=2))
+        with pytest.raises(InboxBusyError, match=rf"is being processed by pid {holder.pid} on "):
+            process_inbox(str(inbox), str(tmp_path / "out"), config, settle_seconds=60)
+        assert not (tmp_path / "out" / "ledger.sqlite").exists()  # nothing was touched
+    finally:
+        holder.kill()  # dies holding the lock
+        holder.wait()
+    assert f"pid {holder.pid}" in (inbox / LOCK_NAME).read_text()
+    done = process_inbox(str(inbox), str(tmp_path / "out"), config, settle_seconds=60)
+    assert _states(done)["anna"] == "done"
