@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.common.files import atomic_path
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.io.errors import InvalidScanError, check_declared_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -79,6 +79,8 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVo
     iop = np.asarray(first.ImageOrientationPatient, dtype=np.float64)
     row_dir, col_dir = iop[:3], iop[3:]  # along a row (columns increase), along a column
     normal = np.cross(row_dir, col_dir)
+    check_declared_size(folder, "the DICOM series", (len(items), int(getattr(first, "Rows", 0)),
+                                                     int(getattr(first, "Columns", 0))), 4)
     slices = []
     for f, ds in items:
         if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
@@ -87,8 +89,12 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVo
         if not np.allclose(np.asarray(ds.ImageOrientationPatient, float), iop, atol=1e-4):
             raise InvalidScanError(folder, "images of the series differ in orientation")
         pos = np.asarray(ds.ImagePositionPatient, dtype=np.float64)
-        hu = ds.pixel_array.astype(np.float32) * float(ds.RescaleSlope) \
-            + float(ds.RescaleIntercept)
+        try:
+            pixels = ds.pixel_array
+        except Exception as exc:  # truncated pixel data, an unsupported transfer syntax
+            raise InvalidScanError(f, f"cannot decode the pixel data ({type(exc).__name__}: "
+                                      f"{exc})") from None
+        hu = pixels.astype(np.float32) * float(ds.RescaleSlope) + float(ds.RescaleIntercept)
         slices.append((float(pos @ normal), pos, hu))
     slices.sort(key=lambda s: s[0])
     d = np.array([s[0] for s in slices])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.common.files import atomic_path
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.io.errors import InvalidScanError, check_declared_size
 from diffrecon.io.ismrmrd_header import (
     HeaderInfo,
     acquisition_from_header,
@@ -62,6 +62,10 @@ def read_fastmri(path: str | Path) -> MRIAcquisition:
             )
         if not np.issubdtype(ds.dtype, np.complexfloating):
             raise InvalidScanError(path, f"'kspace' has dtype {ds.dtype}, expected complex")
+        check_declared_size(path, "'kspace'", ds.shape, max(ds.dtype.itemsize, 8))
+        for key in ("reconstruction_rss", "reconstruction_esc"):
+            if key in f:
+                check_declared_size(path, f"'{key}'", f[key].shape, 4)
         try:
             raw = ds[()]
         except OSError as exc:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.common.files import atomic_path
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.io.errors import InvalidScanError, check_declared_size
 from diffrecon.io.ismrmrd_header import acquisition_from_header, acquisition_header, parse_header
 from diffrecon.io.records import MRIAcquisition
 
@@ -78,6 +78,7 @@ def read_ismrmrd(path: str | Path, dataset: str = "dataset") -> MRIAcquisition:
     if n_par > 1 and n_slc > 1:
         raise InvalidScanError(path, "multi-slab 3D ISMRMRD data is not supported yet")
     n_z = max(n_par, n_slc)
+    check_declared_size(path, "the ISMRMRD encoding", (n_z, n_coils, n_lin, n_samples), 8)
     k = np.zeros((n_z, n_coils, n_lin, n_samples), np.complex64)
     mask = np.zeros((n_lin, n_samples), bool)
     for ln, e2, s, d in lines:

@@ -9,7 +9,7 @@ import numpy as np
 
 from diffrecon.common.files import atomic_path
 from diffrecon.common.geometry import slice_volume, slices_affine
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.io.errors import InvalidScanError, check_declared_size
 
 
 def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
@@ -20,8 +20,12 @@ def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not path.exists():
         raise InvalidScanError(path, "file does not exist")
     try:
-        img = nib.as_closest_canonical(nib.load(str(path)))
+        img = nib.load(str(path))
+        check_declared_size(path, "the NIfTI header", img.shape, 4)
+        img = nib.as_closest_canonical(img)
         data = np.asarray(img.get_fdata(dtype=np.float32))
+    except InvalidScanError:
+        raise
     except Exception as exc:
         raise InvalidScanError(path, f"cannot read NIfTI ({type(exc).__name__}: {exc})") from None
     if data.ndim == 4 and data.shape[3] == 1:

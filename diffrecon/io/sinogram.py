@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from diffrecon.common.files import atomic_path
-from diffrecon.io.errors import InvalidScanError
+from diffrecon.io.errors import InvalidScanError, check_declared_size
 
 
 @dataclass
@@ -70,6 +70,7 @@ def read_sinogram(path: str | Path) -> CTAcquisition:
         for key in ("sinogram", "angles"):
             if key not in f:
                 raise InvalidScanError(path, f"no '{key}' dataset")
+        check_declared_size(path, "'sinogram'", f["sinogram"].shape, 4)
         s = np.asarray(f["sinogram"][()], np.float32)
         a = np.asarray(f["angles"][()], np.float64)
         if s.ndim != 3:

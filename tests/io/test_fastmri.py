@@ -122,3 +122,36 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "empty.h5").write_bytes(b"")
     with pytest.raises(InvalidScanError, match=r"^empty\.h5: file is empty"):
         load_scan(tmp_path / "empty.h5")
+
+
+def test_declared_sizes_are_checked_before_reading(tmp_path, monkeypatch):
+    """A 1-kB file declaring 64 x 32 x 4096 x 4096 complex64 (256 GiB, chunked and empty)
+    is refused by its header, naming the file and the budget; NIfTI likewise; the budget
+    comes from DIFFRECON_MAX_SCAN_GB."""
+    import nibabel as nib
+
+    from diffrecon.io.nifti import load_volume
+
+    bomb = tmp_path / "bomb.h5"
+    with h5py.File(bomb, "w") as f:
+        f.create_dataset("kspace", shape=(64, 32, 4096, 4096), dtype=np.complex64,
+                         chunks=(1, 1, 64, 64))
+    assert bomb.stat().st_size < 10_000
+    with pytest.raises(InvalidScanError) as err:
+        load_scan(bomb)
+    assert str(err.value) == ("bomb.h5: 'kspace' declares 64 x 32 x 4096 x 4096 values "
+                              "(256.0 GiB), more than the memory budget of 16.0 GiB "
+                              "(DIFFRECON_MAX_SCAN_GB)")
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((2048, 2048, 2048))
+    hdr.set_data_dtype(np.int16)
+    big = tmp_path / "big.nii"
+    nib.Nifti1Image(np.zeros((1, 1, 1), np.int16), np.eye(4), hdr).to_filename(big)
+    with open(big, "r+b") as fh:  # the header's dims say 2048^3 (32 GiB as float32)
+        fh.seek(40)
+        fh.write(np.array([3, 2048, 2048, 2048, 1, 1, 1, 1], np.int16).tobytes())
+    monkeypatch.setenv("DIFFRECON_MAX_SCAN_GB", "8")
+    with pytest.raises(InvalidScanError, match=r"^big.nii: the NIfTI header declares "
+                                               r"2048 x 2048 x 2048 values \(32.0 GiB\), more "
+                                               r"than the memory budget of 8.0 GiB"):
+        load_volume(big)
