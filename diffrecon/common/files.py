@@ -28,6 +28,32 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+@contextmanager
+def atomic_folder(folder: str | Path) -> Iterator[Path]:
+    """Yield a hidden staging folder beside ``folder``; on success it replaces ``folder``
+    whole (a reader sees the old folder or the new one, never a partial one: a DICOM series
+    killed half-written stays hidden as ``.NAME.PID.partial`` and is removed by the next
+    write), on failure it is removed."""
+    import shutil
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{folder.name}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)  # left by a killed writer
+    stage = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
+    stage.mkdir()
+    try:
+        yield stage
+        old = folder.with_name(f".{folder.name}.{os.getpid()}.old")
+        if folder.exists():
+            os.rename(folder, old)
+        os.rename(stage, folder)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
+
+
 def path_digest(path: str | Path, names: tuple[str, ...] | None = None) -> str:
     """sha256 of a file's bytes, or of a folder's file names and bytes (a DICOM series;
     only ``names`` where given, e.g. a prior's config and weights)."""

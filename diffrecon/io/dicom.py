@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from diffrecon.common.files import atomic_path
+from diffrecon.common.files import atomic_folder
 from diffrecon.io.errors import InvalidScanError, check_declared_size
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -218,7 +218,8 @@ def write_dicom_series(
     come from ``source`` (a dict of DICOM keywords, e.g. from the input's metadata) unless
     ``deidentify`` replaces the identifiers (patient ID by a one-way hash). One window
     centre/width for the whole series (from the data unless given). Files are written
-    under temporary names and renamed.
+    into a hidden staging folder that replaces ``folder`` whole when complete (never a
+    partial series in place).
 
     UIDs: new ones, or derived from ``uid_seed`` (e.g. the image's content digest and the
     method) so that exporting the same result twice writes the same series. De-identified
@@ -231,7 +232,6 @@ def write_dicom_series(
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     modality = modality.upper()
     if modality not in ("CT", "MR"):
         raise ValueError(f"modality must be CT or MR, got {modality!r}")
@@ -264,65 +264,64 @@ def write_dicom_series(
                    "PatientID": hashlib.sha256(str(patient["PatientID"]).encode())
                    .hexdigest()[:16]}
     paths = []
-    for s in range(pixels.shape[0]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class
-        meta.MediaStorageSOPInstanceUID = new_uid(series_uid, str(s))
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = sop_class
-        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-        ds.Modality = modality
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.FrameOfReferenceUID = frame_uid
-        ds.StudyID = "1" if deidentify else str(src.get("StudyID", "1"))[:16]
-        ds.SeriesNumber = int(src.get("SeriesNumber", 900))
-        ds.InstanceNumber = s + 1
-        for k, v in patient.items():
-            setattr(ds, k, v)
-        if deidentify:
-            ds.PatientIdentityRemoved = "YES"
-            ds.DeidentificationMethod = "diffrecon: DICOM basic profile (PS3.15 E.1)"
-        if not deidentify:
-            for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
-                      "AccessionNumber", "StudyDescription", "ReferringPhysicianName"):
-                if k in src:
-                    setattr(ds, k, src[k])
-        for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
-                  "ReferringPhysicianName", "PositionReferenceIndicator", "Laterality",
-                  "AcquisitionNumber"):
-            if k not in ds:
-                setattr(ds, k, "")  # type 2: present, may be empty
-        ds.PatientPosition = str(src.get("PatientPosition", "HFS"))
-        ds.Manufacturer = "diffrecon"
-        if modality == "CT":
-            ds.KVP = ""
-        else:
-            ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
-            ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime = "2D", "", ""
-            ds.EchoTrainLength, ds.ImagingFrequency, ds.MagneticFieldStrength = "", "", ""
-            ds.EchoNumbers, ds.NumberOfAverages, ds.SliceThickness = "", "", ""
-        ds.SeriesDescription = series_description[:64]
-        ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
-        ds.DerivationDescription = derivation[:1024]
-        ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
-        ds.ImagePositionPatient = [_ds(v) for v in lps[:3] @ np.array([s, 0, 0, 1.0])]
-        ds.PixelSpacing = [_ds(dr), _ds(dc)]
-        ds.SliceThickness = _ds(dz)
-        ds.SpacingBetweenSlices = _ds(dz)
-        ds.Rows, ds.Columns = pixels.shape[1:]
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
-        ds.PixelRepresentation = 1 if modality == "CT" else 0
-        if modality == "CT":
-            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
-        ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
-        ds.PixelData = np.ascontiguousarray(pixels[s]).tobytes()
-        path = folder / f"{s + 1:04d}.dcm"
-        with atomic_path(path) as tmp:
-            ds.save_as(str(tmp), enforce_file_format=True)
-        paths.append(path)
+    with atomic_folder(folder) as stage:
+        for s in range(pixels.shape[0]):
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = sop_class
+            meta.MediaStorageSOPInstanceUID = new_uid(series_uid, str(s))
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = Dataset()
+            ds.file_meta = meta
+            ds.SOPClassUID = sop_class
+            ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+            ds.Modality = modality
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.StudyID = "1" if deidentify else str(src.get("StudyID", "1"))[:16]
+            ds.SeriesNumber = int(src.get("SeriesNumber", 900))
+            ds.InstanceNumber = s + 1
+            for k, v in patient.items():
+                setattr(ds, k, v)
+            if deidentify:
+                ds.PatientIdentityRemoved = "YES"
+                ds.DeidentificationMethod = "diffrecon: DICOM basic profile (PS3.15 E.1)"
+            if not deidentify:
+                for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                          "AccessionNumber", "StudyDescription", "ReferringPhysicianName"):
+                    if k in src:
+                        setattr(ds, k, src[k])
+            for k in ("PatientBirthDate", "PatientSex", "StudyDate", "StudyTime", "AccessionNumber",
+                      "ReferringPhysicianName", "PositionReferenceIndicator", "Laterality",
+                      "AcquisitionNumber"):
+                if k not in ds:
+                    setattr(ds, k, "")  # type 2: present, may be empty
+            ds.PatientPosition = str(src.get("PatientPosition", "HFS"))
+            ds.Manufacturer = "diffrecon"
+            if modality == "CT":
+                ds.KVP = ""
+            else:
+                ds.ScanningSequence, ds.SequenceVariant, ds.ScanOptions = "RM", "NONE", ""
+                ds.MRAcquisitionType, ds.EchoTime, ds.RepetitionTime = "2D", "", ""
+                ds.EchoTrainLength, ds.ImagingFrequency, ds.MagneticFieldStrength = "", "", ""
+                ds.EchoNumbers, ds.NumberOfAverages, ds.SliceThickness = "", "", ""
+            ds.SeriesDescription = series_description[:64]
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
+            ds.DerivationDescription = derivation[:1024]
+            ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
+            ds.ImagePositionPatient = [_ds(v) for v in lps[:3] @ np.array([s, 0, 0, 1.0])]
+            ds.PixelSpacing = [_ds(dr), _ds(dc)]
+            ds.SliceThickness = _ds(dz)
+            ds.SpacingBetweenSlices = _ds(dz)
+            ds.Rows, ds.Columns = pixels.shape[1:]
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, 16, 15
+            ds.PixelRepresentation = 1 if modality == "CT" else 0
+            if modality == "CT":
+                ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
+            ds.WindowCenter, ds.WindowWidth = _ds(window[0]), _ds(window[1])
+            ds.PixelData = np.ascontiguousarray(pixels[s]).tobytes()
+            ds.save_as(str(stage / f"{s + 1:04d}.dcm"), enforce_file_format=True)
+            paths.append(folder / f"{s + 1:04d}.dcm")
     return paths

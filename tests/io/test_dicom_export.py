@@ -171,3 +171,34 @@ def test_deidentified_uids_are_replaced_consistently(tmp_path):
     assert ta.StudyInstanceUID == tb.StudyInstanceUID  # two series of one study stay together
     assert ta.SeriesInstanceUID != tb.SeriesInstanceUID
     assert ta.PatientIdentityRemoved == "YES" and "12345" not in str(ta)
+
+
+def test_a_series_killed_half_written_is_never_in_place(tmp_path, monkeypatch):
+    """A write that dies after 3 of 8 files leaves the previous complete series in place and
+    nothing partial visible; the hidden staging folder of a killed writer is removed by the
+    next write."""
+    img = np.linspace(-1000, 1000, 8 * 16 * 16, dtype=np.float32).reshape(8, 16, 16)
+    folder = tmp_path / "scan_fbp_dicom"
+    first = write_dicom_series(folder, img, np.eye(4), "CT", "FBP", uid_seed="a")
+    assert len(first) == 8
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    real, count = pydicom.Dataset.save_as, [0]
+
+    def dying(self, *args, **kwargs):
+        count[0] += 1
+        if count[0] > 3:
+            raise OSError("disk full")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(pydicom.Dataset, "save_as", dying)
+    with pytest.raises(OSError, match="disk full"):
+        write_dicom_series(folder, img + 1, np.eye(4), "CT", "FBP", uid_seed="b")
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_fbp_dicom"]
+    monkeypatch.setattr(pydicom.Dataset, "save_as", real)
+    (tmp_path / ".scan_fbp_dicom.99999.partial").mkdir()  # a killed writer's staging
+    (tmp_path / ".scan_fbp_dicom.99999.partial" / "0001.dcm").write_bytes(b"half")
+    write_dicom_series(folder, img + 1, np.eye(4), "CT", "FBP", uid_seed="b")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_fbp_dicom"]
+    assert len(list(folder.iterdir())) == 8
+    assert read_dicom_series(folder).hu.min() == pytest.approx(-999, abs=1)  # the new one
