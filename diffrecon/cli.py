@@ -113,6 +113,7 @@ def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
         deidentify=args.deidentify,
         slice_batch=args.slice_batch,
         name_by=args.name_by,
+        permissions=args.permissions,
         **extra,
     )
 
@@ -282,6 +283,9 @@ def _output_args(p: argparse.ArgumentParser, default: str) -> None:
                    help="DICOM outputs: replace patient identifiers (basic profile)")
     p.add_argument("--name-by", choices=["stem", "hash"], default="stem",
                    help="name scans in runs, logs and outputs by file stem or a short hash")
+    p.add_argument("--permissions", choices=["private", "group", "world"], default="private",
+                   help="who may read the outputs (they hold patient data): the owner only "
+                        "(default; files 0600, folders 0700), also the group, or everyone")
 
 
 def _recon_args(p: argparse.ArgumentParser, outputs: str) -> None:
@@ -459,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_prefect(args.verbose)
+    from diffrecon.common.files import apply_permissions
+
+    apply_permissions(getattr(args, "permissions", "private"))  # outputs hold patient data
     try:
         return args.func(args)
     except argparse.ArgumentTypeError as exc:

@@ -176,6 +176,9 @@ class ReconConfig(BaseModel):
     name_by: Literal["stem", "hash"] = Field(
         "stem", description="name scans in runs, logs and outputs by file stem, or by a "
                             "short hash of it (file names that carry identifiers)")
+    permissions: Literal["private", "group", "world"] = Field(
+        "private", description="who may read the outputs, the ledger and the artifact store: "
+                               "owner only (files 0600, folders 0700), also the group, or all")
     dask: DaskSpec | None = Field(None, description="scale a batch out over a Dask cluster")
     slice_batch: int | None = Field(
         None, ge=1, description="slices reconstructed together (None: all of a scan); "

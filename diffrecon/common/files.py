@@ -9,6 +9,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+# the process umask of each ``permissions`` setting: outputs hold patient data, so by
+# default only their owner may read them (files 0600, folders 0700)
+UMASKS = {"private": 0o077, "group": 0o027, "world": 0o022}
+
+
+def apply_permissions(permissions: str) -> None:
+    """Set the process umask so everything written from now on (outputs, the ledger, the
+    artifact store, staging files) gets the permissions asked for."""
+    os.umask(UMASKS[permissions])
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:

@@ -38,7 +38,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 
-from diffrecon.common.files import path_digest
+from diffrecon.common.files import apply_permissions, path_digest
 from diffrecon.config import ReconConfig
 from diffrecon.flows.reconstruct import reconstruct_scans
 from diffrecon.io.records import scan_label, unique_label
@@ -194,8 +194,10 @@ def process_inbox(inbox: str, outbox: str, config: ReconConfig | None = None,
     """Reconstruct every new, complete scan of ``inbox`` into ``outbox``; see the module.
     Raises InboxBusyError when another run holds the inbox."""
     inbox_p = Path(inbox)
+    config = config or ReconConfig()
+    apply_permissions(config.permissions)  # the ledger, quarantine reasons, outputs
     with inbox_lock(inbox_p):
-        return _process_inbox(inbox_p, Path(outbox), config or ReconConfig(), force,
+        return _process_inbox(inbox_p, Path(outbox), config, force,
                               max_attempts, settle_seconds)
 
 

@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from diffrecon.common.files import apply_permissions
 from diffrecon.config import DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.io.records import scan_labels, short_hash
@@ -132,6 +133,7 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
     """All methods of the config on one scan (MRI or CT) named ``name`` (its unique label:
     outputs, records and run names); a failure becomes a 'failed' record ('invalid' for bad
     input) and the other methods go on."""
+    apply_permissions(config.permissions)  # also on a Dask worker
     steps = STEPS[config.modality](config)
     record = {"scan": name, "modality": config.modality}
     try:
@@ -235,6 +237,7 @@ def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | 
     invalid scan ends as a Failed flow run (its message the reasons; the records are the
     state's data: call with ``return_state=True``), so the UI shows it red.
     """
+    apply_permissions(config.permissions)
     records: list[ResultRecord] = []
     out = Path(config.out_dir)
     names = list(names) if names is not None else scan_labels(paths, config.name_by)

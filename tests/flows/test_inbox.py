@@ -188,3 +188,35 @@ def test_one_run_at_a_time_per_inbox(prefect_harness, inbox, tmp_path):
     assert f"pid {holder.pid}" in (inbox / LOCK_NAME).read_text()
     done = process_inbox(str(inbox), str(tmp_path / "out"), config, settle_seconds=60)
     assert _states(done)["anna"] == "done"
+
+
+def test_outputs_and_ledger_are_owner_only(prefect_harness, inbox, tmp_path):
+    """Every file the inbox writes (images, QA, the ledger, the artifact store, quarantine
+    reasons) is 0600 and every folder 0700, unless permissions say otherwise."""
+    import stat
+
+    from diffrecon.flows.inbox import process_inbox
+
+    out = tmp_path / "outbox"
+    old = os.umask(0o022)
+    try:
+        process_inbox(str(inbox), str(out), ReconConfig(methods=["zero-filled"],
+                                                        mask=MaskSpec(accel=2)),
+                      settle_seconds=60)
+        # what diffrecon writes (the quarantined scan keeps the scanner's mode, inside a
+        # folder only the owner can enter)
+        written = [out, *out.rglob("*"), inbox / "quarantine",
+                   *(inbox / "quarantine").glob("*.reason.txt")]
+        modes = {str(p.relative_to(tmp_path)): stat.S_IMODE(p.stat().st_mode) for p in written}
+        assert (out / "ledger.sqlite").exists() and (out / ".artifacts").is_dir()
+        wrong = {k: oct(m) for k, m in modes.items()
+                 if m != (0o700 if (tmp_path / k).is_dir() else 0o600)}
+        assert wrong == {}
+        group = tmp_path / "group"
+        process_inbox(str(inbox), str(group), ReconConfig(methods=["zero-filled"],
+                                                          mask=MaskSpec(accel=2),
+                                                          permissions="group"),
+                      settle_seconds=60)
+        assert stat.S_IMODE((group / "anna" / "anna_zero-filled.nii.gz").stat().st_mode) == 0o640
+    finally:
+        os.umask(old)
