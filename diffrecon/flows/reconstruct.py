@@ -68,7 +68,8 @@ class MRISteps:
 
     def prepare(self, path: str, name: str) -> Prepared:
         c = self.config
-        scan = self.load_scan(path, self.store, name).model_copy(update={"name": name})
+        scan = self.load_scan(path, self.store, name, c.deidentify).model_copy(
+            update={"name": name})
         meas = self.prepare_measurement(scan, c.mask, self.store, c.device, c.coil_compression)
         p = Prepared(meas, source=scan.source_attrs, header=scan.header)
         if any(METHODS[m].coil_maps for m in c.methods):
@@ -97,7 +98,7 @@ class CTSteps:
             (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
-        meas = self.prepare_ct(path, self.config.ct, self.store, name)
+        meas = self.prepare_ct(path, self.config.ct, self.store, name, self.config.deidentify)
         meas = meas.model_copy(update={"name": name})
         return Prepared(meas, source=meas.source_attrs)
 

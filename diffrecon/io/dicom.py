@@ -198,6 +198,27 @@ DEIDENTIFIED = {"PatientName": "ANONYMOUS", "PatientBirthDate": "", "PatientSex"
                 "InstitutionName": "", "AccessionNumber": ""}
 
 
+def deidentified_source(source: dict | None) -> dict[str, str]:
+    """Study/patient attributes with the identifiers replaced (DICOM basic profile): the
+    name by ANONYMOUS, the patient ID by a one-way hash, the study and frame-of-reference
+    UIDs by UIDs derived from them (the series of one study stay together), dates, accession
+    number, descriptions and physicians dropped. Marked ``PatientIdentityRemoved`` and
+    applied once (a de-identified source is returned as it is)."""
+    import hashlib
+
+    src = dict(source or {})
+    if src.get("PatientIdentityRemoved") == "YES":
+        return src
+    out = {"PatientIdentityRemoved": "YES", "PatientName": DEIDENTIFIED["PatientName"],
+           "PatientID": hashlib.sha256(str(src.get("PatientID", "")).encode()).hexdigest()[:16]}
+    for uid in ("StudyInstanceUID", "FrameOfReferenceUID"):
+        if src.get(uid):
+            out[uid] = _uid("deid", src[uid])
+    if "PatientPosition" in src:
+        out["PatientPosition"] = src["PatientPosition"]
+    return out
+
+
 def write_dicom_series(
     folder: str | Path,
     image: np.ndarray,
@@ -226,7 +247,6 @@ def write_dicom_series(
     series replace the study and frame-of-reference UIDs by UIDs derived from them (the
     series of one study stay together) and drop dates and other identifiers.
     """
-    import hashlib
 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
@@ -249,20 +269,17 @@ def write_dicom_series(
     lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)  # the same flip both ways
     dz, dr, dc = (float(np.linalg.norm(lps[:3, i])) for i in range(3))
     col_dir, row_dir = lps[:3, 1] / dr, lps[:3, 2] / dc
-    src = dict(source or {})
+    src = deidentified_source(source) if deidentify else dict(source or {})
+
     def new_uid(*parts: str) -> str:  # derived from the seed, or random without one
         return _uid(uid_seed, *parts) if uid_seed else _uid()
 
     study_uid = src.get("StudyInstanceUID") or new_uid("study")
     frame_uid = src.get("FrameOfReferenceUID") or new_uid("frame")
-    if deidentify:
-        study_uid, frame_uid = _uid("deid", study_uid), _uid("deid", frame_uid)
     series_uid = new_uid("series", study_uid)
     patient = {"PatientName": src.get("PatientName", ""), "PatientID": src.get("PatientID", "")}
     if deidentify:
-        patient = {**{k: v for k, v in DEIDENTIFIED.items()},
-                   "PatientID": hashlib.sha256(str(patient["PatientID"]).encode())
-                   .hexdigest()[:16]}
+        patient = {**DEIDENTIFIED, **patient}
     paths = []
     with atomic_folder(folder) as stage:
         for s in range(pixels.shape[0]):

@@ -47,14 +47,15 @@ def geometry_of(meas: CTMeasurement) -> CTGeometry:
     return CTGeometry.parallel(np.asarray(meas.angles), meas.n_det, 1.0, meas.image_shape)
 
 
-@task(cache_policy=content_key("ct-prepare", "path", "spec", "store_root"), retries=1,
-      retry_condition_fn=retry_transient, task_run_name=scan_run_name("ct-prepare"))
-def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = None
-               ) -> CTMeasurement:
+@task(cache_policy=content_key("ct-prepare", "path", "spec", "store_root", "deidentify"),
+      retries=1, retry_condition_fn=retry_transient, task_run_name=scan_run_name("ct-prepare"))
+def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = None,
+               deidentify: bool = False) -> CTMeasurement:
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
-    (CT units, unit pixels; the smallest odd detector count covering the diagonal)."""
+    (CT units, unit pixels; the smallest odd detector count covering the diagonal). With
+    ``deidentify`` the stored result holds de-identified study attributes only."""
     from diffrecon.common.geometry import pad_or_crop, shift_affine_for_pad_or_crop
-    from diffrecon.io.dicom import read_ct_volume, source_attributes
+    from diffrecon.io.dicom import deidentified_source, read_ct_volume, source_attributes
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
     with labelled_errors(path, label):
@@ -76,10 +77,13 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
     sigma = spec.noise * float(sino.abs().max())
     sino = sino + torch.from_numpy(sigma * rng.standard_normal(tuple(sino.shape)))
     store = ArtifactStore(store_root)
-    return CTMeasurement(name=vol.name, sinogram=store.put(sino.numpy().astype(np.float32)),
+    name = (label or vol.name) if deidentify else vol.name
+    return CTMeasurement(name=name, sinogram=store.put(sino.numpy().astype(np.float32)),
                          reference=store.put(x.astype(np.float32)), affine=affine.tolist(),
                          angles=angles.tolist(), n_det=n_det, image_shape=(h, w),
-                         setting=spec.setting(), source_attrs=source_attributes(vol.metadata))
+                         setting=spec.setting(),
+                         source_attrs=(deidentified_source if deidentify else dict)(
+                             source_attributes(vol.metadata)))
 
 
 def _prior_settings(parameters: dict) -> dict:

@@ -54,14 +54,18 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
     return torch.from_numpy(store.get(ref)).to(device)
 
 
-@task(cache_policy=content_key("load", "path", "store_root"), retries=2,
+@task(cache_policy=content_key("load", "path", "store_root", "deidentify"), retries=2,
       retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
       task_run_name=scan_run_name("load"))
-def load_scan(path: str, store_root: str, label: str | None = None) -> ScanRef:
-    """Read and validate a raw MRI file; the reader's InvalidScanError fails this task."""
+def load_scan(path: str, store_root: str, label: str | None = None,
+              deidentify: bool = False) -> ScanRef:
+    """Read and validate a raw MRI file; the reader's InvalidScanError fails this task.
+    With ``deidentify`` nothing identifying is kept in the result (it is persisted in the
+    artifact store): de-identified study attributes, the header without subject and study,
+    the scan's label instead of its path."""
     from diffrecon.io import load_scan as read
-    from diffrecon.io.dicom import source_attributes
-    from diffrecon.io.ismrmrd_header import acquisition_header
+    from diffrecon.io.dicom import deidentified_source, source_attributes
+    from diffrecon.io.ismrmrd_header import acquisition_header, strip_identifiers
 
     with labelled_errors(path, label):
         acq = read(path)
@@ -71,17 +75,20 @@ def load_scan(path: str, store_root: str, label: str | None = None) -> ScanRef:
         "loaded %s: %d slices, %d coils, %dx%d, %.0f%% of lines sampled",
         label or acq.name, *acq.kspace.shape, 100 * acq.mask.any(axis=1).mean(),
     )
+    header, attrs = acquisition_header(acq), source_attributes(acq.metadata)
+    if deidentify:
+        header, attrs = strip_identifiers(header), deidentified_source(attrs)
     return ScanRef(
-        name=acq.name,
-        source=str(path),
+        name=label or acq.name,
+        source=(label or acq.name) if deidentify else str(path),
         kspace=store.put(acq.kspace),
         mask=store.put(acq.mask),
         reference=ref,
         reference_kind=acq.reference_kind,
         affine=acq.affine.tolist(),
         fully_sampled=acq.fully_sampled,
-        header=acquisition_header(acq),
-        source_attrs=source_attributes(acq.metadata),
+        header=header,
+        source_attrs=attrs,
     )
 
 
