@@ -79,6 +79,22 @@ def _prior_ref(args: argparse.Namespace):
                     **{field: getattr(args, flag[2:].replace("-", "_")) for flag, field in flags})
 
 
+def _pacs(dest: str | None) -> str | None:
+    """The PACS destination without user-info: credentials typed into the URL are moved to
+    the environment of this process (DIFFRECON_PACS_USER / _PASSWORD), with a warning, so
+    they are never printed, logged or stored with the run."""
+    from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV, redact, split_credentials
+
+    if dest is None:
+        return None
+    url, login = split_credentials(dest)
+    if login is not None:
+        os.environ[USER_ENV], os.environ[PASSWORD_ENV] = login
+        print(f"diffrecon: warning: credentials in --pacs {redact(dest)} moved out of the URL; "
+              f"prefer {USER_ENV} / {PASSWORD_ENV} or --pacs-secret", file=sys.stderr)
+    return url
+
+
 def _dask_spec(text: str | None):
     from diffrecon.config import DaskSpec
 
@@ -109,7 +125,8 @@ def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
         device=args.device,
         coil_compression=args.coils,
         outputs=_outputs(args.outputs),
-        pacs=args.pacs,
+        pacs=_pacs(args.pacs),
+        pacs_secret=args.pacs_secret,
         deidentify=args.deidentify,
         slice_batch=args.slice_batch,
         name_by=args.name_by,
@@ -163,8 +180,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
     results = export_results([str(i) for i in images], to,
-                             str(args.out) if args.out else None, args.pacs, args.source,
-                             args.deidentify, args.modality, args.description, identity)
+                             str(args.out) if args.out else None, _pacs(args.pacs),
+                             args.source, args.deidentify, args.modality, args.description,
+                             identity, args.pacs_secret)
     failed = 0
     for out in results:  # one bad image or a failed send does not stop the rest
         image = Path(out["image"])
@@ -277,8 +295,11 @@ def _output_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--outputs", default=default,
                    help=f"comma list of nifti, dicom, png, h5, pacs (default {default})")
     p.add_argument("--pacs", default=None,
-                   help="with --outputs ...,pacs: http(s)://host:port/dicom-web (STOW-RS) or "
-                        "dicom://AE_TITLE@host:port (C-STORE)")
+                   help="with --outputs ...,pacs: https://host:port/dicom-web (STOW-RS) or "
+                        "dicom://AE_TITLE@host:port (C-STORE); credentials: --pacs-secret or "
+                        "DIFFRECON_PACS_USER / DIFFRECON_PACS_PASSWORD, never in the URL")
+    p.add_argument("--pacs-secret", default=None, metavar="BLOCK",
+                   help="a Prefect Secret block holding the PACS login as 'user:password'")
     p.add_argument("--deidentify", action="store_true",
                    help="DICOM outputs: replace patient identifiers (basic profile)")
     p.add_argument("--name-by", choices=["stem", "hash"], default="stem",
@@ -391,8 +412,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--to", required=True, help="comma list of dicom, pacs, h5, nifti, png")
     ex.add_argument("--out", type=Path, default=None,
                     help="folder for the files (default: beside each result)")
-    ex.add_argument("--pacs", default=None, help="http(s)://host:port/dicom-web (STOW-RS) or "
+    ex.add_argument("--pacs", default=None, help="https://host:port/dicom-web (STOW-RS) or "
                                                  "dicom://AE_TITLE@host:port (C-STORE)")
+    ex.add_argument("--pacs-secret", default=None, metavar="BLOCK",
+                    help="a Prefect Secret block holding the PACS login as 'user:password' "
+                         "(else DIFFRECON_PACS_USER / DIFFRECON_PACS_PASSWORD)")
     ex.add_argument("--modality", choices=["mri", "ct"], default=None,
                     help="only for images without a diffrecon QA record beside them")
     ex.add_argument("--description", default=None, help="SeriesDescription")
@@ -460,6 +484,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pydantic import ValidationError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     _quiet_prefect(args.verbose)
@@ -470,6 +496,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except argparse.ArgumentTypeError as exc:
         parser.error(str(exc))
+    except ValidationError as exc:  # a bad setting: one line per problem, no pydantic dump
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            print(f"diffrecon: error: {where + ': ' if where else ''}{msg}", file=sys.stderr)
+        return 2
     except (ValueError, FileNotFoundError) as exc:  # clear input errors, no traceback
         print(f"diffrecon: error: {exc}", file=sys.stderr)
         return 2

@@ -169,6 +169,9 @@ class ReconConfig(BaseModel):
     pacs: str | None = Field(
         None, description="PACS destination: http(s)://host:port/dicom-web (STOW-RS) or "
                           "dicom://AE_TITLE@host:port (C-STORE)")
+    pacs_secret: str | None = Field(
+        None, description="name of a Prefect Secret block holding the PACS credentials as "
+                          "'user:password' (else DIFFRECON_PACS_USER / DIFFRECON_PACS_PASSWORD)")
     deidentify: bool = Field(False, description="DICOM outputs: replace patient identifiers")
     coil_compression: int | None = Field(
         None, ge=1, description="compress to this many virtual coils before the coil maps")

@@ -89,7 +89,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_http(url: str, seconds: float = 60.0) -> bool:
+def wait_http(url: str, seconds: float = 60.0, auth: tuple[str, str] | None = None) -> bool:
     """Poll ``url`` until it answers 200 (a server a test started is up)."""
     import time
 
@@ -98,7 +98,7 @@ def wait_http(url: str, seconds: float = 60.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         try:
-            if httpx.get(url, timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1, auth=auth).status_code == 200:
                 return True
         except httpx.TransportError:
             pass
@@ -110,25 +110,38 @@ class Orthanc:
     """A running Orthanc: ``url`` (REST and DICOMweb under /dicom-web) and ``dicom``
     (C-STORE destination, AE title ORTHANC)."""
 
-    def __init__(self, http: int, dicom: int):
+    def __init__(self, http: int, dicom: int, login: tuple[str, str] | None = None):
         self.url = f"http://127.0.0.1:{http}"
         self.dicom = f"dicom://ORTHANC@127.0.0.1:{dicom}"
+        self.login = login
 
     def series(self) -> list[dict]:
         import httpx
 
-        return [httpx.get(f"{self.url}/series/{s}").json()
-                for s in httpx.get(self.url + "/series").json()]
+        return [httpx.get(f"{self.url}/series/{s}", auth=self.login).json()
+                for s in httpx.get(self.url + "/series", auth=self.login).json()]
 
     def tags(self, instance: str) -> dict:
         import httpx
 
-        return httpx.get(f"{self.url}/instances/{instance}/simplified-tags").json()
+        return httpx.get(f"{self.url}/instances/{instance}/simplified-tags",
+                         auth=self.login).json()
 
 
 @pytest.fixture
 def orthanc(tmp_path):
     """A real Orthanc PACS on 127.0.0.1 with a temporary database, stopped after the test."""
+    yield from _orthanc(tmp_path)
+
+
+@pytest.fixture
+def orthanc_login(tmp_path):
+    """Orthanc that wants HTTP basic authentication (``.login``: user, password) for its
+    REST and DICOMweb APIs."""
+    yield from _orthanc(tmp_path, ("pacs-user", "s3cret-Passw0rd"))
+
+
+def _orthanc(tmp_path, login: tuple[str, str] | None = None):
     import json
     import shutil
     import subprocess
@@ -143,13 +156,14 @@ def orthanc(tmp_path):
     cfg = {"Name": "diffrecon-test", "StorageDirectory": str(folder / "db"),
            "IndexDirectory": str(folder / "db"), "HttpPort": http, "DicomPort": dicom,
            "DicomAet": "ORTHANC", "RemoteAccessAllowed": False,
-           "AuthenticationEnabled": False, "Plugins": [plugin],
+           "AuthenticationEnabled": login is not None, "Plugins": [plugin],
+           "RegisteredUsers": dict([login]) if login else {},
            "DicomWeb": {"Enable": True, "Root": "/dicom-web/"}}
     (folder / "orthanc.json").write_text(json.dumps(cfg))
     proc = subprocess.Popen([binary, str(folder / "orthanc.json")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    server = Orthanc(http, dicom)
-    if not wait_http(server.url + "/system", 20):
+    server = Orthanc(http, dicom, login)
+    if not wait_http(server.url + "/system", 20, login):
         proc.terminate()
         pytest.fail("Orthanc did not start")
     yield server

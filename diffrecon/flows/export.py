@@ -17,9 +17,11 @@ from diffrecon.tasks.export import export_result, source_of
       task_run_name="export-{image}")
 def _export_one(image: str, to: list[str], out_dir: str | None, pacs: str | None,
                 source: dict, header: str | None, deidentify: bool,
-                modality: str | None = None, description: str | None = None) -> dict:
+                modality: str | None = None, description: str | None = None,
+                pacs_secret: str | None = None) -> dict:
     return export_result(image, to, out_dir or Path(image).parent, modality, description,
-                         source=source, header=header, deidentify=deidentify, pacs=pacs)
+                         source=source, header=header, deidentify=deidentify, pacs=pacs,
+                         pacs_secret=pacs_secret)
 
 
 @flow(name="export-results")
@@ -27,20 +29,28 @@ def export_results(images: list[str], to: list[Output], out_dir: str | None = No
                    pacs: str | None = None, source: str | None = None,
                    deidentify: bool = False, modality: Literal["mri", "ct"] | None = None,
                    description: str | None = None,
-                   identity: dict[str, str] | None = None) -> list[dict]:
+                   identity: dict[str, str] | None = None,
+                   pacs_secret: str | None = None) -> list[dict]:
     """Export reconstruction NIfTI files (as the flows write them) ``to`` dicom, pacs, h5,
     nifti, png; study/patient attributes from ``source`` (a DICOM folder or raw file), the
     DICOM keywords in ``identity`` (e.g. AccessionNumber) winning over it; ``modality``
     and ``description`` only for images without a QA record beside them.
-    One image failing does not stop the others; each gets {"image", "state", ...}."""
+    One image failing does not stop the others; each gets {"image", "state", ...}. The
+    destination is checked before any work; credentials: ``pacs_secret`` (a Prefect Secret
+    block's name) or the environment (``io.pacs``)."""
+    from diffrecon.io.pacs import parse_destination, redact
+
+    if pacs:
+        parse_destination(pacs)
     attrs, header = source_of(source, **(identity or {}))
     out = []
     for image in images:
         try:
             r = _export_one(image, to, out_dir, pacs, attrs, header, deidentify, modality,
-                            description)
+                            description, pacs_secret)
             out.append({"image": image, "state": "done", **r})
         except Exception as exc:
-            get_run_logger().error("export of %s failed: %s", Path(image).name, exc)
-            out.append({"image": image, "state": "failed", "error": str(exc)})
+            error = redact(str(exc))
+            get_run_logger().error("export of %s failed: %s", Path(image).name, error)
+            out.append({"image": image, "state": "failed", "error": error})
     return out

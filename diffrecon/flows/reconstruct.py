@@ -123,9 +123,11 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
         return None, None
     folder = next(f for f in files if f.endswith("_dicom"))
     try:
-        return send_series(name, method, folder, config.pacs), None
+        return send_series(name, method, folder, config.pacs, config.pacs_secret), None
     except Exception as exc:
-        error = f"PACS send failed ({exc}); the series stays on disk at {folder}"
+        from diffrecon.io.pacs import redact
+
+        error = f"PACS send failed ({redact(str(exc))}); the series stays on disk at {folder}"
         get_run_logger().error("%s of %s: %s", method, name, error)
         return None, error
 

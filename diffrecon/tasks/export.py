@@ -56,14 +56,29 @@ def export(volume: VolumeRef, outputs: list[str], out_dir: str, store_root: str,
                          uid_seed=f"{volume.image.digest}/{volume.method}")
 
 
+def pacs_credentials(secret: str | None) -> tuple[str, str] | None:
+    """(user, password) for STOW-RS: from the Prefect Secret block named ``secret``
+    ('user:password'), else the environment (see ``io.pacs``), else None."""
+    from diffrecon.io.pacs import env_credentials
+
+    if secret:
+        from prefect.blocks.system import Secret
+
+        value = str(Secret.load(secret).get())
+        user, _, password = value.partition(":")
+        return user, password
+    return env_credentials()
+
+
 @task(cache_policy=NO_CACHE, task_run_name="send-{method}-{name}")
-def send_series(name: str, method: str, folder: str, destination: str) -> str:
+def send_series(name: str, method: str, folder: str, destination: str,
+                secret: str | None = None) -> str:
     """Send a written DICOM series to the PACS (retries inside, see ``io.pacs``); a line
     for the results and the ledger. The files stay on disk whatever happens."""
     from diffrecon.io.pacs import send
 
     files = sorted(Path(folder).glob("*.dcm"))
-    out = send(destination, files)
+    out = send(destination, files, auth=pacs_credentials(secret))
     return f"{out['instances']} instances to {destination}"
 
 
@@ -143,7 +158,8 @@ def source_of(path: str | Path | None, **overrides: str | None) -> tuple[dict, s
 def export_result(image_path: str | Path, to: list[str], out_dir: str | Path,
                   modality: str | None = None, description: str | None = None,
                   source: dict | None = None, header: str | None = None,
-                  deidentify: bool = False, pacs: str | None = None) -> dict:
+                  deidentify: bool = False, pacs: str | None = None,
+                  pacs_secret: str | None = None) -> dict:
     """Export a reconstruction NIfTI (as the flows write it) to other formats and/or a PACS:
     what ``diffrecon export`` does for one image. Modality, method and description come
     from the QA record beside the image when there is one. Returns {"paths", "sent"}."""
@@ -174,6 +190,6 @@ def export_result(image_path: str | Path, to: list[str], out_dir: str | Path,
         from diffrecon.io.pacs import send
 
         folder = next(p for p in paths if p.endswith("_dicom"))
-        out = send(pacs, sorted(Path(folder).glob("*.dcm")))
+        out = send(pacs, sorted(Path(folder).glob("*.dcm")), auth=pacs_credentials(pacs_secret))
         sent = f"{out['instances']} instances to {pacs}"
     return {"paths": paths, "sent": sent}

@@ -1,0 +1,110 @@
+"""Nothing identifying and no password leaves a --deidentify run: output folder (artifact
+store included), console, Prefect logs, runs, parameters and artifacts; PACS destinations
+are checked before any work."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from diffrecon.io.fastmri import write_fastmri
+from tests.conftest import make_acquisition
+
+PATIENT = {"patient_name": "Doe^Jane", "patient_id": "PID-4711",
+           "study_instance_uid": "1.2.826.0.1.3680043.2.1125.4711"}
+
+
+@pytest.fixture
+def dora(tmp_path):
+    acq = make_acquisition(n_slices=2, n_coils=4, ny=64, nx=64, seed=3)
+    acq.metadata.update(PATIENT)
+    return write_fastmri(acq, tmp_path / "in" / "dora.h5")
+
+
+@pytest.mark.parametrize(("dest", "problem"), [
+    ("dicom://A@127.0.0.1:99999", "dicom://A@127.0.0.1:99999: the port is not a number from 1 "
+                                  "to 65535"),
+    ("http://", "http://: no host; expected http(s)://host:port/dicom-web or "
+                "dicom://AE_TITLE@host:port"),
+    ("pacs.example.org:104", "pacs.example.org:104: expected http(s)://host:port/dicom-web or "
+                             "dicom://AE_TITLE@host:port"),
+])
+def test_bad_destinations_are_refused_before_any_work(dora, tmp_path, capsys, dest, problem):
+    from diffrecon.cli import main
+
+    out = tmp_path / "out"
+    assert main(["run", str(dora), "--method", "zero-filled", "--out", str(out),
+                 "--outputs", "nifti,pacs", "--pacs", dest]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"diffrecon: error: PACS destination {problem}"]
+    assert not out.exists()
+
+
+def test_urls_lose_their_credentials():
+    from diffrecon.io.pacs import parse_destination, redact, split_credentials
+
+    url = "https://u%40x:p%3Aw@pacs.example.org:443/dicom-web"
+    assert split_credentials(url) == ("https://pacs.example.org:443/dicom-web", ("u@x", "p:w"))
+    assert redact(f"failed: {url} and http://a:b@h/x, dicom://ME:PACS@h:104") == \
+        "failed: https://***@pacs.example.org:443/dicom-web and http://***@h/x, " \
+        "dicom://ME:PACS@h:104"
+    with pytest.raises(ValueError) as err:
+        parse_destination("http://alice:topsecret@h:8042/dicom-web")
+    assert "topsecret" not in str(err.value) and "DIFFRECON_PACS_PASSWORD" in str(err.value)
+
+
+def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
+                                                                  orthanc_login, dora,
+                                                                  tmp_path, capsys):
+    from prefect.client.orchestration import get_client
+
+    from diffrecon.cli import main
+    from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV
+
+    user, password = orthanc_login.login
+    host = orthanc_login.url.removeprefix("http://")
+    out = tmp_path / "out"
+    try:
+        rc = main(["run", str(dora), "--method", "zero-filled,cg-sense", "--accel", "2",
+                   "--out", str(out), "--deidentify", "--outputs", "nifti,dicom,h5,png,pacs",
+                   "--pacs", f"http://{user}:{password}@{host}/dicom-web"])
+    finally:
+        os.environ.pop(USER_ENV, None)
+        os.environ.pop(PASSWORD_ENV, None)
+    console = capsys.readouterr()
+    assert rc == 0, console.err
+    assert f"http://***@{host}/dicom-web moved out of the URL" in console.err
+    series = orthanc_login.series()  # sent with the password from the environment
+    assert len(series) == 2
+    tags = orthanc_login.tags(series[0]["Instances"][0])
+    assert tags["PatientName"] == "ANONYMOUS"
+
+    secrets = [PATIENT["patient_name"], PATIENT["patient_id"], PATIENT["study_instance_uid"],
+               password]
+    files = [p for p in out.rglob("*") if p.is_file()]
+    assert any(".artifacts" in p.parts for p in files)  # the store is searched too
+    assert any(p.name.startswith("load-") for p in files)
+    for f in files:
+        data = f.read_bytes()
+        for secret in secrets:
+            assert secret.encode() not in data, f"{secret} in {f.relative_to(out)}"
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # logs and artifacts reach the API asynchronously
+            arts = client.read_artifacts()
+            if any(a.key == "report-dora" for a in arts) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        seen = [console.out, console.err]
+        seen += [e.message for e in client.read_logs()]
+        seen += [f"{a.key} {a.description} {a.data}" for a in arts]
+        for r in client.read_flow_runs():
+            seen += [r.name, str(r.parameters), str(r.state.message)]
+        seen += [f"{t.name} {t.state.message}" for t in client.read_task_runs()]
+        seen += [str(v) for v in client.read_variables()]
+    text = "\n".join(seen)
+    assert "report-dora" in text
+    for secret in secrets:
+        assert secret not in text
