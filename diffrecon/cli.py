@@ -56,6 +56,8 @@ def _run_flow(paths: list[str], config: ReconConfig) -> int:
     # a batch with a failed scan ends as a failed flow run; its records are the state's data
     state = reconstruct_scans(paths, config, fail_run=True, return_state=True)
     records = state.result(raise_on_failure=False)
+    if isinstance(records, ValueError | FileNotFoundError):  # bad settings, found before work
+        raise records
     if not isinstance(records, list):
         print(f"diffrecon: error: the run did not finish: {state.message or records}",
               file=sys.stderr)
@@ -111,12 +113,14 @@ def _dask_spec(text: str | None):
 
 
 def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
-    """The ReconConfig of the options `run` and `inbox` share."""
+    """The ReconConfig of the options `run` and `inbox` share, checked before any work (the
+    priors too)."""
     from diffrecon.config import CTSpec, MaskSpec, ReconConfig
+    from diffrecon.flows.reconstruct import check_priors
 
     if args.method is None:
         args.method = ["fbp"] if args.modality == "ct" else ["cg-sense"]
-    return ReconConfig(
+    config = ReconConfig(
         modality=args.modality,
         ct=CTSpec(views=args.views, limited_angle=args.limited_angle, size=args.ct_size),
         methods=_methods(args.method, args.modality),
@@ -133,6 +137,8 @@ def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
         permissions=args.permissions,
         **extra,
     )
+    check_priors(config)
+    return config
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -40,7 +40,7 @@ from prefect.artifacts import create_table_artifact
 
 from diffrecon.common.files import apply_permissions, path_digest
 from diffrecon.config import ReconConfig
-from diffrecon.flows.reconstruct import reconstruct_scans
+from diffrecon.flows.reconstruct import check_priors, reconstruct_scans
 from diffrecon.io.records import scan_label, unique_label
 from diffrecon.results import ResultRecord
 from diffrecon.tasks.ledger import Entry, Ledger
@@ -204,6 +204,7 @@ def process_inbox(inbox: str, outbox: str, config: ReconConfig | None = None,
 def _process_inbox(inbox_p: Path, outbox_p: Path, config: ReconConfig, force: bool,
                    max_attempts: int, settle_seconds: float) -> list[dict]:
     log = get_run_logger()
+    check_priors(config)  # before any scan is claimed
     outbox_p.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(outbox_p / "ledger.sqlite")
     summary = _dead_claims(ledger, inbox_p, max_attempts)

@@ -218,6 +218,17 @@ def _scale_out(paths: list[str], config: ReconConfig, names: list[str]
         return [f.result() for f in futures]
 
 
+def check_priors(config: ReconConfig) -> None:
+    """Every prior the config's methods need exists (a shipped name or a checkpoint folder):
+    a PriorLoadError naming it before any scan is touched, not per scan after the work."""
+    from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+    for method in config.methods:
+        if METHODS[method].needs_prior:
+            for name in config.diffusion.prior_names(method):
+                resolve_prior_path(name)
+
+
 def results_key(names: list[str]) -> str:
     """The results table's artifact key, one per batch (``results-<scan>`` for one scan,
     else ``results-<n>-scans-<hash of the names>``), so each batch's table stays visible."""
@@ -241,6 +252,7 @@ def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | 
     state's data: call with ``return_state=True``), so the UI shows it red.
     """
     apply_permissions(config.permissions)
+    check_priors(config)
     records: list[ResultRecord] = []
     out = Path(config.out_dir)
     names = list(names) if names is not None else scan_labels(paths, config.name_by)

@@ -220,3 +220,20 @@ def test_outputs_and_ledger_are_owner_only(prefect_harness, inbox, tmp_path):
         assert stat.S_IMODE((group / "anna" / "anna_zero-filled.nii.gz").stat().st_mode) == 0o640
     finally:
         os.umask(old)
+
+
+def test_a_missing_prior_is_found_before_any_work(prefect_harness, inbox, tmp_path, capsys):
+    from diffrecon.cli import main
+
+    t0 = time.monotonic()
+    assert main(["inbox", str(inbox), "--out", str(tmp_path / "outbox"), "--method", "dds",
+                 "--prior", "nosuchprior"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        "diffrecon: error: prior nosuchprior: no such folder or shipped prior (shipped: ")
+    assert not (tmp_path / "outbox" / "ledger.sqlite").exists()  # no scan claimed
+    assert main(["run", str(inbox / "anna.h5"), "--out", str(tmp_path / "o"), "--method",
+                 "zero-filled,dds", "--prior", "nosuchprior"]) == 2
+    assert capsys.readouterr().err.startswith("diffrecon: error: prior nosuchprior: no such folder")
+    assert not (tmp_path / "o").exists()
+    assert time.monotonic() - t0 < 60
