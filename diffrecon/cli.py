@@ -31,6 +31,39 @@ def _quiet_prefect(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
+def _die_with_parent() -> None:
+    """In a child before exec: the kernel kills it (SIGKILL) when the thread that started
+    it dies, so a killed ``diffrecon`` leaves no orphan behind (Linux; elsewhere a no-op)."""
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def _temporary_server() -> None:
+    """With no Prefect server configured (PREFECT_API_URL unset), start Prefect's temporary
+    server now, from the main thread, tied to this process: it dies with us, even when we
+    are killed with SIGKILL (Prefect's own exit hook only runs on a clean exit)."""
+    import functools
+    import subprocess
+
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+
+    if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
+        return
+    from prefect.server.api.server import SubprocessASGIServer
+
+    popen = subprocess.Popen
+    subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)
+    try:
+        SubprocessASGIServer().start()  # the instance Prefect's client then uses
+    finally:
+        subprocess.Popen = popen
+
+
 def _methods(values: list[str], modality: str = "mri") -> list[str]:
     from diffrecon.config import CT_METHODS, MRI_METHODS
 
@@ -53,6 +86,7 @@ def _run_flow(paths: list[str], config: ReconConfig) -> int:
     from diffrecon.flows.reconstruct import reconstruct_scans
     from diffrecon.results import format_table
 
+    _temporary_server()
     # a batch with a failed scan ends as a failed flow run; its records are the state's data
     state = reconstruct_scans(paths, config, fail_run=True, return_state=True)
     records = state.result(raise_on_failure=False)
@@ -150,6 +184,7 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     from diffrecon.flows.inbox import InboxBusyError, process_inbox
 
     config = _config(args)
+    _temporary_server()
     try:
         summary = process_inbox(args.inbox, args.out, config, force=args.force,
                                 max_attempts=args.max_attempts, settle_seconds=args.settle)
@@ -159,7 +194,8 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     for s in summary:
         print(f"{s['scan']:32s} {s['state']:12s} {s.get('reason') or ''}")
     print(f"{len(summary)} scan(s) processed; ledger: {Path(args.out) / 'ledger.sqlite'}")
-    return 0 if all(s["state"] not in ("failed", "running") for s in summary) else 1
+    last = {s["scan"]: s["state"] for s in summary}  # a dead run's claim, then the retry
+    return 0 if all(state not in ("failed", "running") for state in last.values()) else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -185,6 +221,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             images.append(item)
         else:
             raise FileNotFoundError(f"{item}: no such file or folder")
+    _temporary_server()
     results = export_results([str(i) for i in images], to,
                              str(args.out) if args.out else None, _pacs(args.pacs),
                              args.source, args.deidentify, args.modality, args.description,
@@ -261,6 +298,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     work = args.work or str(out.parent / f".{out.name}.train")
     print(f"training {cfg.name} on {len(files)} volumes ({args.modality}, {args.orientation}); "
           f"training state in {work}")
+    _temporary_server()
     r = train_prior([str(f) for f in files], cfg, str(out), work, args.device, args.val_fraction)
     val = "-" if r["val_loss"] is None else f"{r['val_loss']:.4f}"
     print(f"step {r['step']}: loss {r['final_loss']:.4f}, validation loss {val}, "

@@ -3,6 +3,7 @@ content digests of files and folders."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 from collections.abc import Iterator
@@ -30,6 +31,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
     stem = path.name[: len(path.name) - len(suffix)] if suffix else path.name
     tmp = path.with_name(f".{stem}.{os.getpid()}.tmp{suffix}")
+    for stale in path.parent.glob(glob.escape(f".{stem}.") + "*" + glob.escape(f".tmp{suffix}")):
+        if stale != tmp:  # left by a killed writer
+            stale.unlink(missing_ok=True)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -48,7 +52,7 @@ def atomic_folder(folder: str | Path) -> Iterator[Path]:
 
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{folder.name}.*.partial"):
+    for stale in folder.parent.glob(glob.escape(f".{folder.name}.") + "*.partial"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a killed writer
     stage = folder.with_name(f".{folder.name}.{os.getpid()}.partial")
     stage.mkdir()

@@ -118,12 +118,26 @@ STEPS = {"mri": MRISteps, "ct": CTSteps}
 def _send(name: str, method: str, files: list[str], config: ReconConfig
           ) -> tuple[str | None, str | None]:
     """Send the method's DICOM series when the config asks for it: (sent, error). A failed
-    send leaves the series on disk and says where."""
+    send leaves the series on disk and says where. A series already sent to the same
+    destination (``<series>.sent.json`` beside it, written right after the send, matches its
+    content) is not sent again: a rerun after a killed run does not send twice."""
+    import json
+
+    from diffrecon.common.files import atomic_path, path_digest
+
     if "pacs" not in config.outputs:
         return None, None
     folder = next(f for f in files if f.endswith("_dicom"))
+    marker = Path(folder + ".sent.json")
+    receipt = {"destination": config.pacs, "series": path_digest(folder)}
     try:
-        return send_series(name, method, folder, config.pacs, config.pacs_secret), None
+        if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items()
+                                if k != "sent"} == receipt:
+            return json.loads(marker.read_text())["sent"], None
+        sent = send_series(name, method, folder, config.pacs, config.pacs_secret)
+        with atomic_path(marker) as tmp:
+            tmp.write_text(json.dumps({**receipt, "sent": sent}))
+        return sent, None
     except Exception as exc:
         from diffrecon.io.pacs import redact
 
