@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 
 import pytest
 
@@ -59,6 +60,15 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
                                                                   orthanc_login, dora,
                                                                   tmp_path, capsys):
     from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        FlowRunFilter,
+        FlowRunFilterId,
+        LogFilter,
+        LogFilterFlowRunId,
+    )
+    from prefect.client.schemas.sorting import FlowRunSort
 
     from diffrecon.cli import main
     from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV
@@ -66,6 +76,7 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
     user, password = orthanc_login.login
     host = orthanc_login.url.removeprefix("http://")
     out = tmp_path / "out"
+    since = datetime.now(UTC)  # the Prefect objects of this run only (the server is shared)
     try:
         rc = main(["run", str(dora), "--method", "zero-filled,cg-sense", "--accel", "2",
                    "--out", str(out), "--deidentify", "--outputs", "nifti,dicom,h5,png,pacs",
@@ -92,17 +103,25 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
             assert secret.encode() not in data, f"{secret} in {f.relative_to(out)}"
     deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
+        runs = [r for r in client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=20)
+                if r.created >= since]
+        ids = [r.id for r in runs]
         while True:  # logs and artifacts reach the API asynchronously
-            arts = client.read_artifacts()
+            arts = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=ids)))
             if any(a.key == "report-dora" for a in arts) or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         seen = [console.out, console.err]
-        seen += [e.message for e in client.read_logs()]
+        seen += [e.message for e in client.read_logs(LogFilter(
+            flow_run_id=LogFilterFlowRunId(any_=ids)))]
         seen += [f"{a.key} {a.description} {a.data}" for a in arts]
-        for r in client.read_flow_runs():
+        for r in runs:
             seen += [r.name, str(r.parameters), str(r.state.message)]
-        seen += [f"{t.name} {t.state.message}" for t in client.read_task_runs()]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(
+            any_=ids)))
+        assert len(tasks) >= 5
+        seen += [f"{t.name} {t.state.message} {t.task_inputs}" for t in tasks]
         seen += [str(v) for v in client.read_variables()]
     text = "\n".join(seen)
     assert "report-dora" in text
