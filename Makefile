@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install clean test-tools
 
 install: $(STAMP)
 
@@ -25,7 +25,11 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check diffrecon tests benchmarks
 
-test: $(STAMP) lint
+# Debian tools the tests use (Orthanc, dicom3tools), installed when missing
+test-tools:
+	@bash scripts/install_test_tools.sh
+
+test: $(STAMP) lint test-tools
 	$(BIN)/python -m pytest -q
 
 clean:
