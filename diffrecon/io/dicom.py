@@ -23,6 +23,16 @@ from diffrecon.io.errors import InvalidScanError, check_declared_size
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
 
+def _quiet_pydicom() -> None:
+    """pydicom's value validation warns with the offending value (e.g. a StudyInstanceUID
+    with letters), which would put identifiers into logs: values are not validated when read
+    or written here (the geometry and pixel checks of this module stay)."""
+    from pydicom import config
+
+    config.settings.reading_validation_mode = config.IGNORE
+    config.settings.writing_validation_mode = config.IGNORE
+
+
 @dataclass
 class CTVolume:
     """hu: (slices, rows, cols) float32 in HU; affine: (slice, row, col) -> RAS mm."""
@@ -40,6 +50,8 @@ class CTVolume:
 
 def _series(folder: Path) -> dict[str, list]:
     import pydicom
+
+    _quiet_pydicom()
 
     groups: dict[str, list] = defaultdict(list)
     for f in sorted(p for p in folder.iterdir() if p.is_file()):
@@ -250,6 +262,8 @@ def write_dicom_series(
 
     from pydicom.dataset import Dataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage
+
+    _quiet_pydicom()
 
     folder = Path(folder)
     modality = modality.upper()

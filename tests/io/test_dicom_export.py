@@ -202,3 +202,17 @@ def test_a_series_killed_half_written_is_never_in_place(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scan_fbp_dicom"]
     assert len(list(folder.iterdir())) == 8
     assert read_dicom_series(folder).hu.min() == pytest.approx(-999, abs=1)  # the new one
+
+
+def test_an_invalid_uid_is_never_printed(tmp_path, caplog, recwarn):
+    """pydicom's validation would warn with the value (a UID carrying a name): reading and
+    writing here log and warn nothing of it."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    src = {"StudyInstanceUID": "1.2.840.113619.2.55.3.Jane-Doe", "PatientName": "Doe^Jane"}
+    write_dicom_series(tmp_path / "s", np.zeros((2, 8, 8), np.float32), np.eye(4), "CT", "x",
+                       src)
+    read_dicom_series(tmp_path / "s")
+    said = caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "Jane-Doe" not in said and "Doe^Jane" not in said
