@@ -2,11 +2,19 @@
 `process_inbox` against a real Prefect server started here.
 
     .venv/bin/python benchmarks/soak.py [--scans 200] [--method cg-sense]
+    .venv/bin/python benchmarks/soak.py --faults --out benchmarks/results/soak_faults.json
 
 Reports total time, time per scan, the reconstruction time inside it (load, coil maps and
 the method, as the results record it) and the rest (Prefect orchestration, QA, export,
 ledger: the overhead), the server's database growth, and checks that every scan is in the
 ledger as done with its outputs present. Writes benchmarks/results/soak.json.
+
+``--faults`` injects what a hospital night brings: truncated files, dangling symbolic links
+and size bombs (quarantined), second files with a stem already there (``.hdf5`` beside
+``.h5``: both done, apart), and ``--kills`` runs of ``diffrecon inbox`` (a process of its
+own) killed with SIGKILL at random moments, each followed by a rerun. It counts scans lost
+(expected done but not done with its outputs), scans duplicated (more than one finished
+subflow run per scan, read from the server) and quarantined.
 """
 
 from __future__ import annotations
@@ -27,7 +35,12 @@ def main() -> None:
     ap.add_argument("--method", default="cg-sense")
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--out", default="benchmarks/results/soak.json")
+    ap.add_argument("--faults", action="store_true", help="inject bad entries and kills")
+    ap.add_argument("--kills", type=int, default=4, help="with --faults: runs killed")
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
+    if args.faults:
+        return soak_with_faults(args)
     with tempfile.TemporaryDirectory() as tmp, PrefectServer(Path(tmp) / "home") as server:
         import sys
 
@@ -73,6 +86,110 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     assert len(done) == n and outputs_ok, "not every scan is done with its outputs"
+
+
+def _finished_subflows(server_api: str) -> dict[str, int]:
+    """Finished (completed or failed) reconstruct-scans runs per name, from the server."""
+    from collections import Counter
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+    counts: Counter = Counter()
+    with get_client(sync_client=True) as client:
+        offset = 0
+        while True:
+            runs = client.read_flow_runs(
+                flow_filter=FlowFilter(name=FlowFilterName(any_=["reconstruct-scans"])),
+                limit=200, offset=offset)
+            counts.update(r.name for r in runs if r.state_type.value in ("COMPLETED", "FAILED"))
+            if len(runs) < 200:
+                return dict(counts)
+            offset += 200
+
+
+def soak_with_faults(args: argparse.Namespace) -> None:
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    import h5py
+    import numpy as np
+
+    rng = random.Random(args.seed)
+    with tempfile.TemporaryDirectory() as tmp, PrefectServer(Path(tmp) / "home") as server:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from diffrecon.io.fastmri import write_fastmri
+        from diffrecon.io.records import short_hash
+        from diffrecon.tasks.ledger import Ledger
+        from tests.conftest import make_acquisition
+
+        inbox, outbox = Path(tmp) / "inbox", Path(tmp) / "outbox"
+        good = []
+        for i in range(args.scans):
+            acq = make_acquisition(n_slices=1, n_coils=4, ny=args.size, nx=args.size, seed=i)
+            write_fastmri(acq, inbox / f"scan{i:04d}.h5")
+            good.append(f"scan{i:04d}")
+        for i in rng.sample(range(args.scans), 5):  # a second file with the same stem
+            acq = make_acquisition(n_slices=1, n_coils=4, ny=args.size, nx=args.size,
+                                   seed=1000 + i)
+            write_fastmri(acq, inbox / f"scan{i:04d}.hdf5")
+            good.append(f"scan{i:04d}-{short_hash(f'scan{i:04d}.hdf5')}")
+        bad = []
+        data = (inbox / "scan0000.h5").read_bytes()
+        for i in range(5):
+            (inbox / f"truncated{i}.h5").write_bytes(data[: len(data) // 3])
+            bad.append(f"truncated{i}")
+        for i in range(3):
+            (inbox / f"dangling{i}.h5").symlink_to(Path(tmp) / f"nowhere{i}.h5")
+            with h5py.File(inbox / f"bomb{i}.h5", "w") as f:
+                f.create_dataset("kspace", shape=(64, 32, 4096, 4096), dtype=np.complex64,
+                                 chunks=(1, 1, 64, 64))
+            bad += [f"dangling{i}", f"bomb{i}"]
+        old = time.time() - 3600
+        for p in inbox.iterdir():
+            if not p.is_symlink():
+                os.utime(p, (old, old))
+        db0 = server.database_bytes()
+        cmd = [sys.executable, "-m", "diffrecon.cli", "inbox", str(inbox), "--out",
+               str(outbox), "--method", args.method, "--accel", "2", "--outputs", "nifti,png",
+               "--max-attempts", str(args.kills + 3)]
+        env = {**os.environ, "PREFECT_API_URL": server.api, "OMP_NUM_THREADS": "1"}
+        t0 = time.perf_counter()
+        kills = []
+        for _ in range(args.kills):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL)
+            after = rng.uniform(10, 60)
+            try:
+                proc.wait(timeout=after)
+            except subprocess.TimeoutExpired:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append(round(after, 1))
+        final = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        total = time.perf_counter() - t0
+        time.sleep(5)
+        db1 = server.database_bytes()
+        rows = {e.name: e for e in Ledger(outbox / "ledger.sqlite").all()}
+        lost = [n for n in good if n not in rows or rows[n].state != "done"
+                or not all(Path(o).exists() for o in rows[n].outputs)]
+        quarantined = sorted(n for n, e in rows.items() if e.state == "quarantined")
+        finished = _finished_subflows(server.api)
+        duplicated = sorted(n for n in good if finished.get(n, 0) > 1)
+    result = {
+        "scans": len(good), "bad_entries": len(bad), "method": args.method,
+        "matrix": f"1 x 4 x {args.size} x {args.size}", "kills_after_s": kills,
+        "final_run_exit_code": final.returncode, "total_s": round(total, 1),
+        "lost": len(lost), "duplicated": len(duplicated),
+        "quarantined": len(quarantined), "quarantined_as_expected": quarantined == sorted(bad),
+        "database_growth_mb": round((db1 - db0) / 2**20, 1), "cpu": os.cpu_count(),
+    }
+    print(json.dumps(result, indent=2))
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    assert not lost and not duplicated and quarantined == sorted(bad), (lost, duplicated,
+                                                                        quarantined)
 
 
 if __name__ == "__main__":

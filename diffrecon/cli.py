@@ -26,7 +26,10 @@ _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
 
 
 def _quiet_prefect(verbose: bool) -> None:
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO" if verbose else "WARNING")
+    # INFO reaches the server (the UI's log tab); the console shows warnings unless -v
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL",
+                          "INFO" if verbose else "WARNING")
     os.environ.setdefault("PREFECT_TASKS_DEFAULT_NO_CACHE", "true")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 

@@ -18,6 +18,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed, State
 
+from diffrecon.common import console
 from diffrecon.common.files import apply_permissions
 from diffrecon.config import DaskSpec, ReconConfig
 from diffrecon.io.errors import InvalidScanError
@@ -153,10 +154,13 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
     apply_permissions(config.permissions)  # also on a Dask worker
     steps = STEPS[config.modality](config)
     record = {"scan": name, "modality": config.modality}
+    console.status(f"{name}: loading ...")
     try:
         prepared = steps.prepare(path, name)
     except Exception as exc:  # the scan cannot be used: every method fails with its reason
         get_run_logger().error("scan %s failed: %s", name, exc)
+        console.status(f"{name}: {'invalid' if isinstance(exc, InvalidScanError) else 'failed'}",
+                       done=True)
         state = "invalid" if isinstance(exc, InvalidScanError) else "failed"
         return [ResultRecord(**record, method=m, state=state, error=str(exc))
                 for m in config.methods]
@@ -164,6 +168,7 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
     records: list[ResultRecord] = []
     images = {}
     for method in config.methods:
+        console.status(f"{name}: {method} ...")
         try:
             out = steps.reconstruct(prepared, method)
             images[method] = out.image
@@ -184,8 +189,12 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
                                         output=files[0] if files else None, sent=sent,
                                         error=error, state="failed" if error else "done",
                                         **qa))
+            psnr = "" if records[-1].psnr is None else f", PSNR {records[-1].psnr:.2f} dB"
+            console.status(f"{name}: {method} {records[-1].state} in "
+                           f"{records[-1].seconds:.1f} s{psnr}", done=True)
         except Exception as exc:
             get_run_logger().error("%s on %s failed: %s", method, name, exc)
+            console.status(f"{name}: {method} failed", done=True)
             records.append(ResultRecord(**record, method=method, setting=setting,
                                         state="failed", error=str(exc)))
     scan_report(name, config.modality, records, images, config.store_root)

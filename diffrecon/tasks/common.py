@@ -80,13 +80,17 @@ def cached_prior(name_or_path: str, device: torch.device, compile: bool = False)
 
 
 def _progress_artifact(what: str) -> Callable[[int, int], None]:
-    """A Prefect progress artifact and the callback (step, total) that updates it."""
+    """A Prefect progress artifact and the callback (step, total) that updates it (and the
+    operator's terminal line)."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    from diffrecon.common import console
 
     art = create_progress_artifact(0.0, description=what)
     last = [0.0]
 
     def progress(i: int, n: int) -> None:
+        console.steps(what, i, n)
         pct = 100.0 * i / n
         if pct - last[0] >= 10 or i == n:
             update_progress_artifact(art, pct)
