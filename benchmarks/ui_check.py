@@ -3,6 +3,7 @@ the built-in sample scan), then headless-Chromium screenshots of the flow-run pa
 the scan's report artifact, and the artifacts checked through the API.
 
     .venv/bin/python benchmarks/ui_check.py [--out benchmarks/results]
+    .venv/bin/python benchmarks/ui_check.py --inbox   # a night with a quarantined scan
 
 Needs Debian `chromium`. Writes ui_flow_run.png, ui_report.png and prints what the API
 holds. Open the PNGs and look at them: the report must show the QA table and the preview.
@@ -35,12 +36,60 @@ def screenshot(url: str, path: Path, profile: Path) -> None:
         raise SystemExit(f"chromium wrote no screenshot of {url}")
 
 
+def inbox_with_a_quarantined_scan(out: Path) -> None:
+    """A night of three scans, one of them corrupt: the inbox run, the failed subflow run of
+    the corrupt scan (its state message the reason) and the inbox table, as the UI shows them
+    (ui_inbox_run.png, ui_inbox_failed_scan.png)."""
+    import os
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    with tempfile.TemporaryDirectory() as tmp, PrefectServer(Path(tmp) / "home") as server:
+        from prefect.client.orchestration import get_client
+
+        from diffrecon.config import MaskSpec, ReconConfig
+        from diffrecon.flows.inbox import process_inbox
+        from diffrecon.io.fastmri import write_fastmri
+        from tests.conftest import make_acquisition
+
+        inbox = Path(tmp) / "inbox"
+        for i, name in enumerate(("anna", "bert")):
+            write_fastmri(make_acquisition(n_slices=2, n_coils=4, ny=64, nx=64, seed=i),
+                          inbox / f"{name}.h5")
+        data = (inbox / "anna.h5").read_bytes()
+        (inbox / "carl.h5").write_bytes(data[: len(data) // 3])
+        old = time.time() - 3600
+        for p in inbox.iterdir():
+            os.utime(p, (old, old))
+        summary = process_inbox.with_options(flow_run_name="night-of-2026-12-02")(
+            str(inbox), str(Path(tmp) / "outbox"),
+            ReconConfig(methods=["zero-filled", "cg-sense"], mask=MaskSpec(accel=2)))
+        for s in summary:
+            print(s)
+        time.sleep(3)
+        with get_client(sync_client=True) as client:
+            runs = {r.name: r for r in client.read_flow_runs()}
+        bad = runs["carl"]
+        print(f"carl: {bad.state_type.value}: {bad.state.message}")
+        assert bad.state_type.value == "FAILED" and "truncated" in bad.state.message
+        profile = Path(tmp) / "chromium"
+        screenshot(f"{server.url}/v2/runs/flow-run/{runs['night-of-2026-12-02'].id}",
+                   out / "ui_inbox_run.png", profile)
+        screenshot(f"{server.url}/v2/runs/flow-run/{bad.id}", out / "ui_inbox_failed_scan.png",
+                   profile)
+        print(f"screenshots in {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--inbox", action="store_true",
+                    help="the inbox scenario with a quarantined scan instead")
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if args.inbox:
+        return inbox_with_a_quarantined_scan(out)
     with tempfile.TemporaryDirectory() as tmp, PrefectServer(Path(tmp) / "home") as server:
         from prefect.client.orchestration import get_client
 
