@@ -420,3 +420,24 @@ def test_two_files_with_one_stem_never_share_an_output(prefect_harness, tmp_path
     imgs = [np.asarray(nib.load(o).dataobj) for o in outputs]
     assert not np.allclose(imgs[0], imgs[1])
     assert {p.name for p in out.glob("*_qa.json")} == {f"{n}_qa.json" for n in labels}
+
+
+def test_every_flag_has_help_and_run_and_inbox_have_examples():
+    import argparse
+
+    from diffrecon.cli import build_parser
+
+    missing, examples = [], {}
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        for a in parser._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for name, sub in a.choices.items():
+                    walk(sub, [*path, name])
+            elif not a.help and not isinstance(a, argparse._HelpAction):
+                missing.append(" ".join([*path, *(a.option_strings or [a.dest])]))
+        examples[" ".join(path)] = parser.epilog or ""
+
+    walk(build_parser(), [])
+    assert missing == []
+    assert "diffrecon run " in examples["run"] and "diffrecon inbox " in examples["inbox"]
