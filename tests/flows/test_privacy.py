@@ -127,3 +127,31 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
     assert "report-dora" in text
     for secret in secrets:
         assert secret not in text
+
+
+def test_the_login_comes_from_a_secret_block_or_is_refused_clearly(prefect_harness,
+                                                                    orthanc_login, tmp_path,
+                                                                    monkeypatch):
+    import numpy as np
+    from prefect.blocks.system import Secret
+
+    from diffrecon.io.dicom import write_dicom_series
+    from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV, PacsError, send
+    from diffrecon.tasks.export import pacs_credentials
+
+    monkeypatch.delenv(USER_ENV, raising=False)
+    monkeypatch.delenv(PASSWORD_ENV, raising=False)
+    files = write_dicom_series(tmp_path / "s", np.zeros((2, 8, 8), np.float32), np.eye(4),
+                               "CT", "x", uid_seed="secret-test")
+    dest = orthanc_login.url + "/dicom-web"
+    with pytest.raises(PacsError, match=r"refused the credentials \(HTTP 401\); set "
+                                        "DIFFRECON_PACS_USER"):
+        send(dest, files, retries=0)
+    Secret(value=":".join(orthanc_login.login)).save("pacs-login", overwrite=True)
+    assert pacs_credentials("pacs-login") == orthanc_login.login
+    assert send(dest, files, auth=pacs_credentials("pacs-login"))["instances"] == 2
+    (series,) = orthanc_login.series()
+    assert len(series["Instances"]) == 2
+    monkeypatch.setenv(USER_ENV, "pacs-user")
+    monkeypatch.setenv(PASSWORD_ENV, "wrong")
+    assert pacs_credentials(None) == ("pacs-user", "wrong")
