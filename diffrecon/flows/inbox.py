@@ -161,15 +161,48 @@ def _label(path: Path, ledger: Ledger, taken: set[str], mode: str) -> tuple[str,
     return unique_label(scan_label(path, mode), path.name, taken), None
 
 
-def _dead_claims(ledger: Ledger, inbox: Path, max_attempts: int) -> list[dict]:
+def _finished_before_death(row: Entry, path: Path, outbox: Path
+                           ) -> tuple[list[str], str | None] | None:
+    """The outputs of a claimed scan whose reconstruction finished (its results.json written
+    after the claim, every record done, every output there, the content still the one
+    claimed) although the run died before the ledger said so, and its PACS sends; None
+    otherwise."""
+    from datetime import datetime
+
+    from diffrecon.results import read_results
+
+    results = outbox / row.name / "results.json"
+    try:
+        claimed = datetime.fromisoformat(row.updated).timestamp()
+        if not results.exists() or results.stat().st_mtime < claimed - 1:
+            return None
+        records = read_results(results)
+        outputs = [r.output for r in records if r.output]
+        if not records or any(r.state != "done" for r in records) \
+                or not all(Path(o).exists() for o in outputs):
+            return None
+        if path_digest(path) != row.digest:
+            return None
+    except (OSError, ValueError):
+        return None
+    sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
+    return [*outputs, str(results)], sent
+
+
+def _dead_claims(ledger: Ledger, inbox: Path, outbox: Path, max_attempts: int) -> list[dict]:
     """Rows left in state running by a run that died (this run holds the lock, so no one
-    else is working): a failed attempt, or quarantine after ``max_attempts``."""
+    else is working): done when its reconstruction had finished, else a failed attempt, or
+    quarantine after ``max_attempts``."""
     out = []
     for row in ledger.all():
         if row.state != "running":
             continue
         path = inbox / (row.entry or Path(row.path).name)
-        if row.attempts >= max_attempts and (path.exists() or path.is_symlink()):
+        finished = _finished_before_death(row, path, outbox)
+        if finished is not None:  # not done again: the run died just after the work
+            ledger.record(row.name, row.path, row.digest, "done", None, finished[0],
+                          attempt=False, sent=finished[1])
+        elif row.attempts >= max_attempts and (path.exists() or path.is_symlink()):
             reason = (f"stopped the worker {row.attempts} times while being processed "
                       "(killed, out of memory or crashed); quarantined so it no longer "
                       "blocks the inbox")
@@ -207,7 +240,7 @@ def _process_inbox(inbox_p: Path, outbox_p: Path, config: ReconConfig, force: bo
     check_priors(config)  # before any scan is claimed
     outbox_p.mkdir(parents=True, exist_ok=True)
     ledger = Ledger(outbox_p / "ledger.sqlite")
-    summary = _dead_claims(ledger, inbox_p, max_attempts)
+    summary = _dead_claims(ledger, inbox_p, outbox_p, max_attempts)
     ready, waiting, bad = discover(inbox_p, settle_seconds)
     taken = {row.name for row in ledger.all()}
     for path, problem in bad:

@@ -152,6 +152,13 @@ def test_same_stem_bad_links_and_dead_claims(prefect_harness, inbox, tmp_path):
                       "reason": "the run processing it stopped before finishing (killed, out "
                                 "of memory or crashed)"}
     assert nxt[1]["scan"] == "anna" and nxt[1]["state"] == "done"  # the retry, same night
+    # a run that died after anna's reconstruction finished (results written after the
+    # claim) but before the ledger said so: done, not reconstructed again
+    row = ledger.get("anna")
+    ledger.record("anna", row.path, row.digest, "running", "claimed", entry="anna.h5")
+    os.utime(out / "anna" / "results.json")
+    assert process_inbox(str(inbox), str(out), config, max_attempts=2, settle_seconds=60) \
+        == [{"scan": "anna", "state": "done", "attempts": 2, "reason": None}]
     # ... and once it stopped the worker max_attempts times, it is quarantined
     row = ledger.get("anna")
     ledger.record("anna", row.path, "other", "running", "claimed", entry="anna.h5")
