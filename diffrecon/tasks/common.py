@@ -121,7 +121,8 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
     from diffrecon.recon.diffusion.run import run_diffusion as run
 
     priors = [cached_prior(name, dev, ref.compile) for name in ref.prior_names(method)]
-    check_priors_fit(priors, modality, image_shape)
+    # the slice-wise samplers take any image size; the volume samplers the prior's own
+    check_priors_fit(priors, modality, image_shape, METHODS[method].sampler != "volume")
     x, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
                  slice_batch, _progress_artifact(what), _log_oom_retry(what))
     return x, nfe, " + ".join(p.name for p in priors)

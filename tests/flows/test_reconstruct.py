@@ -85,6 +85,7 @@ def test_cli_rejects_unknown_method(capsys):
 
 
 def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, tmp_path):
+    import nibabel as nib
     import torch
 
     from diffrecon.config import PriorRef
@@ -119,13 +120,14 @@ def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, 
             time.sleep(0.2)
     assert progress
 
-    bad = ReconConfig(methods=["dds"], out_dir=str(tmp_path / "o2"),
-                      diffusion=PriorRef(prior=str(prior_dir), nfe=3))
-    wrong = write_fastmri(make_acquisition(n_slices=1, n_coils=6, ny=96, nx=96, seed=3),
-                          tmp_path / "in" / "big.h5")
-    (rec,) = reconstruct_scans([str(wrong)], bad)
-    assert rec.state == "failed"
-    assert "does not fit this scan (MRI, 96 x 96)" in rec.error
+    # a scan of another size than the prior's: the network runs at the scan's own size
+    other = ReconConfig(methods=["dds"], out_dir=str(tmp_path / "o2"),
+                        diffusion=PriorRef(prior=str(prior_dir), nfe=3))
+    big = write_fastmri(make_acquisition(n_slices=1, n_coils=6, ny=96, nx=90, seed=3),
+                        tmp_path / "in" / "big.h5")
+    (rec,) = reconstruct_scans([str(big)], other)
+    assert rec.state == "done" and rec.nfe == 3
+    assert nib.load(rec.output).shape[:2] == (90, 96)  # NIfTI (x, y): the scan's grid
 
 
 def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):
@@ -264,11 +266,11 @@ def test_ct_diffusion_methods_in_the_flow(prefect_harness, tmp_path):
     np.testing.assert_allclose(nib.affines.apply_affine(out.affine, [1, 1, 0]),
                                nib.affines.apply_affine(np.diag([1.5, 1.5, 3.0, 1]), [0, 0, 0]),
                                atol=1e-6)  # the input's first voxel sits one voxel in
-    # a prior that does not fit: a clear error, the other methods are unaffected
-    bad = config.model_copy(update={"methods": ["dds"], "ct": CTSpec(views=8),
-                                    "out_dir": str(tmp_path / "o2")})
-    (rec,) = reconstruct_scans([str(tmp_path / "ph.nii.gz")], bad)
-    assert rec.state == "failed" and "does not fit this scan (CT, 30 x 30)" in rec.error
+    # slice-wise DDS runs the 32 x 32 prior at the scan's own 30 x 30
+    other = config.model_copy(update={"methods": ["dds"], "ct": CTSpec(views=8),
+                                      "out_dir": str(tmp_path / "o2")})
+    (rec,) = reconstruct_scans([str(tmp_path / "ph.nii.gz")], other)
+    assert rec.state == "done" and nib.load(rec.output).shape == (30, 30, 6)
 
 
 def test_hashed_scan_names_keep_file_names_out_of_the_server(prefect_harness, tmp_path):

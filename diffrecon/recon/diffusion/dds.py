@@ -124,8 +124,8 @@ class _Run:
 def _start(prior: Prior, operator: LinearOperator, y: torch.Tensor, steps: int, seed: int,
            scale_factor: float) -> _Run:
     g = torch.Generator(device="cpu").manual_seed(seed)
-    size = prior.config.image_size
-    shape = (y.shape[0], prior.channels, size, size)
+    # the scan's own image grid (the network runs at any size: Prior.eps)
+    shape = (y.shape[0], prior.channels, *operator.adjoint(y).shape[-2:])
     return _Run(estimate_scale(prior, operator, y, scale_factor), g, shape,
                 torch.randn(shape, generator=g).to(prior.device),
                 prior.schedule.sampling_timesteps(steps), _data_dtype(prior, y))

@@ -101,6 +101,15 @@ class Prior:
     def channels(self) -> int:
         return len(self.config.channels)
 
+    @property
+    def size_multiple(self) -> int:
+        """Image sides the network takes whole: 2 ** (its downsamplings). Other sizes are
+        reflect-padded to the next multiple for the network and cropped back."""
+        net = self.config.network
+        levels = len(net["channels"]) if self.config.architecture == "monai-diffusion-unet" \
+            else len(net["channel_mult"])
+        return 2 ** (levels - 1)
+
     def _ctx(self):
         if self.autocast and self.device.type == "cuda":
             return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -114,10 +123,17 @@ class Prior:
         """The network's noise prediction for x_t at timestep t (``grad``: keep the graph,
         for DPS)."""
         x_t = x_t.to(self.device, torch.float32)
+        h, w = x_t.shape[-2:]
+        m = self.size_multiple
+        ph, pw = -h % m, -w % m  # the convolutional network runs at any size, padded
+        if ph or pw:
+            mode = "reflect" if ph < h and pw < w else "replicate"
+            x_t = torch.nn.functional.pad(x_t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
+                                          mode=mode)
         with torch.set_grad_enabled(grad), self._ctx():
             out = self.net(x_t, self._t(t, x_t.shape[0]))
         self.evaluations += x_t.shape[0]
-        return out.float()
+        return out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w].float()
 
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, grad: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -28,12 +28,15 @@ def sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     return dds_sample(prior, operator, y, config, progress)
 
 
-def check_priors_fit(priors: list[Prior], modality: str, image_shape: tuple[int, int]) -> None:
-    """A ValueError naming the prior when its modality or image size does not fit."""
+def check_priors_fit(priors: list[Prior], modality: str, image_shape: tuple[int, int],
+                     any_size: bool = True) -> None:
+    """A ValueError naming the prior when its modality does not fit, or (unless
+    ``any_size``: the slice-wise samplers run the network at the scan's own size) its image
+    size."""
     h, w = image_shape
     for p in priors:
-        if p.config.modality != modality or p.config.image_size != h \
-                or p.config.image_size != w:
+        size_ok = any_size or (p.config.image_size == h and p.config.image_size == w)
+        if p.config.modality != modality or not size_ok:
             raise ValueError(f"prior {p.name} ({p.config.modality}, {p.config.image_size} x "
                              f"{p.config.image_size}) does not fit this scan "
                              f"({modality.upper()}, {h} x {w})")
