@@ -19,9 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.ndimage import zoom
 
-from diffrecon.common.seeds import benchmark_rng, benchmark_seed
+from diffrecon.common.seeds import benchmark_seed
 from diffrecon.config import ReconConfig
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
@@ -29,27 +28,9 @@ from diffrecon.recon.diffusion.run import sample
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
 from diffrecon.recon.masks import expand_mask, mask_1d
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.simulation import add_noise, simulate_kspace, smooth_phase
-from diffrecon.testing import b1_cases
+from diffrecon.testing import b1_case_resized, b1_cases
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
-
-
-def resized_case(case, maps: torch.Tensor, shape: tuple[int, int]):
-    """(k-space (C, h, w), truth (h, w)) of a B1 slice resampled to ``shape``."""
-    h, w = shape
-    img = case.reference.numpy()
-    f = (h / img.shape[0], w / img.shape[1])
-    truth = np.clip(zoom(img, f, order=3), 0, None).astype(np.float32)
-    truth /= truth.max()
-    m = maps.numpy()
-    mr = zoom(m.real, (1, *f), order=1) + 1j * zoom(m.imag, (1, *f), order=1)
-    mr /= np.sqrt((np.abs(mr) ** 2).sum(0, keepdims=True)) + 1e-12
-    x = torch.from_numpy(truth) * smooth_phase((h, w), benchmark_rng(case.volume, case.z,
-                                                                     "phase"))
-    k = add_noise(simulate_kspace(x, torch.from_numpy(mr.astype(np.complex64))), 1e-3,
-                  benchmark_rng(case.volume, case.z, "noise"))
-    return k, torch.from_numpy(truth)
 
 
 def main() -> None:
@@ -71,7 +52,7 @@ def main() -> None:
             scores: dict[str, list] = {}
             t0 = time.perf_counter()
             for c in cases:
-                k, truth = resized_case(c, maps, (h, w))
+                k, truth = b1_case_resized(c, maps, (h, w))
                 seed = benchmark_seed(c.volume, c.z, f"{accel}/equispaced")
                 mask = expand_mask(mask_1d("equispaced", h, accel, seed), w)
                 ku = (k * mask)[None]

@@ -73,6 +73,28 @@ def b1_case(path: str | Path, z: int, maps: torch.Tensor) -> MRICase:
     return MRICase(volume, z, k, torch.from_numpy(img))
 
 
+def b1_case_resized(case: MRICase, maps: torch.Tensor, shape: tuple[int, int]
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(k-space (C, h, w), truth (h, w)) of a B1 slice resampled to another matrix: the truth
+    (cubic, max 1) and the 16 simulation maps (linear, renormalised to unit root-sum-of-
+    squares) resampled, phase and noise drawn as B1 draws them."""
+    from scipy.ndimage import zoom
+
+    h, w = shape
+    img = case.reference.numpy()
+    f = (h / img.shape[0], w / img.shape[1])
+    truth = np.clip(zoom(img, f, order=3), 0, None).astype(np.float32)
+    truth /= truth.max()
+    m = maps.numpy()
+    mr = zoom(m.real, (1, *f), order=1) + 1j * zoom(m.imag, (1, *f), order=1)
+    mr /= np.sqrt((np.abs(mr) ** 2).sum(0, keepdims=True)) + 1e-12
+    x = torch.from_numpy(truth) * smooth_phase((h, w), benchmark_rng(case.volume, case.z,
+                                                                     "phase"))
+    k = add_noise(simulate_kspace(x, torch.from_numpy(mr.astype(np.complex64))), 1e-3,
+                  benchmark_rng(case.volume, case.z, "noise"))
+    return k, torch.from_numpy(truth)
+
+
 def b1_cases(ixi_folder: str | Path, maps_file: str | Path, quick: bool = False) -> list[MRICase]:
     """All B1 slices (6 test volumes x 8 slices), or B1-quick (2 volumes x 4 slices)."""
     maps = torch.from_numpy(np.load(maps_file))

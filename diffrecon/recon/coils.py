@@ -153,16 +153,20 @@ def upsample_periodic(x: torch.Tensor, step: int, shape: tuple[int, int]) -> tor
 
 
 def choose_kernel(rows: int, cols: int, n_coils: int, kernel_width: int | None) -> tuple[int, int]:
-    """A square kernel no larger than 6 that leaves at least 3 patch rows and enough patches."""
+    """A square kernel no larger than 6 that leaves at least 5 patch rows and columns (else
+    3) and enough patches: an 8-line calibration gets 4 x 4, since a 6 x 6 kernel over 3
+    patch rows gave maps 5.5 dB worse in CG-SENSE (B1 slices at 96 x 96, R=4)."""
     if kernel_width is not None:
         k = int(kernel_width)
         if rows < k + 2 or cols < k + 2:
             raise ValueError(f"the fully sampled k-space centre is only {rows} x {cols}; a "
                              f"{k} x {k} ESPIRiT kernel needs at least {k + 2} x {k + 2}")
         return k, k
-    for k in range(6, 2, -1):
-        if rows >= k + 2 and cols >= k + 2 and (rows - k + 1) * (cols - k + 1) >= n_coils * k:
-            return k, k
+    for margin in (4, 2):  # patch rows / columns - 1
+        for k in range(6, 2, -1):
+            if rows >= k + margin and cols >= k + margin \
+                    and (rows - k + 1) * (cols - k + 1) >= n_coils * k:
+                return k, k
     raise ValueError(f"the fully sampled k-space centre is only {rows} x {cols}; ESPIRiT needs "
                      "at least 5 x 5 fully sampled calibration points")
 

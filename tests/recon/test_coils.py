@@ -99,6 +99,7 @@ def test_calibration_region_is_rectangular():
     assert coils.default_kernel(10) == 3 and coils.default_kernel(24) == 6
     assert coils.choose_kernel(10, 128, 16, None) == (6, 6)
     assert coils.choose_kernel(6, 128, 16, None) == (4, 4)
+    assert coils.choose_kernel(8, 96, 16, None) == (4, 4)  # 5 patch rows, not 3
 
 
 def test_bad_calibration_data_gives_clear_errors():
