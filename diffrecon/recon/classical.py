@@ -57,17 +57,28 @@ def l1_wavelet_sense(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tenso
                      wavelet: str = "db4") -> torch.Tensor:
     """argmin 0.5 ||M F S x - y||^2 + lam ||W x||_1 by FISTA; W orthonormal Daubechies.
 
-    Step 1: ||A^H A|| <= 1 for maps with unit sum of squares and a binary mask.
+    Any image size: when a side is not a multiple of 2^levels the problem is solved on the
+    image centre-padded to one (the pad is outside the data's reach, A composed with the
+    crop, and the wavelet penalty keeps it near zero) and cropped back. Step 1: ||A^H A||
+    <= 1 for maps with unit sum of squares and a binary mask.
     """
+    from diffrecon.common.geometry import pad_or_crop
     from diffrecon.recon.wavelets import Wavelet2D
 
     op, b, scale = _scaled_problem(kspace, maps, mask)
-    w = Wavelet2D(tuple(kspace.shape[-2:]), levels, wavelet)
+    h, w = b.shape[-2:]
+    m = 2**levels
+    grid = (h + -h % m, w + -w % m)
+    wav = Wavelet2D(grid, levels, wavelet)
+
+    def normal(z: torch.Tensor) -> torch.Tensor:
+        return pad_or_crop(op.normal(pad_or_crop(z, (h, w))), grid)
 
     def prox(v: torch.Tensor, step: float):
-        return w.adjoint(soft_threshold(w.forward(v), lam * step))
+        return wav.adjoint(soft_threshold(wav.forward(v), lam * step))
 
-    return fista(op.normal, b, prox, step=1.0, iters=iters) * scale
+    z = fista(normal, pad_or_crop(b, grid), prox, step=1.0, iters=iters)
+    return pad_or_crop(z, (h, w)) * scale
 
 
 def tv_sense(kspace: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor, lam: float = 1e-4,
