@@ -165,6 +165,7 @@ def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
         device=args.device,
         coil_compression=args.coils,
+        calib=args.calib,
         outputs=_outputs(args.outputs),
         pacs=_pacs(args.pacs),
         pacs_secret=args.pacs_secret,
@@ -381,6 +382,9 @@ def _recon_args(p: argparse.ArgumentParser, outputs: str) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--coils", type=int, default=None,
                    help="MRI: compress to this many virtual coils (SVD) before the coil maps")
+    p.add_argument("--calib", type=_calib, default=None, metavar="N|NxM",
+                   help="MRI: ESPIRiT calibration region (lines x columns) inside the fully "
+                        "sampled centre (default: the largest centred block found)")
     _output_args(p, outputs)
     p.add_argument("--prior", default=None,
                    help="dds/dps and the volume methods: a shipped prior's name or a "
@@ -410,6 +414,14 @@ INBOX_EXAMPLES = """examples:
   diffrecon inbox /data/inbox --out /data/outbox --outputs nifti,pacs \
       --pacs dicom://PACS@127.0.0.1:4242 --deidentify --name-by hash
 """
+
+
+def _calib(text: str) -> tuple[int, int]:
+    """``24`` or ``24x32`` -> (lines, columns)."""
+    parts = text.lower().split("x")
+    if len(parts) not in (1, 2) or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"--calib {text}: give N or NxM (e.g. 24 or 24x32)")
+    return (int(parts[0]), int(parts[-1]))
 
 
 def _outputs(text: str) -> list[str]:

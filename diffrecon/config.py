@@ -161,6 +161,9 @@ class ReconConfig(BaseModel):
     tv_lam: float = Field(1e-4, ge=0, description="ADMM-TV weight (k-space scaled to 1); "
                           "tuned on the IXI training volumes")
     coil_method: Literal["torch", "sigpy"] = "torch"
+    calib: tuple[int, int] | None = Field(
+        None, description="ESPIRiT calibration region (lines, columns) inside the fully "
+                          "sampled k-space centre; default the largest centred block found")
     diffusion: PriorRef = Field(default_factory=PriorRef)
     outputs: list[Output] = Field(
         default_factory=lambda: ["nifti"],

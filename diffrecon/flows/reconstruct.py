@@ -51,6 +51,7 @@ class Prepared:
     maps_seconds: float = 0.0
     source: dict = field(default_factory=dict)
     header: str | None = None
+    maps_error: str | None = None  # why coil maps could not be estimated (MRI)
 
 
 class MRISteps:
@@ -75,11 +76,18 @@ class MRISteps:
         p = Prepared(meas, source=scan.source_attrs, header=scan.header)
         if any(METHODS[m].coil_maps for m in c.methods):
             t0 = time.perf_counter()
-            p.maps = self.estimate_coil_maps(meas, self.store, c.coil_method, c.device)
+            try:
+                p.maps = self.estimate_coil_maps(meas, self.store, c.coil_method, c.device,
+                                                 c.calib)
+            except ValueError as exc:  # no usable calibration: only those methods fail
+                p.maps_error = f"coil maps: {exc}"
+                get_run_logger().error("%s: %s", name, p.maps_error)
             p.maps_seconds = time.perf_counter() - t0
         return p
 
     def reconstruct(self, p: Prepared, method: str) -> ReconOutput:
+        if METHODS[method].coil_maps and p.maps_error:
+            raise ValueError(p.maps_error)
         maps = p.maps if METHODS[method].coil_maps else None
         return self.reconstruct_task(p.meas, maps, method, self.config)
 

@@ -18,28 +18,35 @@ import torch
 
 
 def calibration_region(mask: torch.Tensor) -> tuple[int, int]:
-    """(lines, columns) of the contiguous fully sampled block around the k-space centre.
+    """(lines, columns) of the largest fully sampled rectangle around the k-space centre.
 
-    mask: (ky, kx) bool. Grows a rectangle from the centre while whole rows / columns of it
-    stay sampled.
+    mask: (ky, kx) bool. A square grows symmetrically from the centre while it stays fully
+    sampled, then each side moves out by one row / column while the new edge is fully
+    sampled: a 1D mask's 10 centre lines give 10 x the readout; a 2D Poisson or variable-
+    density mask's 24 x 24 block gives 24 x 24 even with samples scattered beside it.
     """
     m = mask.bool().cpu().numpy()
     ny, nx = m.shape
     cy, cx = ny // 2, nx // 2
     if not m[cy, cx]:
         return 0, 0
-    lo, hi = cy, cy
-    while lo - 1 >= 0 and m[lo - 1, cx]:
-        lo -= 1
-    while hi + 1 < ny and m[hi + 1, cx]:
-        hi += 1
-    rows = m[lo : hi + 1]
-    left, right = cx, cx
-    while left - 1 >= 0 and rows[:, left - 1].all():
-        left -= 1
-    while right + 1 < nx and rows[:, right + 1].all():
-        right += 1
-    return hi - lo + 1, right - left + 1
+    r = 0
+    while cy - r - 1 >= 0 and cx - r - 1 >= 0 and cy + r + 1 < ny and cx + r + 1 < nx \
+            and m[cy - r - 1: cy + r + 2, cx - r - 1: cx + r + 2].all():
+        r += 1
+    top, bottom, left, right = cy - r, cy + r, cx - r, cx + r  # inclusive
+    grown = True
+    while grown:
+        grown = False
+        if top > 0 and m[top - 1, left: right + 1].all():
+            top, grown = top - 1, True
+        if bottom + 1 < ny and m[bottom + 1, left: right + 1].all():
+            bottom, grown = bottom + 1, True
+        if left > 0 and m[top: bottom + 1, left - 1].all():
+            left, grown = left - 1, True
+        if right + 1 < nx and m[top: bottom + 1, right + 1].all():
+            right, grown = right + 1, True
+    return bottom - top + 1, right - left + 1
 
 
 def default_kernel(calib_width: int) -> int:

@@ -122,14 +122,16 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     reference_kind = scan.reference_kind
     cc = f", {n_virtual} virtual coils" if n_virtual else ""
     if not scan.fully_sampled:
-        lines = int(store.get(scan.mask).any(axis=1).sum())
+        sampled = store.get(scan.mask)
+        # the true sampled fraction; 1D when whole readout lines are sampled, else 2D
+        kind = "1D" if (sampled.all(axis=1) == sampled.any(axis=1)).all() else "2D"
         if n_virtual:
             k = compress_coils(k, n_virtual)
         return Measurement(
             name=scan.name, kspace=store.put(k.cpu().numpy()) if n_virtual else scan.kspace,
             mask=scan.mask, reference=reference,
             reference_kind=reference_kind, affine=scan.affine,
-            setting=f"as acquired ({lines}/{k.shape[-2]} lines){cc}",
+            setting=f"as acquired, {100 * sampled.mean():.1f} % of k-space, {kind}{cc}",
         )
     if reference is None:
         reference = store.put(classical.sense_reference(k).cpu().numpy().astype(np.float32))
@@ -150,15 +152,18 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     )
 
 
-@task(cache_policy=content_key("coil-maps", "meas", "method"), retries=1,
+@task(cache_policy=content_key("coil-maps", "meas", "method", "calib"), retries=1,
       retry_condition_fn=retry_transient, task_run_name="coil-maps-{meas.name}")
-def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: str) -> ArrayRef:
-    """ESPIRiT maps from the sampled data's fully sampled centre."""
+def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: str,
+                       calib: tuple[int, int] | None = None) -> ArrayRef:
+    """ESPIRiT maps from the sampled data's fully sampled centre (or the ``calib`` lines x
+    columns of it)."""
     from diffrecon.recon.coils import estimate_coil_maps as espirit
 
     store = ArtifactStore(store_root)
     dev = resolve_device(device)
-    maps = espirit(_tensor(store, meas.kspace, dev), _tensor(store, meas.mask, dev), method=method)
+    maps = espirit(_tensor(store, meas.kspace, dev), _tensor(store, meas.mask, dev), calib=calib,
+                   method=method)
     return store.put(maps.cpu().numpy())
 
 

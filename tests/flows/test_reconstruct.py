@@ -443,3 +443,41 @@ def test_every_flag_has_help_and_run_and_inbox_have_examples():
     walk(build_parser(), [])
     assert missing == []
     assert "diffrecon run " in examples["run"] and "diffrecon inbox " in examples["inbox"]
+
+
+def test_2d_undersampled_scans_calibrate_from_their_block_or_still_give_zero_filled(
+        prefect_harness, tmp_path):
+    """An acquired 2D random mask with a 16 x 16 centre: the setting says the sampled
+    fraction, CG-SENSE calibrates from the block (and from --calib); without a sampled
+    centre the maps fail with the reason and zero-filled still runs."""
+    from diffrecon.cli import _calib
+    from diffrecon.flows.reconstruct import reconstruct_scans
+
+    acq = make_acquisition(n_slices=1, n_coils=6, ny=72, nx=60, seed=4)
+    rng = np.random.default_rng(1)
+    mask = rng.random((72, 60)) < 0.3
+    mask[36 - 8: 36 + 8, 30 - 8: 30 + 8] = True
+    good = acq.__class__(**{**acq.__dict__, "kspace": acq.kspace * mask, "mask": mask})
+    write_fastmri(good, tmp_path / "in" / "poisson.h5")
+    hole = mask.copy()
+    hole[30:42, 25:35] = False
+    bad = acq.__class__(**{**acq.__dict__, "kspace": acq.kspace * hole, "mask": hole})
+    write_fastmri(bad, tmp_path / "in" / "nocentre.h5")
+    config = ReconConfig(methods=["zero-filled", "cg-sense"], out_dir=str(tmp_path / "o"))
+    recs = reconstruct_scans([str(tmp_path / "in" / n) for n in ("poisson.h5",
+                                                                 "nocentre.h5")], config)
+    by = {(r.scan, r.method): r for r in recs}
+    fraction = f"{100 * mask.mean():.1f}"
+    assert by["poisson", "cg-sense"].setting == f"as acquired, {fraction} % of k-space, 2D"
+    assert by["poisson", "cg-sense"].state == "done"
+    assert by["poisson", "cg-sense"].psnr > by["poisson", "zero-filled"].psnr + 3
+    assert by["nocentre", "zero-filled"].state == "done"
+    assert by["nocentre", "cg-sense"].state == "failed"
+    assert by["nocentre", "cg-sense"].error.startswith("coil maps: ")
+    assert _calib("12") == (12, 12) and _calib("12x10") == (12, 10)
+    small = config.model_copy(update={"calib": (12, 10), "out_dir": str(tmp_path / "o2")})
+    (zf, cg) = reconstruct_scans([str(tmp_path / "in" / "poisson.h5")], small)
+    assert cg.state == "done" and cg.psnr > zf.psnr + 3
+    big = config.model_copy(update={"calib": (20, 20), "out_dir": str(tmp_path / "o3")})
+    (zf, cg) = reconstruct_scans([str(tmp_path / "in" / "poisson.h5")], big)
+    assert zf.state == "done" and "larger than the fully sampled" in cg.error

@@ -127,3 +127,16 @@ def test_an_all_zero_coil_gets_zero_maps_not_nan():
     assert torch.isfinite(torch.view_as_real(maps)).all()
     assert maps[:, 2].abs().max() < 1e-3
     assert maps[:, 0].abs().max() > 0.1
+
+
+@pytest.mark.parametrize("shape", [(180, 230), (230, 180)])
+def test_calibration_of_a_2d_random_mask_with_a_24_block(shape):
+    """The real 8-coil case: 2D Poisson-like samples (30 % here, many beside the block) and a
+    fully sampled 24 x 24 centre: the region is that block, in either axis order."""
+    rng = np.random.default_rng(0)
+    m = rng.random(shape) < 0.3
+    cy, cx = shape[0] // 2, shape[1] // 2
+    m[cy - 12: cy + 12, cx - 12: cx + 12] = True
+    assert coils.calibration_region(torch.from_numpy(m)) == (24, 24)
+    m[cy, cx] = False
+    assert coils.calibration_region(torch.from_numpy(m)) == (0, 0)
