@@ -20,7 +20,8 @@ class ResultRecord(BaseModel):
     ssim: float | None = None
     nmse: float | None = None
     dc_residual: float | None = None
-    seconds: float | None = None
+    seconds: float | None = None  # the method's own time (the shared coil maps apart)
+    maps_seconds: float | None = None  # the scan's coil-map estimation, for methods using it
     nfe: int | None = None
     state: str = "done"  # done | failed (may succeed on a retry) | invalid (bad input)
     error: str | None = None
@@ -43,6 +44,7 @@ _COLUMNS = (
     ("nmse", "{:.4f}"),
     ("dc_residual", "{:.4f}"),
     ("seconds", "{:.2f}"),
+    ("maps_seconds", "{:.2f}"),
     ("state", "{}"),
 )
 

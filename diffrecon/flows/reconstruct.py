@@ -182,8 +182,8 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
             images[method] = out.image
             qa = steps.quality(prepared, out)
             prior = _prior_names(config, method)
-            # a method that needs coil maps is charged their estimation time (MRI)
-            maps_seconds = prepared.maps_seconds if METHODS[method].coil_maps else 0.0
+            # the coil maps are shared by the methods that use them: their time apart
+            maps_seconds = prepared.maps_seconds if METHODS[method].coil_maps else None
             volume = VolumeRef(name=name, method=method, modality=config.modality,
                                image=out.image, affine=prepared.meas.affine,
                                description=series_description(method, prior, setting),
@@ -192,7 +192,8 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
                            config.deidentify)
             sent, error = _send(name, method, files, config)
             records.append(ResultRecord(**record, method=method, setting=setting,
-                                        seconds=out.seconds + maps_seconds, nfe=out.nfe,
+                                        seconds=out.seconds, maps_seconds=maps_seconds,
+                                        nfe=out.nfe,
                                         prior=prior,
                                         output=files[0] if files else None, sent=sent,
                                         error=error, state="failed" if error else "done",

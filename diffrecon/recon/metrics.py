@@ -27,6 +27,13 @@ def _pair(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray
     return a, r
 
 
+def ct_window(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A CT image in BENCHMARKS.md's units as it is scored: the real part clipped to [0, 1]
+    (-1000 to 1000 HU), so an FBP undershoot below air counts as air, not as its magnitude."""
+    a = x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+    return np.clip(np.real(a), 0.0, 1.0)
+
+
 def psnr(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray,
          data_range: float | None = None) -> float:
     """Mean over slices of 20 log10(range / RMSE), range = max |ref| of the slice (MRI)."""

@@ -130,7 +130,9 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
 
 @task(cache_policy=content_key("ct-qa", "meas", "image"), task_run_name="ct-qa-{meas.name}")
 def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
-    """PSNR/SSIM with data range 1 in CT units (BENCHMARKS.md), NMSE, DC residual."""
+    """PSNR/SSIM with data range 1 in CT units (BENCHMARKS.md), NMSE, DC residual. The
+    image is scored in the CT window as BENCHMARKS.md defines the units: clipped to [0, 1]
+    (-1000 to 1000 HU); the DC residual is of the image as reconstructed."""
     from diffrecon.recon import metrics
     from diffrecon.recon.ct import CTProjector
 
@@ -139,5 +141,6 @@ def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
     ref = store.get(meas.reference)
     y = torch.from_numpy(store.get(meas.sinogram)).double()
     dc = metrics.dc_residual(CTProjector(geometry_of(meas)), torch.from_numpy(x).double(), y)
-    return {"psnr": metrics.psnr(x, ref, 1.0), "ssim": metrics.ssim(x, ref, 1.0),
-            "nmse": metrics.nmse(x, ref), "dc_residual": dc}
+    xw = metrics.ct_window(x)
+    return {"psnr": metrics.psnr(xw, ref, 1.0), "ssim": metrics.ssim(xw, ref, 1.0),
+            "nmse": metrics.nmse(xw, ref), "dc_residual": dc}
