@@ -159,7 +159,8 @@ def _config(args: argparse.Namespace, **extra: object) -> ReconConfig:
         args.method = ["fbp"] if args.modality == "ct" else ["cg-sense"]
     config = ReconConfig(
         modality=args.modality,
-        ct=CTSpec(views=args.views, limited_angle=args.limited_angle, size=args.ct_size),
+        ct=CTSpec(views=args.views, limited_angle=args.limited_angle, size=args.ct_size,
+                  series_uid=args.series_uid),
         methods=_methods(args.method, args.modality),
         diffusion=_prior_ref(args),
         mask=MaskSpec(kind=args.mask, accel=args.accel, seed=args.seed),
@@ -378,7 +379,11 @@ def _recon_args(p: argparse.ArgumentParser, outputs: str) -> None:
     p.add_argument("--limited-angle", type=float, default=None,
                    help="CT: views at 0, 1, ..., DEG-1 degrees instead")
     p.add_argument("--ct-size", type=int, default=None,
-                   help="CT: pad (air) or crop slices to N x N first (the CT priors need 128)")
+                   help="CT: pad (air) or crop slices to N x N first (the volume methods need "
+                        "the prior's 128)")
+    p.add_argument("--series-uid", default=None, metavar="UID|DIGITS",
+                   help="CT: the series to read from a DICOM folder holding several (its UID "
+                        "or the last digits the error shows)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
     p.add_argument("--coils", type=int, default=None,
                    help="MRI: compress to this many virtual coils (SVD) before the coil maps")

@@ -115,8 +115,10 @@ class CTSpec(BaseModel):
                           "CT training volumes")
     tv_along_z: bool = Field(False, description="ADMM-TV over (z, rows, cols) of the volume")
     size: int | None = Field(None, ge=8, description="pad (air) or crop the slices to size x "
-                             "size before simulating, as B3 does (128); the diffusion methods "
-                             "need the prior's size")
+                             "size before simulating, as B3 does (128); slice-wise diffusion "
+                             "runs at any size, the volume methods need the prior's")
+    series_uid: str | None = Field(None, description="DICOM folders holding several series: "
+                                   "the one to read (its UID, or the UID's last digits)")
 
     def setting(self) -> str:
         if self.limited_angle:

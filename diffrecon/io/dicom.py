@@ -49,12 +49,13 @@ class CTVolume:
 
 
 def _series(folder: Path) -> dict[str, list]:
+    """The images of a folder (or of one DICOM file) grouped by SeriesInstanceUID."""
     import pydicom
 
     _quiet_pydicom()
-
     groups: dict[str, list] = defaultdict(list)
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
+    files = [folder] if folder.is_file() else sorted(p for p in folder.iterdir() if p.is_file())
+    for f in files:
         try:
             ds = pydicom.dcmread(str(f), stop_before_pixels=False)
         except Exception:
@@ -66,22 +67,27 @@ def _series(folder: Path) -> dict[str, list]:
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVolume:
-    """Read one DICOM series from a folder into a CTVolume (HU, RAS affine)."""
+    """Read one DICOM series from a folder (or a single DICOM file: a one-slice volume)
+    into a CTVolume (HU, RAS affine). ``series_uid`` chooses among several series: the whole
+    UID or its end (the digits the error shows, so UIDs need not be printed whole)."""
     folder = Path(folder)
-    if not folder.is_dir():
-        raise InvalidScanError(folder, "not a folder of DICOM files")
+    if not folder.exists():
+        raise InvalidScanError(folder, "does not exist")
     groups = _series(folder)
     if not groups:
-        raise InvalidScanError(folder, "no DICOM images in the folder")
+        raise InvalidScanError(folder, "no DICOM images " + ("in the folder" if folder.is_dir()
+                                                              else "(not a DICOM file)"))
     if series_uid is not None:
-        if series_uid not in groups:
-            raise InvalidScanError(folder, f"no series {series_uid} in the folder")
-        items = groups[series_uid]
+        chosen = [uid for uid in groups if uid == series_uid or uid.endswith(series_uid)]
+        if len(chosen) != 1:
+            raise InvalidScanError(folder, f"{'no' if not chosen else 'more than one'} series "
+                                           f"ends with {series_uid!r}")
+        items = groups[chosen[0]]
     elif len(groups) > 1:
         desc = ", ".join(f"...{uid[-8:] or '(no UID)'} ({len(v)} images)"
                          for uid, v in groups.items())
         raise InvalidScanError(folder, f"holds {len(groups)} series ({desc}); choose one "
-                                       "with series_uid")
+                                       "with --series-uid (its last digits will do)")
     else:
         items = next(iter(groups.values()))
     first = items[0][1]
@@ -134,19 +140,22 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> CTVo
                                                                   "SeriesDescription",
                                                                   "Modality")
             if k in first}
-    return CTVolume(folder.name, np.stack([s[2] for s in slices]), LPS_TO_RAS @ lps,
+    from diffrecon.io.records import scan_name
+
+    return CTVolume(scan_name(folder), np.stack([s[2] for s in slices]), LPS_TO_RAS @ lps,
                     str(folder), meta)
 
 
-def read_ct_volume(path: str | Path) -> CTVolume:
+def read_ct_volume(path: str | Path, series_uid: str | None = None) -> CTVolume:
     """A CT volume as axial slices in the BENCHMARKS layout (RAS: rows anterior ->
-    posterior, columns patient left -> right), from a NIfTI file or a DICOM folder."""
+    posterior, columns patient left -> right), from a NIfTI file, a DICOM folder (the
+    series ``series_uid`` where it holds several) or a single DICOM file."""
     from diffrecon.io.nifti import read_nifti_slices, reslice
     from diffrecon.io.records import scan_name
 
     path = Path(path)
-    if path.is_dir():
-        vol = read_dicom_series(path)
+    if path.is_dir() or _is_dicom_file(path):
+        vol = read_dicom_series(path, series_uid)
         # DICOM shows the patient's right on the left: reslice into the RAS axial layout
         vol.hu, vol.affine = reslice(vol.hu, vol.affine, "axial")
         vol.hu = np.ascontiguousarray(vol.hu, dtype=np.float32)
@@ -154,7 +163,17 @@ def read_ct_volume(path: str | Path) -> CTVolume:
     if path.name.endswith((".nii", ".nii.gz")):
         hu, aff = read_nifti_slices(path, "axial")
         return CTVolume(scan_name(path), hu.astype(np.float32), aff, str(path))
-    raise InvalidScanError(path, "not a CT volume: expected a NIfTI file or a DICOM folder")
+    raise InvalidScanError(path, "not a CT volume: expected a NIfTI file, a DICOM folder or "
+                                 "a DICOM file")
+
+
+def _is_dicom_file(path: Path) -> bool:
+    """A DICOM Part 10 file (the 'DICM' marker after the 128-byte preamble)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
 
 
 # Study and patient attributes a derived series inherits from its source

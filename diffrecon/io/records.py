@@ -152,7 +152,7 @@ def scan_labels(paths: list[str] | list[Path], mode: str = "stem") -> list[str]:
 def scan_name(path: str | Path) -> str:
     """A scan's name in logs and outputs: the file stem without .gz/.nii/.h5 suffixes."""
     name = Path(path).name
-    for suffix in (".gz", ".nii", ".h5", ".hdf5", ".dat", ".mrd"):
+    for suffix in (".gz", ".nii", ".h5", ".hdf5", ".dat", ".mrd", ".dcm"):
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     return name

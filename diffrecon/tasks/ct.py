@@ -59,7 +59,7 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
     with labelled_errors(path, label):
-        vol = read_ct_volume(path)
+        vol = read_ct_volume(path, spec.series_uid)
     x = hu_to_unit(vol.hu).astype(np.float64)
     affine = np.asarray(vol.affine, np.float64).copy()
     if spec.size is not None:  # B3: padded with air or centre-cropped to size x size

@@ -103,3 +103,25 @@ def test_sinogram_file_roundtrip_and_errors(tmp_path):
         f.create_dataset("sinogram", data=np.zeros((2, 3)))
     with pytest.raises(InvalidScanError, match="not a diffrecon sinogram file"):
         read_sinogram(tmp_path / "x.h5")
+
+
+def test_one_dicom_file_and_a_series_chosen_by_its_last_digits(tmp_path):
+    from diffrecon.io.dicom import read_ct_volume
+
+    pixels = write_series(tmp_path / "one", n=1)
+    vol = read_ct_volume(tmp_path / "one" / "img000.dcm")
+    assert vol.name == "img000" and vol.hu.shape == (1, 6, 5)
+    np.testing.assert_array_equal(np.sort(vol.hu.ravel()),
+                                  np.sort(pixels.astype(np.float32).ravel() - 1024))
+    write_series(tmp_path / "m", n=2, uid="1.2.840.99.1002")
+    write_series(tmp_path / "m2", n=3, uid="1.2.840.99.2002", seed=1)
+    for f in (tmp_path / "m2").iterdir():
+        f.rename(tmp_path / "m" / f"b_{f.name}")
+    assert read_ct_volume(tmp_path / "m", series_uid="2002").hu.shape[0] == 3
+    with pytest.raises(InvalidScanError, match=r"^m: no series ends with '3003'"):
+        read_ct_volume(tmp_path / "m", series_uid="3003")
+    with pytest.raises(InvalidScanError, match=r"^m: more than one series ends with .002."):
+        read_ct_volume(tmp_path / "m", series_uid="002")
+    (tmp_path / "x.dcm").write_bytes(b"not dicom")
+    with pytest.raises(InvalidScanError, match="^x.dcm: not a CT volume"):
+        read_ct_volume(tmp_path / "x.dcm")
