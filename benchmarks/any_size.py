@@ -5,6 +5,8 @@ prior run at the scan's own size (the network is convolutional; Prior.eps pads t
 multiple) against CG-SENSE and ADMM-TV at each size.
 
     .venv/bin/python benchmarks/any_size.py [--sizes 128,96,160,180x230,256] [--quick]
+    .venv/bin/python benchmarks/any_size.py --b2 --sizes 128,112,144,160 \
+        --out benchmarks/results/any_size_b2.json   # the real scan, field of view padded
 
 Writes benchmarks/results/any_size.json (PSNR / SSIM means over the slices, per size,
 setting and method) and a figure of one slice per size.
@@ -33,12 +35,28 @@ from diffrecon.testing import b1_case_resized, b1_cases
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 
 
+def b2_resized(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The real 16-coil scan (B2) with its field of view padded or cropped in image space to
+    ``shape`` at the same pixel size (coil images padded with zeros / cropped, then back to
+    k-space), and its SENSE reference made the same way B2 makes it."""
+    from diffrecon.common.geometry import pad_or_crop
+    from diffrecon.recon.classical import sense_reference
+    from diffrecon.recon.fft import fft2c, ifft2c
+    from diffrecon.testing import b2_case
+
+    case = b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")
+    k = fft2c(pad_or_crop(ifft2c(case.kspace), shape)).to(torch.complex64)
+    return k, sense_reference(k[None])[0]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="128,96,160,180x230,256")
     ap.add_argument("--settings", default="4,8", help="accelerations (equispaced)")
     ap.add_argument("--quick", action="store_true", help="2 slices instead of 8")
     ap.add_argument("--out", default="benchmarks/results/any_size.json")
+    ap.add_argument("--b2", action="store_true",
+                    help="the real 16-coil scan padded / cropped in image space instead")
     args = ap.parse_args()
     cases = b1_cases(DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=True)
     cases = cases[:2] if args.quick else cases
@@ -51,9 +69,10 @@ def main() -> None:
         for accel in (int(a) for a in args.settings.split(",")):
             scores: dict[str, list] = {}
             t0 = time.perf_counter()
-            for c in cases:
-                k, truth = b1_case_resized(c, maps, (h, w))
-                seed = benchmark_seed(c.volume, c.z, f"{accel}/equispaced")
+            for c in cases[:1] if args.b2 else cases:
+                k, truth = b2_resized((h, w)) if args.b2 else b1_case_resized(c, maps, (h, w))
+                vol, z = ("invivo_brain_16ch_gre", 0) if args.b2 else (c.volume, c.z)
+                seed = benchmark_seed(vol, z, f"{accel}/equispaced")
                 mask = expand_mask(mask_1d("equispaced", h, accel, seed), w)
                 ku = (k * mask)[None]
                 smaps = coils.estimate_coil_maps(ku, mask)
