@@ -379,7 +379,8 @@ def _recon_args(p: argparse.ArgumentParser, outputs: str) -> None:
     p.add_argument("--limited-angle", type=float, default=None,
                    help="CT: views at 0, 1, ..., DEG-1 degrees instead")
     p.add_argument("--ct-size", type=int, default=None,
-                   help="CT: pad (air) or crop slices to N x N first (the volume methods need "
+                   help="CT: slices to N x N first: larger ones resampled over their whole "
+                        "field of view, smaller ones padded with air (the volume methods need "
                         "the prior's 128)")
     p.add_argument("--series-uid", default=None, metavar="UID|DIGITS",
                    help="CT: the series to read from a DICOM folder holding several (its UID "

@@ -114,9 +114,11 @@ class CTSpec(BaseModel):
     tv_lam: float = Field(1.0, ge=0, description="ADMM-TV weight (CT units), tuned on the "
                           "CT training volumes")
     tv_along_z: bool = Field(False, description="ADMM-TV over (z, rows, cols) of the volume")
-    size: int | None = Field(None, ge=8, description="pad (air) or crop the slices to size x "
-                             "size before simulating, as B3 does (128); slice-wise diffusion "
-                             "runs at any size, the volume methods need the prior's")
+    size: int | None = Field(None, ge=8, description="slices to size x size before "
+                             "simulating: a larger slice's whole field of view resampled "
+                             "(512 -> 128: 4x the pixel size), a smaller one padded with air "
+                             "(as B3 does, 128); slice-wise diffusion runs at any size, the "
+                             "volume methods need the prior's")
     series_uid: str | None = Field(None, description="DICOM folders holding several series: "
                                    "the one to read (its UID, or the UID's last digits)")
 

@@ -117,3 +117,16 @@ def shift_affine_for_pad_or_crop(affine: np.ndarray, shape: tuple[int, int],
         before, _ = centre_offsets(n, target)
         out[:3, 3] -= out[:3, axis] * before  # new index i is old index i - before
     return out
+
+
+def scale_affine(affine: np.ndarray, shape: tuple[int, int], new_shape: tuple[int, int]
+                 ) -> np.ndarray:
+    """The (slice, row, col) affine of images resampled in-plane from ``shape`` to
+    ``new_shape`` over the same field of view (pixel centres: new index i sits at old index
+    (i + 0.5) * n / n' - 0.5)."""
+    out = np.asarray(affine, np.float64).copy()
+    for axis, n, m in ((1, shape[0], new_shape[0]), (2, shape[1], new_shape[1])):
+        f = n / m
+        out[:3, 3] += out[:3, axis] * (0.5 * f - 0.5)
+        out[:3, axis] *= f
+    return out

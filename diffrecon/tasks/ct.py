@@ -54,7 +54,11 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
     """Read a CT volume (NIfTI or DICOM folder) and simulate its parallel-beam sinogram
     (CT units, unit pixels; the smallest odd detector count covering the diagonal). With
     ``deidentify`` the stored result holds de-identified study attributes only."""
-    from diffrecon.common.geometry import pad_or_crop, shift_affine_for_pad_or_crop
+    from diffrecon.common.geometry import (
+        pad_or_crop,
+        scale_affine,
+        shift_affine_for_pad_or_crop,
+    )
     from diffrecon.io.dicom import deidentified_source, read_ct_volume, source_attributes
     from diffrecon.recon.ct import CTGeometry, CTProjector
 
@@ -62,7 +66,17 @@ def prepare_ct(path: str, spec: CTSpec, store_root: str, label: str | None = Non
         vol = read_ct_volume(path, spec.series_uid)
     x = hu_to_unit(vol.hu).astype(np.float64)
     affine = np.asarray(vol.affine, np.float64).copy()
-    if spec.size is not None:  # B3: padded with air or centre-cropped to size x size
+    if spec.size is not None and max(x.shape[1:]) > spec.size:
+        # a clinical slice (e.g. 512 x 512): its whole field of view resampled so the longer
+        # side is size (area-weighted, antialiased), then padded with air as below
+        h0, w0 = x.shape[1:]
+        f = spec.size / max(h0, w0)
+        new = (max(1, round(h0 * f)), max(1, round(w0 * f)))
+        affine = scale_affine(affine, (h0, w0), new)
+        x = torch.nn.functional.interpolate(torch.from_numpy(x)[None], size=new,
+                                            mode="bilinear", antialias=True,
+                                            align_corners=False)[0].numpy()
+    if spec.size is not None:  # B3: smaller slices padded with air to size x size
         affine = shift_affine_for_pad_or_crop(affine, x.shape[1:], spec.size)
         x = pad_or_crop(x, spec.size, 0.0)
     h, w = x.shape[-2:]

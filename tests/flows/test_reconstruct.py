@@ -488,3 +488,32 @@ def test_2d_undersampled_scans_calibrate_from_their_block_or_still_give_zero_fil
     big = config.model_copy(update={"calib": (20, 20), "out_dir": str(tmp_path / "o3")})
     (zf, cg) = reconstruct_scans([str(tmp_path / "in" / "poisson.h5")], big)
     assert zf.state == "done" and "larger than the fully sampled" in cg.error
+
+
+def test_ct_size_resamples_a_larger_field_of_view(prefect_harness, tmp_path):
+    """--ct-size 32 on a 64 x 64 slice: the whole field of view at twice the pixel size (a
+    marker near the edge survives, the centre stays where it was in mm), not a centre crop."""
+    import nibabel as nib
+
+    from diffrecon.config import CTSpec
+    from diffrecon.flows.reconstruct import reconstruct_scans
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 64), np.linspace(-1, 1, 64), indexing="ij")
+    body = np.where(yy**2 + xx**2 < 0.9, 40.0, -1000.0)
+    body[4:10, 30:34] = 1000.0  # bone near the edge of the field of view
+    vol = np.repeat(body[:, :, None], 2, axis=2).astype(np.float32)
+    aff = np.diag([2.0, 2.0, 3.0, 1.0])
+    aff[:3, 3] = [-63.0, -63.0, 0.0]
+    nib.save(nib.Nifti1Image(vol, aff), str(tmp_path / "big.nii.gz"))
+    config = ReconConfig(modality="ct", methods=["fbp"], out_dir=str(tmp_path / "o"),
+                         ct=CTSpec(views=64, size=32))
+    (rec,) = reconstruct_scans([str(tmp_path / "big.nii.gz")], config)
+    out = nib.load(rec.output)
+    assert rec.state == "done" and out.shape == (32, 32, 2)
+    np.testing.assert_allclose(np.abs(np.diag(out.affine))[:2], [4.0, 4.0], atol=1e-6)
+    centre_in = nib.affines.apply_affine(aff, [31.5, 31.5, 0])
+    centre_out = nib.affines.apply_affine(out.affine, [15.5, 15.5, 0])
+    np.testing.assert_allclose(centre_in, centre_out, atol=1e-6)
+    hu = out.get_fdata()
+    assert hu[:, :, 0].max() > 400  # the edge marker is still in the image
+    assert rec.psnr > 20
