@@ -449,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=Path, required=True, help="output folder")
     r.add_argument("--store", default=None, help="artifact store (default OUT/.artifacts)")
     r.add_argument("--seed", type=int, default=None,
-                   help="mask seed (default: BENCHMARKS.md crc32 of scan/0/R/mask)")
+                   help="mask seed for every slice (default: one mask per slice, BENCHMARKS.md's "
+                        "crc32 of scan/slice/R/mask)")
     _recon_args(r, "nifti")
     r.add_argument("--dask", default=None, metavar="N|tcp://HOST:PORT|cuda",
                    help="scale out: a local Dask cluster of N workers, an existing scheduler, "

@@ -20,12 +20,14 @@ import torch
 def calibration_region(mask: torch.Tensor) -> tuple[int, int]:
     """(lines, columns) of the largest fully sampled rectangle around the k-space centre.
 
-    mask: (ky, kx) bool. A square grows symmetrically from the centre while it stays fully
+    mask: (ky, kx) bool, or per-slice masks (..., ky, kx): the region sampled in every
+    slice. A square grows symmetrically from the centre while it stays fully
     sampled, then each side moves out by one row / column while the new edge is fully
     sampled: a 1D mask's 10 centre lines give 10 x the readout; a 2D Poisson or variable-
     density mask's 24 x 24 block gives 24 x 24 even with samples scattered beside it.
     """
     m = mask.bool().cpu().numpy()
+    m = m.reshape(-1, *m.shape[-2:]).all(axis=0)  # per-slice masks: sampled in every slice
     ny, nx = m.shape
     cy, cx = ny // 2, nx // 2
     if not m[cy, cx]:

@@ -92,13 +92,20 @@ def load_scan(path: str, store_root: str, label: str | None = None,
     )
 
 
-def mask_seed(name: str, spec: MaskSpec) -> int:
+def _slices(mask: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    """Slices a..b-1 of per-slice masks (S, 1, ky, kx); a scan's one mask (ky, kx) as it is."""
+    return mask[a:b] if mask.ndim == 4 else mask
+
+
+def mask_seed(name: str, spec: MaskSpec, z: int = 0) -> int:
+    """The seed of slice ``z``'s mask: BENCHMARKS.md's crc32 of scan/slice/R/kind (one mask
+    per slice, as the benchmarks draw them), or the user's seed for every slice."""
     from diffrecon.common.seeds import benchmark_seed
 
     if spec.seed is not None:
         return spec.seed
     accel = int(spec.accel) if float(spec.accel).is_integer() else spec.accel
-    return benchmark_seed(name, 0, f"{accel}/{spec.kind}")
+    return benchmark_seed(name, z, f"{accel}/{spec.kind}")
 
 
 @task(cache_policy=content_key("prepare", "scan", "spec", "n_virtual"), retries=1,
@@ -136,7 +143,10 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     if reference is None:
         reference = store.put(classical.sense_reference(k).cpu().numpy().astype(np.float32))
         reference_kind = "sense-espirit-full"
-    mask = masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel, mask_seed(scan.name, spec))
+    # one mask per slice (S, 1, ky, kx), broadcast over the coils
+    mask = torch.stack([masks.make_mask(spec.kind, tuple(k.shape[-2:]), spec.accel,
+                                        mask_seed(scan.name, spec, z))
+                        for z in range(k.shape[0])])[:, None]
     ku = k * mask.to(dev)
     if n_virtual:
         ku = compress_coils(ku, n_virtual)
@@ -201,11 +211,12 @@ def reconstruct(
         from diffrecon.recon.operators import Sense
 
         x, nfe, prior_name = run_diffusion(
-            method, lambda a, b: Sense(s[a:b], mask), k, config.diffusion, dev, what,
+            method, lambda a, b: Sense(s[a:b], _slices(mask, a, b)), k, config.diffusion,
+            dev, what,
             config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam)
     else:  # slices a..b-1: independent in 2D
         x = in_slice_batches(lambda a, b: m.mri(k[a:b], s[a:b] if s is not None else None,
-                                                mask, config),
+                                                _slices(mask, a, b), config),
                              k.shape[0], config.slice_batch, what)
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)

@@ -517,3 +517,35 @@ def test_ct_size_resamples_a_larger_field_of_view(prefect_harness, tmp_path):
     hu = out.get_fdata()
     assert hu[:, :, 0].max() > 400  # the edge marker is still in the image
     assert rec.psnr > 20
+
+
+def test_one_mask_per_slice_seeded_as_the_benchmarks_draw_them(prefect_harness, tmp_path):
+    """BENCHMARKS.md draws each slice's mask from crc32(scan/slice/R/kind): the flow does the
+    same (random masks differ between slices); an explicit --seed fixes every slice's."""
+    from diffrecon.common.seeds import benchmark_seed
+    from diffrecon.recon.masks import make_mask
+    from diffrecon.tasks import mri
+    from diffrecon.tasks.store import ArtifactStore
+
+    path = write_fastmri(make_acquisition(n_slices=3, n_coils=4, ny=48, nx=40),
+                         tmp_path / "vol.h5")
+    from prefect import flow
+
+    store = str(tmp_path / "store")
+
+    @flow
+    def load():
+        return mri.load_scan.fn(str(path), store)
+
+    scan = load()
+    meas = mri.prepare_measurement.fn(scan, MaskSpec(kind="random", accel=4), store, "cpu")
+    masks = ArtifactStore(store).get(meas.mask)
+    assert masks.shape == (3, 1, 48, 40)
+    for z in range(3):
+        expected = make_mask("random", (48, 40), 4, benchmark_seed("vol", z, "4/random"))
+        np.testing.assert_array_equal(masks[z, 0], expected.numpy())
+    assert not np.array_equal(masks[0], masks[1])
+    fixed = mri.prepare_measurement.fn(scan, MaskSpec(kind="random", accel=4, seed=7), store,
+                                       "cpu")
+    m = ArtifactStore(store).get(fixed.mask)
+    assert np.array_equal(m[0], m[1]) and np.array_equal(m[1], m[2])
