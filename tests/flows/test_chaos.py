@@ -55,7 +55,7 @@ def test_killed_runs_and_concurrent_runs_do_every_scan_once(prefect_harness, ort
     from diffrecon.io.records import short_hash
 
     inbox, out, sends = tmp_path / "inbox", tmp_path / "outbox", tmp_path / "sends.log"
-    for i, name in enumerate(("anna", "bert", "carl", "eve")):
+    for i, name in enumerate(("anna", "bert", "carl", "eve", "gina", "hugo")):
         _scan(inbox / f"{name}.h5", i)
     _scan(inbox / "eve.hdf5", 9)  # the same stem: a second patient
     (inbox / "gone.h5").symlink_to(tmp_path / "nowhere.h5")
@@ -68,8 +68,9 @@ def test_killed_runs_and_concurrent_runs_do_every_scan_once(prefect_harness, ort
            "zero-filled", "--accel", "2", "--settle", "0", "--outputs", "nifti,dicom,pacs",
            "--pacs", orthanc.dicom, "--max-attempts", "10"]  # the kills are not the scans
 
-    rng, kills = random.Random(20261202), 0
-    for _ in range(3):  # kill each run at a random moment after it claimed a scan
+    rng, kills, runs = random.Random(20261202), 0, 0
+    while kills < 3 and runs < 6:  # kill runs at random moments after they claimed a scan
+        runs += 1
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
         before = {n: (e.state, e.attempts) for n, e in _ledger_rows(out).items()}
@@ -79,7 +80,7 @@ def test_killed_runs_and_concurrent_runs_do_every_scan_once(prefect_harness, ort
             if any(s == "running" and now[n] != before.get(n) for n, (s, _) in now.items()):
                 break  # a scan was claimed by this run
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 4.0))
+        time.sleep(rng.uniform(0.0, 2.0))
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
@@ -100,7 +101,7 @@ def test_killed_runs_and_concurrent_runs_do_every_scan_once(prefect_harness, ort
         assert any("is being processed by pid" in err for _, err in results)
 
     twin = f"eve-{short_hash('eve.hdf5')}"
-    good = ["anna", "bert", "carl", "eve", twin, "dora", "fred"]
+    good = ["anna", "bert", "carl", "eve", "gina", "hugo", twin, "dora", "fred"]
     rows = _ledger_rows(out)
     assert {n: rows[n].state for n in good} == dict.fromkeys(good, "done")
     assert rows["bomb"].state == "quarantined" and "memory budget" in rows["bomb"].reason
