@@ -70,8 +70,11 @@ def main() -> None:
         entries = Ledger(outbox / "ledger.sqlite").all()
         done = [e for e in entries if e.state == "done"]
         outputs_ok = all(Path(o).exists() for e in done for o in e.outputs)
-        recon = sum(r.seconds or 0.0 for e in done
-                    for r in read_results(outbox / e.name / "results.json"))
+        recon = 0.0  # each method's time and, once per scan, the coil maps
+        for e in done:
+            records = read_results(outbox / e.name / "results.json")
+            recon += sum(r.seconds or 0.0 for r in records)
+            recon += max((r.maps_seconds or 0.0 for r in records), default=0.0)
     n = args.scans
     result = {
         "scans": n, "method": args.method, "matrix": f"1 x 4 x {args.size} x {args.size}",
