@@ -107,6 +107,33 @@ class MRIAcquisition:
         return self
 
 
+def remove_readout_oversampling(acq: MRIAcquisition) -> MRIAcquisition:
+    """The scan without readout oversampling, as fastMRI does: when the header's
+    reconstruction matrix is smaller than the encoded readout (x: 320 of 640) and whole
+    readout lines were sampled, the image is cropped to the central ``recon x`` columns
+    (centred, orthonormal FFT along the readout: the image values are kept) and the field
+    of view follows. Anything else is returned as it is."""
+    from dataclasses import replace
+
+    nx = acq.kspace.shape[-1]
+    rx = int(acq.recon_matrix[0])
+    full_lines = bool((acq.mask.all(axis=1) == acq.mask.any(axis=1)).all())
+    if not (0 < rx < nx and int(acq.encoded_matrix[0]) == nx and full_lines):
+        return acq
+    start = (nx - rx) // 2
+
+    def shift_fft(x: np.ndarray, inverse: bool) -> np.ndarray:
+        f = np.fft.ifft if inverse else np.fft.fft
+        return np.fft.fftshift(f(np.fft.ifftshift(x, axes=-1), axis=-1, norm="ortho"), axes=-1)
+
+    img = shift_fft(acq.kspace, inverse=True)[..., start: start + rx]
+    k = shift_fft(img, inverse=False).astype(np.complex64)
+    fx, fy, fz = acq.fov_mm
+    return replace(acq, kspace=np.ascontiguousarray(k), mask=acq.mask[:, start: start + rx],
+                   encoded_matrix=(rx, *acq.encoded_matrix[1:]),
+                   fov_mm=(fx * rx / nx, fy, fz))
+
+
 def mask_from_kspace(kspace: np.ndarray) -> np.ndarray:
     """(ky, kx) sampling mask: a k-space location is sampled if any slice/coil is nonzero."""
     return np.abs(kspace).reshape(-1, *kspace.shape[-2:]).max(axis=0) > 0

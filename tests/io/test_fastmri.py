@@ -155,3 +155,28 @@ def test_declared_sizes_are_checked_before_reading(tmp_path, monkeypatch):
                                                r"2048 x 2048 x 2048 values \(32.0 GiB\), more "
                                                r"than the memory budget of 8.0 GiB"):
         load_volume(big)
+
+
+def test_readout_oversampling_is_removed_as_the_header_says(tmp_path):
+    """Encoded readout 64, reconstruction matrix 32 (fastMRI's 640 -> 320): the image is the
+    central 32 columns of the oversampled one, values kept; the field of view halves; a scan
+    whose matrices agree is untouched."""
+    from dataclasses import replace
+
+    from diffrecon.io.records import remove_readout_oversampling
+
+    acq = make_acquisition(n_slices=2, n_coils=3, ny=24, nx=64)
+    over = replace(acq, recon_matrix=(32, 24, 1), fov_mm=(256.0, 96.0, 3.0), reference=None,
+                   reference_kind=None)
+    back = load_scan(write_fastmri(over, tmp_path / "os.h5"))
+    assert back.kspace.shape == (2, 3, 24, 32) and back.mask.shape == (24, 32)
+    assert back.fov_mm[0] == pytest.approx(128.0) and back.encoded_matrix[0] == 32
+
+    def image(k):
+        k = np.fft.ifftshift(k, axes=(-2, -1))
+        return np.fft.fftshift(np.fft.ifft2(k, norm="ortho"), axes=(-2, -1))
+
+    np.testing.assert_allclose(image(back.kspace), image(acq.kspace)[..., 16:48], atol=1e-5)
+    assert remove_readout_oversampling(acq) is acq
+    two_d = replace(over, mask=np.random.default_rng(0).random((24, 64)) < 0.5)
+    assert remove_readout_oversampling(two_d) is two_d  # not whole readout lines: as it is
