@@ -131,6 +131,9 @@ def _pacs(dest: str | None) -> str | None:
         os.environ[USER_ENV], os.environ[PASSWORD_ENV] = login
         print(f"diffrecon: warning: credentials in --pacs {redact(dest)} moved out of the URL; "
               f"prefer {USER_ENV} / {PASSWORD_ENV} or --pacs-secret", file=sys.stderr)
+    if url.lower().startswith("http://"):
+        print(f"diffrecon: warning: --pacs {url} is plain http: the series (and any login) "
+              "travel unencrypted; use https", file=sys.stderr)
     return url
 
 

@@ -87,6 +87,7 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
     console = capsys.readouterr()
     assert rc == 0, console.err
     assert f"http://***@{host}/dicom-web moved out of the URL" in console.err
+    assert f"--pacs http://{host}/dicom-web is plain http" in console.err
     series = orthanc_login.series()  # sent with the password from the environment
     assert len(series) == 2
     tags = orthanc_login.tags(series[0]["Instances"][0])
