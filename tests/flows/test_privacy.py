@@ -5,6 +5,8 @@ are checked before any work."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 
@@ -58,7 +60,7 @@ def test_urls_lose_their_credentials():
 
 def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
                                                                   orthanc_login, dora,
-                                                                  tmp_path, capsys):
+                                                                  tmp_path):
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         ArtifactFilter,
@@ -69,23 +71,24 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
         LogFilterFlowRunId,
     )
     from prefect.client.schemas.sorting import FlowRunSort
-
-    from diffrecon.cli import main
-    from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV
+    from prefect.settings import PREFECT_API_URL
 
     user, password = orthanc_login.login
     host = orthanc_login.url.removeprefix("http://")
     out = tmp_path / "out"
     since = datetime.now(UTC)  # the Prefect objects of this run only (the server is shared)
-    try:
-        rc = main(["run", str(dora), "--method", "zero-filled,cg-sense", "--accel", "2",
-                   "--out", str(out), "--deidentify", "--outputs", "nifti,dicom,h5,png,pacs",
-                   "--pacs", f"http://{user}:{password}@{host}/dicom-web"])
-    finally:
-        os.environ.pop(USER_ENV, None)
-        os.environ.pop(PASSWORD_ENV, None)
-    console = capsys.readouterr()
-    assert rc == 0, console.err
+    # the CLI as a user runs it, in its own process with its own logging defaults (INFO to
+    # the server, warnings on the console), against the test server
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_LOGGING")}
+    env["PREFECT_API_URL"] = PREFECT_API_URL.value()
+    console = subprocess.run(
+        [sys.executable, "-m", "diffrecon.cli", "run", str(dora), "--method",
+         "zero-filled,cg-sense", "--accel", "2", "--out", str(out), "--deidentify",
+         "--outputs", "nifti,dicom,h5,png,pacs", "--pacs",
+         f"http://{user}:{password}@{host}/dicom-web"],
+        env=env, capture_output=True, text=True, timeout=600)
+    assert console.returncode == 0, console.stderr[-3000:]
+    console.out, console.err = console.stdout, console.stderr
     assert f"http://***@{host}/dicom-web moved out of the URL" in console.err
     assert f"--pacs http://{host}/dicom-web is plain http" in console.err
     series = orthanc_login.series()  # sent with the password from the environment
@@ -114,8 +117,9 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
                 break
             time.sleep(0.2)
         seen = [console.out, console.err]
-        seen += [e.message for e in client.read_logs(LogFilter(
-            flow_run_id=LogFilterFlowRunId(any_=ids)))]
+        logs = client.read_logs(LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)))
+        assert any(e.level == 20 and e.message.startswith("loaded dora: ") for e in logs)
+        seen += [e.message for e in logs]
         seen += [f"{a.key} {a.description} {a.data}" for a in arts]
         for r in runs:
             seen += [r.name, str(r.parameters), str(r.state.message)]
