@@ -122,7 +122,13 @@ def _pacs(dest: str | None) -> str | None:
     """The PACS destination without user-info: credentials typed into the URL are moved to
     the environment of this process (DIFFRECON_PACS_USER / _PASSWORD), with a warning, so
     they are never printed, logged or stored with the run."""
-    from diffrecon.io.pacs import PASSWORD_ENV, USER_ENV, redact, split_credentials
+    from diffrecon.io.pacs import (
+        PASSWORD_ENV,
+        USER_ENV,
+        parse_destination,
+        redact,
+        split_credentials,
+    )
 
     if dest is None:
         return None
@@ -131,6 +137,7 @@ def _pacs(dest: str | None) -> str | None:
         os.environ[USER_ENV], os.environ[PASSWORD_ENV] = login
         print(f"diffrecon: warning: credentials in --pacs {redact(dest)} moved out of the URL; "
               f"prefer {USER_ENV} / {PASSWORD_ENV} or --pacs-secret", file=sys.stderr)
+    parse_destination(url)  # a bad destination: one line, before any work
     if url.lower().startswith("http://"):
         print(f"diffrecon: warning: --pacs {url} is plain http: the series (and any login) "
               "travel unencrypted; use https", file=sys.stderr)
