@@ -22,17 +22,49 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffrecon.common.geometry import pad_or_crop
 from diffrecon.common.seeds import benchmark_seed
 from diffrecon.config import ReconConfig
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import sample
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
+from diffrecon.recon.fft import fft2c, ifft2c
 from diffrecon.recon.masks import expand_mask, mask_1d
-from diffrecon.recon.operators import Sense
+from diffrecon.recon.operators import LinearOperator, Sense
 from diffrecon.testing import b1_case_resized, b1_cases
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
+
+
+class FourierResample(LinearOperator):
+    """Images on a (P, Q) grid -> the same field of view on an (h, w) grid: k-space cropped or
+    zero-padded (centred, orthonormal, scaled so image values are kept); the adjoint pads
+    or crops back. With it DDS samples on the prior's own pixel grid while the data
+    consistency stays on the scan's (the "map onto the prior's grid" choice)."""
+
+    def __init__(self, src: tuple[int, int], dst: tuple[int, int]) -> None:
+        self.src, self.dst = src, dst
+        self.c = (dst[0] * dst[1]) ** 0.5 / (src[0] * src[1]) ** 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c * ifft2c(pad_or_crop(fft2c(x), self.dst))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.c * ifft2c(pad_or_crop(fft2c(y), self.src))
+
+
+class Composed(LinearOperator):
+    """outer(inner(x))."""
+
+    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
+        self.outer, self.inner = outer, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer.forward(self.inner.forward(x))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.adjoint(self.outer.adjoint(y))
 
 
 def b2_resized(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +81,24 @@ def b2_resized(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
     return k, sense_reference(k[None])[0]
 
 
+def reconstruct(method: str, prior, ku: torch.Tensor, maps: torch.Tensor, mask: torch.Tensor,
+                resample: FourierResample | None, tv_lam: float) -> torch.Tensor:
+    """One method on one slice; the diffusion methods on the prior's grid when ``resample``
+    maps it onto the scan's."""
+    if method == "zero-filled":
+        return classical.zero_filled(ku, mask)
+    if method == "cg-sense":
+        return classical.cg_sense(ku, maps, mask)
+    if method == "admm-tv":
+        return classical.tv_sense(ku, maps, mask)
+    cfg = DDSConfig() if method == "dds" else DDSTVConfig(tv_lam=tv_lam)
+    op = Sense(maps, mask)
+    if resample is None:
+        return sample(prior, op, ku, cfg)
+    # on the prior's grid nothing zeroes where no coil sees: the scan's support, at the end
+    return resample.forward(sample(prior, Composed(op, resample), ku, cfg)) * op.support()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="128,96,160,180x230,256")
@@ -57,6 +107,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/any_size.json")
     ap.add_argument("--b2", action="store_true",
                     help="the real 16-coil scan padded / cropped in image space instead")
+    ap.add_argument("--grid", choices=["native", "prior"], default="native",
+                    help="diffusion on the scan's own grid (native) or on the prior's 128 x "
+                         "128 grid of the same field of view (prior; B1 only), the data "
+                         "consistency always on the scan's grid")
+    ap.add_argument("--methods", default="zero-filled,cg-sense,admm-tv,dds,dds-tv")
     args = ap.parse_args()
     cases = b1_cases(DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=True)
     cases = cases[:2] if args.quick else cases
@@ -76,16 +131,17 @@ def main() -> None:
                 mask = expand_mask(mask_1d("equispaced", h, accel, seed), w)
                 ku = (k * mask)[None]
                 smaps = coils.estimate_coil_maps(ku, mask)
-                op = Sense(smaps, mask)
-                out = {"zero-filled": classical.zero_filled(ku, mask),
-                       "cg-sense": classical.cg_sense(ku, smaps, mask),
-                       "admm-tv": classical.tv_sense(ku, smaps, mask),
-                       "dds": sample(prior, op, ku, DDSConfig()),
-                       "dds-tv": sample(prior, op, ku, DDSTVConfig(tv_lam=tv_lam))}
+                grid = (prior.config.image_size,) * 2
+                resample = FourierResample(grid, (h, w))
+                mapped = args.grid == "prior" and grid != (h, w)
+
+                out = {m: reconstruct(m, prior, ku, smaps, mask, resample if mapped else None,
+                                      tv_lam)
+                       for m in args.methods.split(",")}
                 for name, x in out.items():
                     scores.setdefault(name, []).append(
                         (metrics.psnr(x, truth[None]), metrics.ssim(x, truth[None])))
-                if c is cases[0] and accel == 8:
+                if c is cases[0] and accel == 8 and {"admm-tv", "dds", "dds-tv"} <= set(out):
                     figure[size] = [truth.numpy()] + [x[0].abs().numpy() for x in
                                                       (out["admm-tv"], out["dds"],
                                                        out["dds-tv"])]
