@@ -22,49 +22,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrecon.common.geometry import pad_or_crop
 from diffrecon.common.seeds import benchmark_seed
 from diffrecon.config import ReconConfig
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import sample
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
-from diffrecon.recon.fft import fft2c, ifft2c
 from diffrecon.recon.masks import expand_mask, mask_1d
-from diffrecon.recon.operators import LinearOperator, Sense
+from diffrecon.recon.operators import Composed, FourierResample, Sense
 from diffrecon.testing import b1_case_resized, b1_cases
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
-
-
-class FourierResample(LinearOperator):
-    """Images on a (P, Q) grid -> the same field of view on an (h, w) grid: k-space cropped or
-    zero-padded (centred, orthonormal, scaled so image values are kept); the adjoint pads
-    or crops back. With it DDS samples on the prior's own pixel grid while the data
-    consistency stays on the scan's (the "map onto the prior's grid" choice)."""
-
-    def __init__(self, src: tuple[int, int], dst: tuple[int, int]) -> None:
-        self.src, self.dst = src, dst
-        self.c = (dst[0] * dst[1]) ** 0.5 / (src[0] * src[1]) ** 0.5
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.c * ifft2c(pad_or_crop(fft2c(x), self.dst))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.c * ifft2c(pad_or_crop(fft2c(y), self.src))
-
-
-class Composed(LinearOperator):
-    """outer(inner(x))."""
-
-    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
-        self.outer, self.inner = outer, inner
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.outer.forward(self.inner.forward(x))
-
-    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        return self.inner.adjoint(self.outer.adjoint(y))
 
 
 def b2_resized(shape: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,6 +46,39 @@ class _Adjoint(LinearOperator):
         return self.op.forward(y)
 
 
+class Composed(LinearOperator):
+    """outer(inner(x)); the adjoint is inner^H(outer^H(y))."""
+
+    def __init__(self, outer: LinearOperator, inner: LinearOperator) -> None:
+        self.outer, self.inner = outer, inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.outer.forward(self.inner.forward(x))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self.inner.adjoint(self.outer.adjoint(y))
+
+
+class FourierResample(LinearOperator):
+    """Images on a ``src`` grid -> the same field of view on a ``dst`` grid: k-space cropped
+    or zero-padded (centred, orthonormal, scaled so that image values are kept: a constant
+    stays that constant); the adjoint pads or crops back."""
+
+    def __init__(self, src: tuple[int, int], dst: tuple[int, int]) -> None:
+        self.src, self.dst = tuple(src), tuple(dst)
+        self.c = (dst[0] * dst[1]) ** 0.5 / (src[0] * src[1]) ** 0.5
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from diffrecon.common.geometry import pad_or_crop
+
+        return self.c * ifft2c(pad_or_crop(fft2c(x), self.dst))
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        from diffrecon.common.geometry import pad_or_crop
+
+        return self.c * ifft2c(pad_or_crop(fft2c(y), self.src))
+
+
 class Sense(LinearOperator):
     """Multi-coil Cartesian MRI: y = M F (S x).
 

@@ -122,9 +122,27 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
 
     priors = [cached_prior(name, dev, ref.compile) for name in ref.prior_names(method)]
     # the slice-wise samplers take any image size; the volume samplers the prior's own
-    check_priors_fit(priors, modality, image_shape, METHODS[method].sampler != "volume")
+    slice_wise = METHODS[method].sampler != "volume"
+    check_priors_fit(priors, modality, image_shape, slice_wise)
+    grid = (priors[0].config.image_size,) * 2
+    mapped = ref.grid == "prior" and slice_wise and tuple(image_shape) != grid
+    if mapped and modality != "mri":
+        raise ValueError("grid 'prior' is for MRI (complex images); CT runs at native size")
+    if mapped:  # sample on the prior's grid of the same field of view, DC on the scan's
+        from diffrecon.recon.operators import Composed, FourierResample, LinearOperator
+
+        resample = FourierResample(grid, tuple(image_shape))
+        scan_op = make_op
+
+        def make_op(a: int, b: int) -> LinearOperator:
+            return Composed(scan_op(a, b), resample)
+
     x, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
                  slice_batch, _progress_artifact(what), _log_oom_retry(what))
+    if mapped:  # back on the scan's grid, zero where no coil sees (as native DDS does)
+        x = resample.forward(x)
+        support = scan_op(0, y.shape[0]).support()
+        x = x if support is None else x * support
     return x, nfe, " + ".join(p.name for p in priors)
 
 

@@ -128,6 +128,13 @@ def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, 
     (rec,) = reconstruct_scans([str(big)], other)
     assert rec.state == "done" and rec.nfe == 3
     assert nib.load(rec.output).shape[:2] == (90, 96)  # NIfTI (x, y): the scan's grid
+    # ... or sampled on the prior's 64 x 64 grid of the same field of view, back on the scan's
+    on_prior = other.model_copy(update={
+        "out_dir": str(tmp_path / "o3"),
+        "diffusion": PriorRef(prior=str(prior_dir), nfe=3, grid="prior")})
+    (rec2,) = reconstruct_scans([str(big)], on_prior)
+    assert rec2.state == "done" and nib.load(rec2.output).shape[:2] == (90, 96)
+    assert not np.allclose(nib.load(rec.output).get_fdata(), nib.load(rec2.output).get_fdata())
 
 
 def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):

@@ -69,6 +69,22 @@ def _ct(kind):
     return make
 
 
+def _resample(src, dst):
+    def make(dtype):
+        from diffrecon.recon.operators import FourierResample
+
+        return FourierResample(src, dst), (2, *src), (2, *dst)
+    return make
+
+
+def _composed(dtype):
+    from diffrecon.recon.operators import Composed, FourierResample
+
+    sense, _, ys = _operators(dtype)["sense-batched"]
+    h, w = ys[-2:]
+    return Composed(sense, FourierResample((16, 16), (h, w))), (ys[0], 16, 16), ys
+
+
 # Every linear operator of recon/, by name: factory(dtype) -> (operator, x shape, y shape).
 # Complex operators are checked in complex128 and complex64, real ones (CT) in float64.
 OPERATORS = {
@@ -81,6 +97,9 @@ OPERATORS = {
     "ct-parallel": _ct("parallel"),
     "ct-fan-flat": _ct("flat"),
     "ct-fan-equiangular": _ct("equiangular"),
+    "fourier-resample-down": _resample((16, 16), (12, 9)),
+    "fourier-resample-up": _resample((12, 9), (16, 16)),
+    "sense-on-another-grid": _composed,
 }
 REAL = {"ct-parallel", "ct-fan-flat", "ct-fan-equiangular"}
 
@@ -133,3 +152,21 @@ def test_cartesian_3d_operator_is_adjoint_and_matches_a_dense_dft():
     # the readout is never undersampled: unsampled (kz, ky) rows are zero along kx
     y = op.forward(x)
     assert torch.all(y[:, ~mask] == 0) and torch.all(y[:, mask].abs().sum(-1) > 0)
+
+
+def test_fourier_resampling_keeps_values_and_a_band_limited_image():
+    """A constant stays that constant; an image band-limited to the smaller grid goes up and
+    back down unchanged (the adjoint of an upsampling is its inverse on that band)."""
+    from diffrecon.recon.fft import fft2c, ifft2c
+    from diffrecon.recon.operators import FourierResample
+
+    up = FourierResample((12, 12), (20, 20))
+    assert torch.allclose(up.forward(torch.full((1, 12, 12), 2.0 + 0j)).real,
+                          torch.full((1, 20, 20), 2.0, dtype=torch.float32), atol=1e-5)
+    x = torch.randn(1, 12, 12, dtype=torch.complex128)
+    k = fft2c(x)
+    k[..., 0, :] = 0  # no energy at the grid's Nyquist row / column (not band-limited)
+    k[..., :, 0] = 0
+    x = ifft2c(k)
+    down = FourierResample((20, 20), (12, 12))
+    assert torch.allclose(down.forward(up.forward(x)), x, atol=1e-10)
