@@ -107,12 +107,24 @@ class MRIAcquisition:
         return self
 
 
+def crop_readout(kspace: np.ndarray, keep: int) -> np.ndarray:
+    """k-space whose image is the central ``keep`` columns of ``kspace``'s along the readout
+    (last axis): centred orthonormal FFTs, the image values kept."""
+    def shift_fft(x: np.ndarray, inverse: bool) -> np.ndarray:
+        f = np.fft.ifft if inverse else np.fft.fft
+        return np.fft.fftshift(f(np.fft.ifftshift(x, axes=-1), axis=-1, norm="ortho"), axes=-1)
+
+    start = (kspace.shape[-1] - keep) // 2
+    img = shift_fft(kspace, inverse=True)[..., start: start + keep]
+    return np.ascontiguousarray(shift_fft(img, inverse=False).astype(np.complex64))
+
+
 def remove_readout_oversampling(acq: MRIAcquisition) -> MRIAcquisition:
     """The scan without readout oversampling, as fastMRI does: when the header's
     reconstruction matrix is smaller than the encoded readout (x: 320 of 640) and whole
     readout lines were sampled, the image is cropped to the central ``recon x`` columns
-    (centred, orthonormal FFT along the readout: the image values are kept) and the field
-    of view follows. Anything else is returned as it is."""
+    (:func:`crop_readout`) and the field of view follows. Anything else is returned as it
+    is."""
     from dataclasses import replace
 
     nx = acq.kspace.shape[-1]
@@ -121,15 +133,9 @@ def remove_readout_oversampling(acq: MRIAcquisition) -> MRIAcquisition:
     if not (0 < rx < nx and int(acq.encoded_matrix[0]) == nx and full_lines):
         return acq
     start = (nx - rx) // 2
-
-    def shift_fft(x: np.ndarray, inverse: bool) -> np.ndarray:
-        f = np.fft.ifft if inverse else np.fft.fft
-        return np.fft.fftshift(f(np.fft.ifftshift(x, axes=-1), axis=-1, norm="ortho"), axes=-1)
-
-    img = shift_fft(acq.kspace, inverse=True)[..., start: start + rx]
-    k = shift_fft(img, inverse=False).astype(np.complex64)
     fx, fy, fz = acq.fov_mm
-    return replace(acq, kspace=np.ascontiguousarray(k), mask=acq.mask[:, start: start + rx],
+    return replace(acq, kspace=crop_readout(acq.kspace, rx),
+                   mask=acq.mask[:, start: start + rx],
                    encoded_matrix=(rx, *acq.encoded_matrix[1:]),
                    fov_mm=(fx * rx / nx, fy, fz))
 

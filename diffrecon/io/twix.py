@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from diffrecon.io.errors import InvalidScanError
-from diffrecon.io.records import MRIAcquisition, scan_name
+from diffrecon.io.records import MRIAcquisition, crop_readout, scan_name
 
 
 def twix_version(path: Path) -> str:
@@ -92,14 +92,8 @@ def read_twix(path: str | Path, remove_os: bool = False) -> MRIAcquisition:
     hdr = m.get("hdr", {})
     os_factor = float(_get(hdr, "Dicom", "flReadoutOSFactor", default=1.0) or 1.0)
     if remove_os and os_factor > 1.0:
-        from numpy.fft import fftshift, ifftshift
-
-        img = fftshift(np.fft.ifft(ifftshift(k, axes=-1), axis=-1, norm="ortho"), axes=-1)
         keep = int(round(n_samples / os_factor))
-        start = (n_samples - keep) // 2
-        img = img[..., start : start + keep]
-        k = fftshift(np.fft.fft(ifftshift(img, axes=-1), axis=-1, norm="ortho"), axes=-1)
-        k = k.astype(np.complex64) / np.sqrt(os_factor).astype(np.float32)
+        k = crop_readout(k, keep) / np.sqrt(os_factor).astype(np.float32)
     slice0 = _get(hdr, "MeasYaps", "sSliceArray", "asSlice", default=[{}])
     slice0 = slice0[0] if isinstance(slice0, list) and slice0 else {}
     fov_ro = float(slice0.get("dReadoutFOV", 0.0) or 0.0)
