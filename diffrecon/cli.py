@@ -512,9 +512,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in sample scan")
     d.add_argument("--out", type=Path, default=Path("demo_output"),
-        help="output folder (default demo_output)")
+                   help="output folder (default demo_output)")
     d.add_argument("--device", default="auto",
-        help="auto, cpu or cuda (default auto)")
+                   help="auto, cpu or cuda (default auto)")
     d.set_defaults(func=cmd_demo)
 
     t = sub.add_parser("train", help="train a diffusion prior on NIfTI volumes")
@@ -522,59 +522,59 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--first", type=int, default=None,
                    help="use only the first N volumes by name (e.g. 26 IXI training volumes)")
     t.add_argument("--modality", choices=["mri", "ct"], required=True,
-        help="mri (complex, 2 channels) or ct (HU, 1 channel)")
+                   help="mri (complex, 2 channels) or ct (HU, 1 channel)")
     t.add_argument("--orientation", choices=["axial", "coronal", "sagittal"], default="axial",
-        help="slice orientation the prior learns (default axial)")
+                   help="slice orientation the prior learns (default axial)")
     t.add_argument("--size", type=int, default=128,
-        help="image size N (N x N, default 128)")
+                   help="image size N (N x N, default 128)")
     t.add_argument("--out", required=True, help="checkpoint folder to write")
     t.add_argument("--name", default=None, help="prior name (default: the folder name)")
     t.add_argument("--work", default=None,
                    help="training state folder (default: OUT's parent/.NAME.train)")
     t.add_argument("--steps", type=int, default=2000,
-        help="optimiser steps (default 2000)")
+                   help="optimiser steps (default 2000)")
     t.add_argument("--batch", type=int, default=8,
-        help="images per step (default 8)")
+                   help="images per step (default 8)")
     t.add_argument("--lr", type=float, default=2e-4,
-        help="AdamW learning rate (default 2e-4)")
+                   help="AdamW learning rate (default 2e-4)")
     t.add_argument("--checkpoint-every", type=int, default=500,
-        help="steps between resumable checkpoints (default 500)")
+                   help="steps between resumable checkpoints (default 500)")
     t.add_argument("--base-channels", type=int, default=16,
-        help="UNet channels at full resolution (default 16)")
+                   help="UNet channels at full resolution (default 16)")
     t.add_argument("--channel-mult", default="1,2,4,8",
                    help="channel multipliers per level (attention at the last level)")
     t.add_argument("--network-note", default="", help="why this network size (for the card)")
     t.add_argument("--samples", type=int, default=16, help="samples in the sheet")
     t.add_argument("--sample-steps", type=int, default=50,
-        help="sampler steps for the sample sheet (default 50)")
+                   help="sampler steps for the sample sheet (default 50)")
     t.add_argument("--val-fraction", type=float, default=0.1,
-        help="volumes held out for the validation loss (default 0.1)")
+                   help="volumes held out for the validation loss (default 0.1)")
     t.add_argument("--augment", action="store_true",
                    help="small rotations and scalings (for small data sets, e.g. CT)")
     t.add_argument("--seed", type=int, default=0,
-        help="seed of the data split, sampling and initialisation (default 0)")
+                   help="seed of the data split, sampling and initialisation (default 0)")
     t.add_argument("--data-description", default="",
-        help="what the data are, for the card")
+                   help="what the data are, for the card")
     t.add_argument("--data-licence", default="",
-        help="the data's licence, for the card")
+                   help="the data's licence, for the card")
     t.add_argument("--device", default="auto",
-        help="auto, cpu or cuda (default auto)")
+                   help="auto, cpu or cuda (default auto)")
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("prior", help="list or import priors")
     psub = pr.add_subparsers(dest="prior_command", required=True)
     pl = psub.add_parser("list", help="the shipped priors (or those in --dir)")
     pl.add_argument("--dir", default=None,
-        help="a folder of priors instead of the shipped ones")
+                    help="a folder of priors instead of the shipped ones")
     pl.set_defaults(func=cmd_prior_list)
     pi = psub.add_parser("import-dds", help="convert a published DDS checkpoint")
     pi.add_argument("file", help="fastmri_knee_320_complex_1m.pt or AAPM256_1M.pt")
     pi.add_argument("--kind", required=True, choices=["mri-knee-320", "ct-aapm-256"],
-        help="which published checkpoint the file is")
+                    help="which published checkpoint the file is")
     pi.add_argument("--out", required=True,
-        help="checkpoint folder to write")
+                    help="checkpoint folder to write")
     pi.add_argument("--dtype", default="float32", choices=["float32", "float16"],
-        help="weights stored as float32 (default) or float16")
+                    help="weights stored as float32 (default) or float16")
     pi.set_defaults(func=cmd_prior_import)
     return p
 

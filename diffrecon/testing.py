@@ -64,13 +64,17 @@ def b1_image(path: str | Path, z: int) -> np.ndarray:
     return (s / s.max()).astype(np.float32)
 
 
+def _b1_kspace(volume: str, z: int, img: np.ndarray, maps: torch.Tensor) -> torch.Tensor:
+    """B1's simulation of a magnitude slice: its smooth phase, the coil maps, the noise."""
+    x = torch.from_numpy(img) * smooth_phase(img.shape, benchmark_rng(volume, z, "phase"))
+    return add_noise(simulate_kspace(x, maps), 1e-3, benchmark_rng(volume, z, "noise"))
+
+
 def b1_case(path: str | Path, z: int, maps: torch.Tensor) -> MRICase:
     """B1: the slice with its smooth phase, seen by the 16 simulation maps, plus noise."""
     volume = Path(path).name.removesuffix(".gz").removesuffix(".nii")
     img = b1_image(path, z)
-    x = torch.from_numpy(img) * smooth_phase(img.shape, benchmark_rng(volume, z, "phase"))
-    k = add_noise(simulate_kspace(x, maps), 1e-3, benchmark_rng(volume, z, "noise"))
-    return MRICase(volume, z, k, torch.from_numpy(img))
+    return MRICase(volume, z, _b1_kspace(volume, z, img, maps), torch.from_numpy(img))
 
 
 def b1_case_resized(case: MRICase, maps: torch.Tensor, shape: tuple[int, int]
@@ -88,10 +92,7 @@ def b1_case_resized(case: MRICase, maps: torch.Tensor, shape: tuple[int, int]
     m = maps.numpy()
     mr = zoom(m.real, (1, *f), order=1) + 1j * zoom(m.imag, (1, *f), order=1)
     mr /= np.sqrt((np.abs(mr) ** 2).sum(0, keepdims=True)) + 1e-12
-    x = torch.from_numpy(truth) * smooth_phase((h, w), benchmark_rng(case.volume, case.z,
-                                                                     "phase"))
-    k = add_noise(simulate_kspace(x, torch.from_numpy(mr.astype(np.complex64))), 1e-3,
-                  benchmark_rng(case.volume, case.z, "noise"))
+    k = _b1_kspace(case.volume, case.z, truth, torch.from_numpy(mr.astype(np.complex64)))
     return k, torch.from_numpy(truth)
 
 

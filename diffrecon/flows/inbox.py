@@ -161,6 +161,19 @@ def _label(path: Path, ledger: Ledger, taken: set[str], mode: str) -> tuple[str,
     return unique_label(scan_label(path, mode), path.name, taken), None
 
 
+def _summary(entry: Entry) -> dict:
+    """A ledger row as the run's summary shows it."""
+    return {"scan": entry.name, "state": entry.state, "attempts": entry.attempts,
+            "reason": entry.reason}
+
+
+def _written(records: list[ResultRecord]) -> tuple[list[str], str | None]:
+    """(the outputs the records name, their PACS sends as the ledger's ``sent`` line)."""
+    outputs = [r.output for r in records if r.output]
+    sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
+    return outputs, sent
+
+
 def _finished_before_death(row: Entry, path: Path, outbox: Path
                            ) -> tuple[list[str], str | None] | None:
     """The outputs of a claimed scan whose reconstruction finished (its results.json written
@@ -177,7 +190,7 @@ def _finished_before_death(row: Entry, path: Path, outbox: Path
         if not results.exists() or results.stat().st_mtime < claimed - 1:
             return None
         records = read_results(results)
-        outputs = [r.output for r in records if r.output]
+        outputs, sent = _written(records)
         if not records or any(r.state != "done" for r in records) \
                 or not all(Path(o).exists() for o in outputs):
             return None
@@ -185,7 +198,6 @@ def _finished_before_death(row: Entry, path: Path, outbox: Path
             return None
     except (OSError, ValueError):
         return None
-    sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
     return [*outputs, str(results)], sent
 
 
@@ -215,8 +227,7 @@ def _dead_claims(ledger: Ledger, inbox: Path, outbox: Path, max_attempts: int) -
             ledger.record(row.name, row.path, row.digest, "failed", reason, row.outputs,
                           attempt=False, sent=row.sent)
         entry = ledger.get(row.name)
-        out.append({"scan": entry.name, "state": entry.state, "attempts": entry.attempts,
-                    "reason": entry.reason})
+        out.append(_summary(entry))
     return out
 
 
@@ -249,8 +260,7 @@ def _process_inbox(inbox_p: Path, outbox_p: Path, config: ReconConfig, force: bo
         moved = quarantine(path, f"{path.name}: {problem}")
         entry = ledger.record(label, str(moved), "-", "quarantined", problem, entry=path.name)
         log.warning("inbox entry %s quarantined: %s", label, problem)
-        summary.append({"scan": label, "state": entry.state, "attempts": entry.attempts,
-                        "reason": entry.reason})
+        summary.append(_summary(entry))
     for path in waiting:
         if path.is_dir() and not any(path.iterdir()):
             log.warning("inbox folder %s is empty; left for a later run",
@@ -293,13 +303,11 @@ def _process_one(path: Path, label: str, digest: str, config: ReconConfig, outbo
         reason = f"{type(records).__name__}: {records}" if isinstance(records, BaseException) \
             else (state.message or "the reconstruction flow did not finish")
         entry = ledger.record(label, str(path), digest, "failed", reason, attempt=False)
-        return {"scan": label, "state": entry.state, "attempts": entry.attempts,
-                "reason": entry.reason}
+        return _summary(entry)
     records: list[ResultRecord]
     states = {r.state for r in records}
     reason = "; ".join(sorted({r.error for r in records if r.error})) or None
-    outputs = [r.output for r in records if r.output]
-    sent = "; ".join(f"{r.method}: {r.sent}" for r in records if r.sent) or None
+    outputs, sent = _written(records)
     if "invalid" in states:
         moved = quarantine(path, reason or "invalid input")
         entry = ledger.record(label, str(moved), digest, "quarantined", reason, attempt=False)
@@ -310,5 +318,4 @@ def _process_one(path: Path, label: str, digest: str, config: ReconConfig, outbo
     else:  # retried on the next run; what was written (and sent) is recorded
         entry = ledger.record(label, str(path), digest, "failed", reason, outputs,
                               attempt=False, sent=sent)
-    return {"scan": label, "state": entry.state, "attempts": entry.attempts,
-            "reason": entry.reason}
+    return _summary(entry)

@@ -140,9 +140,10 @@ def _send(name: str, method: str, files: list[str], config: ReconConfig
     marker = Path(folder + ".sent.json")
     receipt = {"destination": config.pacs, "series": path_digest(folder)}
     try:
-        if marker.exists() and {k: v for k, v in json.loads(marker.read_text()).items()
-                                if k != "sent"} == receipt:
-            return json.loads(marker.read_text())["sent"], None
+        old = json.loads(marker.read_text()) if marker.exists() else {}
+        if old.get("destination") == receipt["destination"] \
+                and old.get("series") == receipt["series"]:
+            return old["sent"], None
         sent = send_series(name, method, folder, config.pacs, config.pacs_secret)
         with atomic_path(marker) as tmp:
             tmp.write_text(json.dumps({**receipt, "sent": sent}))
