@@ -18,6 +18,7 @@ the adjoint is the transpose of the same entries, so it is matched exactly.
 from __future__ import annotations
 
 import math
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -144,25 +145,173 @@ def joseph_entries(geom: CTGeometry, views: np.ndarray
     return np.concatenate(ray_ids), np.concatenate(pix_ids), np.concatenate(vals), n_rays
 
 
+def ray_lines(geom: CTGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each ray as Joseph's method walks it: (flat, a, b, scale), one entry per ray.
+
+    A flat ray (|dx| >= |dy|) samples every image column s at the fractional row
+    a + b s; a steep ray samples every row s at the fractional column a + b s; scale is
+    the path length per step (pixel size / |dx| or / |dy|).
+    """
+    h, w = geom.image_shape
+    p = geom.pixel_size
+    pts, dirs = geom.rays(np.arange(geom.n_views))
+    px, py = pts[:, 0] / p, pts[:, 1] / p
+    dx, dy = dirs[:, 0], dirs[:, 1]
+    flat = np.abs(dx) >= np.abs(dy)
+    sx = np.where(flat, dx, 1.0)  # no division by ~0 in the branch not taken
+    sy = np.where(flat, 1.0, dy)
+    a = np.where(flat, (h - 1) / 2 - (py + (-(w - 1) / 2 - px) / sx * dy),
+                 px + ((h - 1) / 2 - py) / sy * dx + (w - 1) / 2)
+    b = np.where(flat, -dy / sx, -dx / sy)
+    scale = p / np.where(flat, np.abs(dx), np.abs(dy))
+    return flat, a, b, scale
+
+
+_KERNELS: dict = {}
+_KERNEL_LOCK = threading.Lock()  # numba's workqueue layer must not be entered twice at once
+
+
+def _kernels():
+    """Joseph's projector and its transpose as numba kernels (compiled once, cached).
+
+    Both walk rays: ``src`` is (O + 2, S, B), the image (or its transpose, for steep
+    rays) zero-padded by one row at either end of the interpolated axis O, with the B
+    slices innermost so one set of weights serves the whole batch. The transpose
+    scatters into one accumulator per thread (rays split between threads), summed after.
+    """
+    if not _KERNELS:
+        import numba
+
+        @numba.njit(parallel=True, fastmath=True, cache=True)
+        def project(src: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray,
+                    out: np.ndarray) -> None:
+            o, s_len, nb = src.shape[0] - 2, src.shape[1], src.shape[2]
+            for r in numba.prange(a.shape[0]):
+                ar, br = a[r], b[r]
+                acc = np.zeros(nb, src.dtype)
+                for s in range(s_len):
+                    pos = ar + br * s
+                    if pos < -1 or pos >= o:
+                        continue
+                    lo = int(math.floor(pos))
+                    f = pos - lo
+                    g = 1 - f
+                    for j in range(nb):
+                        acc[j] += g * src[lo + 1, s, j] + f * src[lo + 2, s, j]
+                for j in range(nb):
+                    out[r, j] = acc[j] * scale[r]
+
+        @numba.njit(parallel=True, fastmath=True, cache=True)
+        def backproject(sino: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray,
+                        out: np.ndarray) -> None:
+            n_acc, o, s_len, nb = out.shape[0], out.shape[1] - 2, out.shape[2], out.shape[3]
+            n = a.shape[0]
+            for t in numba.prange(n_acc):
+                acc = out[t]
+                for r in range(t * n // n_acc, (t + 1) * n // n_acc):
+                    ar, br, sc = a[r], b[r], scale[r]
+                    for s in range(s_len):
+                        pos = ar + br * s
+                        if pos < -1 or pos >= o:
+                            continue
+                        lo = int(math.floor(pos))
+                        f = pos - lo
+                        g = 1 - f
+                        for j in range(nb):
+                            v = sino[r, j] * sc
+                            acc[lo + 1, s, j] += g * v
+                            acc[lo + 2, s, j] += f * v
+
+        _KERNELS.update(project=project, backproject=backproject)
+    return _KERNELS
+
+
 _MATRICES: dict = {}
+_LINES: dict = {}
 
 
 class CTProjector(LinearOperator):
     """Slice-stacked 2D projector: x (..., H, W) -> sinogram (..., views, n_det), and back.
 
-    The system matrix is built once per geometry, dtype and device (a sparse CSR matrix and
-    its transpose) when it has at most ``max_nnz`` entries; larger problems are applied in
-    chunks of views with the same entries, computed on the fly.
+    On the CPU (``backend="kernel"``, the default there) compiled ray-walking kernels
+    apply Joseph's method directly, batched over slices. On other devices the system
+    matrix is built once per geometry, dtype and device (a sparse CSR matrix and its
+    transpose) when it has at most ``max_nnz`` entries (``"matrix"``); larger problems
+    are applied in chunks of views with the same entries, computed on the fly
+    (``"chunked"``). All three compute the same entries.
     """
 
-    def __init__(self, geometry: CTGeometry, max_nnz: int = 60_000_000, view_chunk: int = 16
-                 ) -> None:
+    slab = 16  # slices per kernel call (bounds the per-thread accumulators)
+
+    def __init__(self, geometry: CTGeometry, max_nnz: int = 60_000_000, view_chunk: int = 16,
+                 backend: str = "auto") -> None:
+        if backend not in ("auto", "kernel", "matrix", "chunked"):
+            raise ValueError(f"unknown CT projector backend {backend!r}; "
+                             "auto, kernel, matrix or chunked")
         self.geom = geometry
         self.max_nnz = max_nnz
         self.view_chunk = view_chunk
-        h, w = geometry.image_shape
-        est = geometry.n_views * geometry.n_det * 2 * max(h, w)
-        self.matrix_free = est > max_nnz
+        self.backend = backend
+
+    def _backend(self, device: torch.device) -> str:
+        if self.backend != "auto":
+            return self.backend
+        if device.type == "cpu":
+            return "kernel"
+        h, w = self.geom.image_shape
+        est = self.geom.n_views * self.geom.n_det * 2 * max(h, w)
+        return "chunked" if est > self.max_nnz else "matrix"
+
+    def _lines(self, dtype: torch.dtype):
+        key = (self.geom, dtype)
+        if key not in _LINES:
+            flat, a, b, scale = ray_lines(self.geom)
+            np_dtype = np.float32 if dtype == torch.float32 else np.float64
+            _LINES[key] = tuple((np.flatnonzero(sel), a[sel].astype(np_dtype),
+                                 b[sel].astype(np_dtype), scale[sel].astype(np_dtype))
+                                for sel in (flat, ~flat))
+        return _LINES[key]
+
+    def _kernel_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """Run the kernels on (B, H, W) images or (B, views * n_det) sinograms."""
+        import numba
+
+        if t.dtype not in (torch.float32, torch.float64):
+            t = t.double()
+        h, w = self.geom.image_shape
+        n_rays = self.geom.n_views * self.geom.n_det
+        k = _kernels()
+        lines = self._lines(t.dtype)
+        threads = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+        outs = []
+        with _KERNEL_LOCK:
+            numba.set_num_threads(threads)
+            for b0 in range(0, t.shape[0], self.slab):
+                part = t[b0:b0 + self.slab]
+                nb = part.shape[0]
+                if not adjoint:
+                    sino = np.zeros((n_rays, nb), dtype=lines[0][1].dtype)
+                    for (rays, a, b, scale), img in zip(lines, (part, part.transpose(1, 2))):
+                        if len(rays) == 0:
+                            continue
+                        src = torch.nn.functional.pad(img.permute(1, 2, 0), (0, 0, 0, 0, 1, 1))
+                        out = np.empty((len(rays), nb), dtype=sino.dtype)
+                        k["project"](src.contiguous().numpy(), a, b, scale, out)
+                        sino[rays] = out
+                    outs.append(torch.from_numpy(sino).T)
+                else:
+                    img = torch.zeros(nb, h, w, dtype=t.dtype)
+                    vals = part.T.contiguous().numpy()
+                    for i, (rays, a, b, scale) in enumerate(lines):
+                        if len(rays) == 0:
+                            continue
+                        o, s_len = (h, w) if i == 0 else (w, h)
+                        acc = np.zeros((threads, o + 2, s_len, nb), dtype=vals.dtype)
+                        k["backproject"](np.ascontiguousarray(vals[rays]), a, b, scale, acc)
+                        back = torch.from_numpy(acc.sum(0)[1:-1]).permute(2, 0, 1)
+                        img += back if i == 0 else back.transpose(1, 2)
+                    outs.append(img)
+        return torch.cat(outs)
 
     def _matrices(self, dtype: torch.dtype, device: torch.device):
         key = (self.geom, dtype, str(device))
@@ -183,7 +332,10 @@ class CTProjector(LinearOperator):
         lead = x.shape[:-2]
         flat = x.reshape(-1, h * w)
         out_shape = (*lead, self.geom.n_views, self.geom.n_det)
-        if not self.matrix_free:
+        backend = self._backend(x.device)
+        if backend == "kernel":
+            return self._kernel_apply(flat.reshape(-1, h, w), False).to(x.dtype).reshape(out_shape)
+        if backend == "matrix":
             a, _ = self._matrices(x.dtype, x.device)
             return (a @ flat.T).T.reshape(out_shape)
         out = torch.zeros((flat.shape[0], self.geom.n_views * self.geom.n_det),
@@ -200,7 +352,10 @@ class CTProjector(LinearOperator):
         h, w = self.geom.image_shape
         lead = y.shape[:-2]
         flat = y.reshape(-1, self.geom.n_views * self.geom.n_det)
-        if not self.matrix_free:
+        backend = self._backend(y.device)
+        if backend == "kernel":
+            return self._kernel_apply(flat, True).to(y.dtype).reshape(*lead, h, w)
+        if backend == "matrix":
             _, at = self._matrices(y.dtype, y.device)
             return (at @ flat.T).T.reshape(*lead, h, w)
         out = torch.zeros((flat.shape[0], h * w), dtype=y.dtype, device=y.device)

@@ -60,22 +60,31 @@ def test_projections_agree_with_astra(ct_slice, name):
     CTGeometry.fan(np.linspace(0, 2 * np.pi, 20, endpoint=False), 61, 0.01, 80.0, 40.0,
                    detector="equiangular", image_shape=(32, 32)),
 ])
-@pytest.mark.parametrize("matrix_free", [False, True])
-def test_adjointness(geom, matrix_free):
-    op = CTProjector(geom, max_nnz=0 if matrix_free else 60_000_000, view_chunk=7)
-    assert op.matrix_free == matrix_free
-    err = adjointness_error(op, (2, *geom.image_shape), (2, geom.n_views, geom.n_det),
-                            dtype=torch.float64)
-    assert err < 1e-10
+@pytest.mark.parametrize("backend", ["kernel", "matrix", "chunked"])
+def test_adjointness(geom, backend):
+    op = CTProjector(geom, view_chunk=7, backend=backend)
+    for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
+        err = adjointness_error(op, (2, *geom.image_shape), (2, geom.n_views, geom.n_det),
+                                dtype=dtype)
+        assert err < tol
 
 
-def test_matrix_free_equals_the_sparse_matrix():
-    geom = CTGeometry.parallel(np.linspace(0, np.pi, 12, endpoint=False), 47,
-                               image_shape=(32, 32))
-    x = torch.rand(3, 32, 32, dtype=torch.float64)
-    a = CTProjector(geom).forward(x)
-    b = CTProjector(geom, max_nnz=0, view_chunk=5).forward(x)
-    assert torch.allclose(a, b, atol=1e-12)
+@pytest.mark.parametrize("geom", [
+    CTGeometry.parallel(np.linspace(0, np.pi, 12, endpoint=False), 47, image_shape=(32, 40)),
+    CTGeometry.fan(np.linspace(0, 2 * np.pi, 14, endpoint=False), 61, 0.012, 80.0, 40.0,
+                   detector="equiangular", image_shape=(36, 32)),
+])
+def test_the_three_backends_compute_the_same_entries(geom):
+    x = torch.rand(CTProjector.slab + 3, *geom.image_shape, dtype=torch.float64)  # two slabs
+    y = torch.rand(CTProjector.slab + 3, geom.n_views, geom.n_det, dtype=torch.float64)
+    ref = CTProjector(geom, backend="matrix")
+    for backend in ("kernel", "chunked"):
+        op = CTProjector(geom, backend=backend, view_chunk=5)
+        assert torch.allclose(op.forward(x), ref.forward(x), atol=1e-12)
+        assert torch.allclose(op.adjoint(y), ref.adjoint(y), atol=1e-12)
+    assert CTProjector(geom)._backend(torch.device("cpu")) == "kernel"
+    with pytest.raises(ValueError, match="unknown CT projector backend 'gpu'"):
+        CTProjector(geom, backend="gpu")
 
 
 @pytest.mark.parametrize("window", ["ram-lak", "shepp-logan", "hann"])
