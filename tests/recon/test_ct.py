@@ -117,14 +117,49 @@ def test_sparse_view_solvers_beat_fbp(ct_slice):
     assert p_ls > p_fbp + 3 and p_tv > p_ls + 2
 
 
-def test_unknown_geometry_and_fan_fbp_are_refused():
+def test_unknown_geometry_is_refused():
     with pytest.raises(ValueError, match="unknown CT geometry 'cone'"):
         CTGeometry("cone", (0.0,), 10)
     with pytest.raises(ValueError, match="needs source_origin > 0"):
         CTGeometry("fan-flat", (0.0,), 10)
-    op = CTProjector(CTGeometry.fan(FAN_ANGLES[:4], 20, 1.0, 100.0, 50.0, image_shape=(8, 8)))
-    with pytest.raises(ValueError, match="FBP is implemented for parallel beams"):
-        fbp(torch.zeros(1, 4, 20, dtype=torch.float64), op)
+
+
+@pytest.mark.parametrize(("detector", "spacing", "scan", "views", "floor"), [
+    ("flat", 1.5, 2 * np.pi, 720, 34.5),
+    ("flat", 1.5, -2 * np.pi, 720, 34.5),  # clockwise
+    ("flat", 1.5, np.pi + 1.0, 400, 34.5),  # short scan: Parker's weights
+    ("flat", 1.5, -(np.pi + 1.0), 400, 34.5),
+    ("equiangular", 0.004, 2 * np.pi, 720, 32.8),
+    ("equiangular", 0.004, np.pi + 1.0, 400, 32.8),
+])
+def test_fan_fbp_reconstructs_the_slice(ct_slice, detector, spacing, scan, views, floor):
+    """Noiseless fan-beam sinograms of a 128 x 128 CT slice (ours: 34.7 dB for parallel FBP
+    at 360 views); the flat detector's sinogram made by astra's own fan-beam projector."""
+    from diffrecon.recon.ct import _fan_fbp
+
+    angles = np.linspace(0, scan, views, endpoint=False) + 0.3
+    geom = CTGeometry.fan(angles, 250, spacing, 300.0, 150.0, detector=detector,
+                          image_shape=ct_slice.shape)
+    op = CTProjector(geom)
+    if detector == "flat":
+        pg = astra.create_proj_geom("fanflat", spacing, 250, angles, 300.0, 150.0)
+        y = torch.from_numpy(_astra(pg, "line_fanflat", ct_slice)[2]).double()[None]
+    else:
+        y = op.forward(torch.from_numpy(ct_slice).double()[None])
+    x = fbp(y, op)
+    assert metrics.psnr(x, ct_slice[None], data_range=1.0) > floor
+    assert abs(x.mean().item() / ct_slice.mean() - 1) < 0.002  # no scale error
+    # the vectorised torch path (other devices) computes the same
+    assert torch.allclose(_fan_fbp(y, geom, "ram-lak", kernel=False), x, atol=1e-9)
+
+
+def test_a_fan_scan_too_short_for_fbp_is_refused():
+    geom = CTGeometry.fan(np.linspace(0, np.pi + 0.6, 400, endpoint=False), 250, 1.5, 300.0,
+                          150.0, image_shape=(16, 16))
+    with pytest.raises(ValueError, match=r"fan-beam FBP needs a full rotation or a short scan "
+                       r"of at least 180 degrees plus the fan angle \(225.1 degrees\); these "
+                       r"400 views cover 214.4 degrees: use cg-ls or admm-tv"):
+        fbp(torch.zeros(1, 400, 250, dtype=torch.float64), CTProjector(geom))
 
 
 def test_tv_along_z_uses_the_neighbouring_slices():
