@@ -30,12 +30,17 @@ OFFICIAL_MRI = {"image_size": 320, "in_channels": 2, "out_channels": 4, "num_cha
                 "resblock_updown": True}
 
 
-def build(size: int, channels: int, dev, fast: bool, compile_: bool):
-    cfg = dict(OFFICIAL_MRI, image_size=size, num_channels=channels,
-               num_head_channels=min(64, channels))
+def adm_config(size: int, channels: int) -> ADMConfig:
+    """The official DDS MRI network at another size or width."""
     if size not in (320, 256, 128, 64):
         raise SystemExit("size must be one of 64, 128, 256, 320")
-    adm = ADMConfig.from_guided_diffusion(cfg)
+    return ADMConfig.from_guided_diffusion(dict(OFFICIAL_MRI, image_size=size,
+                                                num_channels=channels,
+                                                num_head_channels=min(64, channels)))
+
+
+def build(size: int, channels: int, dev, fast: bool, compile_: bool):
+    adm = adm_config(size, channels)
     net = ADMUNet(adm).eval()
     pc = PriorConfig(name="timing", modality="mri", architecture="adm", network=adm.to_dict(),
                      image_size=size, channels=["real", "imag"],

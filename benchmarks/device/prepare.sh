@@ -30,6 +30,6 @@ dl() {
     --platform manylinux2014_x86_64 -d .whl "$@"
 }
 dl monai==1.6.1 nibabel==5.4.2 pydantic==2.14.4 annotated-types typing-inspection \
-   sigpy==0.1.27 PyWavelets==1.9.0 \
+   sigpy==0.1.27 PyWavelets==1.9.0 astra-toolbox==2.5.0 \
    "pydantic-core==$(.venv/bin/python -c 'import pydantic_core; print(pydantic_core.__version__)')"
 du -sh .devdata .devb4 .whl

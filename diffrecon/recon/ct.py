@@ -11,8 +11,8 @@ its flat detector's centre at -R_od (sin t, -cos t) (astra's ``fanflat``); an eq
 The projector is Joseph's method (astra's ``linear``): along each ray, one linear
 interpolation between the two nearest pixel centres per image column (or row, for
 steep rays), weighted by the path length per column. Its entries are computed once per
-geometry and kept as a sparse matrix (or recomputed in view chunks for large problems);
-the adjoint is the transpose of the same entries, so it is matched exactly.
+geometry; see CTProjector for the ways they are applied. The adjoint is the transpose of
+the same entries, so it is matched exactly.
 """
 
 from __future__ import annotations
@@ -267,34 +267,35 @@ _LINES: dict = {}
 class CTProjector(LinearOperator):
     """Slice-stacked 2D projector: x (..., H, W) -> sinogram (..., views, n_det), and back.
 
-    On the CPU (``backend="kernel"``, the default there) compiled ray-walking kernels
-    apply Joseph's method directly, batched over slices. On other devices the system
-    matrix is built once per geometry, dtype and device (a sparse CSR matrix and its
-    transpose) when it has at most ``max_nnz`` entries (``"matrix"``); larger problems
-    are applied in chunks of views with the same entries, computed on the fly
-    (``"chunked"``). All three compute the same entries.
+    Backends, all computing the same entries: ``"matrix"`` builds the sparse system matrix
+    and its transpose once per geometry, dtype and device (the fastest to apply, in seconds
+    to build: the CPU default up to ``max_nnz`` entries, e.g. 128 x 128 at 180 views);
+    ``"kernel"`` (the CPU default above that) runs Joseph's method as compiled ray-walking
+    kernels batched over slices; ``"torch"`` (the default on other devices) walks the rays
+    with torch gathers (forward) and scatter-adds (adjoint), in chunks of ``chunk_elems``
+    samples.
     """
 
     slab = 16  # slices per kernel call (bounds the per-thread accumulators)
 
-    def __init__(self, geometry: CTGeometry, max_nnz: int = 60_000_000, view_chunk: int = 16,
-                 backend: str = "auto") -> None:
-        if backend not in ("auto", "kernel", "matrix", "chunked"):
+    def __init__(self, geometry: CTGeometry, backend: str = "auto",
+                 chunk_elems: int = 2**25, max_nnz: int = 20_000_000) -> None:
+        if backend not in ("auto", "kernel", "torch", "matrix"):
             raise ValueError(f"unknown CT projector backend {backend!r}; "
-                             "auto, kernel, matrix or chunked")
+                             "auto, kernel, torch or matrix")
         self.geom = geometry
-        self.max_nnz = max_nnz
-        self.view_chunk = view_chunk
         self.backend = backend
+        self.chunk_elems = chunk_elems
+        self.max_nnz = max_nnz
 
     def _backend(self, device: torch.device) -> str:
         if self.backend != "auto":
             return self.backend
-        if device.type == "cpu":
-            return "kernel"
+        if device.type != "cpu":
+            return "torch"
         h, w = self.geom.image_shape
-        est = self.geom.n_views * self.geom.n_det * 2 * max(h, w)
-        return "chunked" if est > self.max_nnz else "matrix"
+        nnz = self.geom.n_views * self.geom.n_det * 2 * max(h, w)
+        return "matrix" if nnz <= self.max_nnz else "kernel"
 
     def _lines(self, dtype: torch.dtype):
         key = (self.geom, dtype)
@@ -347,6 +348,49 @@ class CTProjector(LinearOperator):
                     outs.append(img)
         return torch.cat(outs)
 
+    def _torch_apply(self, t: torch.Tensor, adjoint: bool) -> torch.Tensor:
+        """The kernels' walk in torch on (B, H, W) images or (B, rays) sinograms: per chunk
+        of rays, the sample positions a + b s, gathered (forward) or scatter-added (adjoint)
+        on the zero-padded (B, O + 2, S) image."""
+        h, w = self.geom.image_shape
+        dev, dt, nb = t.device, t.dtype, t.shape[0]
+        out = (torch.zeros(nb, h, w, dtype=dt, device=dev) if adjoint else
+               torch.zeros(nb, self.geom.n_views * self.geom.n_det, dtype=dt, device=dev))
+        for i, (rays, a, b, scale) in enumerate(self._lines(dt)):
+            if len(rays) == 0:
+                continue
+            o, s_len = (h, w) if i == 0 else (w, h)
+            steps = torch.arange(s_len, device=dev, dtype=dt)
+            if adjoint:
+                src = torch.zeros(nb, (o + 2) * s_len, dtype=dt, device=dev)
+            else:
+                img = t if i == 0 else t.transpose(1, 2)
+                src = torch.nn.functional.pad(img, (0, 0, 1, 1)).reshape(nb, -1)
+            rays_t = torch.from_numpy(rays).to(dev)
+            chunk = max(1, self.chunk_elems // (s_len * max(nb, 1)))
+            for r0 in range(0, len(rays), chunk):
+                sl = slice(r0, r0 + chunk)
+                av, bv, sc = (torch.from_numpy(v[sl]).to(dev, dt) for v in (a, b, scale))
+                pos = av[:, None] + bv[:, None] * steps[None, :]
+                ok = (pos >= -1) & (pos < o)
+                lo = pos.floor().clamp(-1, o - 1)
+                f = torch.where(ok, pos - lo, 0)
+                g = torch.where(ok, 1 - f, 0)
+                i0 = ((lo.long() + 1) * s_len + steps.long()[None, :]).reshape(-1)
+                i1 = i0 + s_len
+                if adjoint:
+                    v = t[:, rays_t[sl]] * sc
+                    src.index_add_(1, i0, (v[:, :, None] * g).reshape(nb, -1))
+                    src.index_add_(1, i1, (v[:, :, None] * f).reshape(nb, -1))
+                else:
+                    val = (src[:, i0].reshape(nb, -1, s_len) * g
+                           + src[:, i1].reshape(nb, -1, s_len) * f).sum(-1)
+                    out[:, rays_t[sl]] = val * sc
+            if adjoint:
+                back = src.reshape(nb, o + 2, s_len)[:, 1:-1]
+                out += back if i == 0 else back.transpose(1, 2)
+        return out
+
     def _matrices(self, dtype: torch.dtype, device: torch.device):
         key = (self.geom, dtype, str(device))
         if key not in _MATRICES:
@@ -364,42 +408,24 @@ class CTProjector(LinearOperator):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = self.geom.image_shape
         lead = x.shape[:-2]
-        flat = x.reshape(-1, h * w)
         out_shape = (*lead, self.geom.n_views, self.geom.n_det)
         backend = self._backend(x.device)
-        if backend == "kernel":
-            return self._kernel_apply(flat.reshape(-1, h, w), False).to(x.dtype).reshape(out_shape)
         if backend == "matrix":
             a, _ = self._matrices(x.dtype, x.device)
-            return (a @ flat.T).T.reshape(out_shape)
-        out = torch.zeros((flat.shape[0], self.geom.n_views * self.geom.n_det),
-                          dtype=x.dtype, device=x.device)
-        for v0 in range(0, self.geom.n_views, self.view_chunk):
-            views = np.arange(v0, min(v0 + self.view_chunk, self.geom.n_views))
-            r, c, v, _ = joseph_entries(self.geom, views)
-            r = torch.from_numpy(r + v0 * self.geom.n_det).to(x.device)
-            vals = torch.from_numpy(v).to(x.device, x.dtype)
-            out.index_add_(1, r, flat[:, torch.from_numpy(c).to(x.device)] * vals)
-        return out.reshape(out_shape)
+            return (a @ x.reshape(-1, h * w).T).T.reshape(out_shape)
+        apply = self._kernel_apply if backend == "kernel" else self._torch_apply
+        return apply(x.reshape(-1, h, w), False).to(x.dtype).reshape(out_shape)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         h, w = self.geom.image_shape
         lead = y.shape[:-2]
         flat = y.reshape(-1, self.geom.n_views * self.geom.n_det)
         backend = self._backend(y.device)
-        if backend == "kernel":
-            return self._kernel_apply(flat, True).to(y.dtype).reshape(*lead, h, w)
         if backend == "matrix":
             _, at = self._matrices(y.dtype, y.device)
             return (at @ flat.T).T.reshape(*lead, h, w)
-        out = torch.zeros((flat.shape[0], h * w), dtype=y.dtype, device=y.device)
-        for v0 in range(0, self.geom.n_views, self.view_chunk):
-            views = np.arange(v0, min(v0 + self.view_chunk, self.geom.n_views))
-            r, c, v, _ = joseph_entries(self.geom, views)
-            r = torch.from_numpy(r + v0 * self.geom.n_det).to(y.device)
-            vals = torch.from_numpy(v).to(y.device, y.dtype)
-            out.index_add_(1, torch.from_numpy(c).to(y.device), flat[:, r] * vals)
-        return out.reshape(*lead, h, w)
+        apply = self._kernel_apply if backend == "kernel" else self._torch_apply
+        return apply(flat, True).to(y.dtype).reshape(*lead, h, w)
 
 
 def ramp_filter(n_det: int, spacing: float = 1.0, window: str = "ram-lak",

@@ -60,9 +60,9 @@ def test_projections_agree_with_astra(ct_slice, name):
     CTGeometry.fan(np.linspace(0, 2 * np.pi, 20, endpoint=False), 61, 0.01, 80.0, 40.0,
                    detector="equiangular", image_shape=(32, 32)),
 ])
-@pytest.mark.parametrize("backend", ["kernel", "matrix", "chunked"])
+@pytest.mark.parametrize("backend", ["kernel", "torch", "matrix"])
 def test_adjointness(geom, backend):
-    op = CTProjector(geom, view_chunk=7, backend=backend)
+    op = CTProjector(geom, backend=backend, chunk_elems=5000)  # several chunks of rays
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 2e-5)):
         err = adjointness_error(op, (2, *geom.image_shape), (2, geom.n_views, geom.n_det),
                                 dtype=dtype)
@@ -78,11 +78,13 @@ def test_the_three_backends_compute_the_same_entries(geom):
     x = torch.rand(CTProjector.slab + 3, *geom.image_shape, dtype=torch.float64)  # two slabs
     y = torch.rand(CTProjector.slab + 3, geom.n_views, geom.n_det, dtype=torch.float64)
     ref = CTProjector(geom, backend="matrix")
-    for backend in ("kernel", "chunked"):
-        op = CTProjector(geom, backend=backend, view_chunk=5)
+    for backend in ("kernel", "torch"):
+        op = CTProjector(geom, backend=backend, chunk_elems=20_000)
         assert torch.allclose(op.forward(x), ref.forward(x), atol=1e-12)
         assert torch.allclose(op.adjoint(y), ref.adjoint(y), atol=1e-12)
-    assert CTProjector(geom)._backend(torch.device("cpu")) == "kernel"
+    assert CTProjector(geom)._backend(torch.device("cpu")) == "matrix"  # small
+    assert CTProjector(geom, max_nnz=1000)._backend(torch.device("cpu")) == "kernel"
+    assert CTProjector(geom)._backend(torch.device("meta")) == "torch"
     with pytest.raises(ValueError, match="unknown CT projector backend 'gpu'"):
         CTProjector(geom, backend="gpu")
 

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# On the device machine (one H200): the GPU side of the speed issue in one run, at most
+# 8 minutes, printing one JSON line per figure and writing $OUT/perf.json (the "cuda" key;
+# merge it into benchmarks/results/perf.json here). Parts, each cut at its share of time:
+#   dds      DDS at 320 x 320, official ADM MRI configuration, bf16, batched, 50 NFE,
+#            15 coils: slices/s against the FLOP bound (target >= 3.3 slices/s), peak memory
+#   espirit  ESPIRiT on a 35-slice 15-coil 320 x 320 volume on the GPU (target < 5 s)
+#   ct       the CT projectors on CUDA (torch backend) against astra's CPU projectors and
+#            ours on the device's CPU (numba, when installed there)
+# Prepare with `bash benchmarks/device/prepare.sh` (wheels into .whl, astra-toolbox among
+# them), then call the device tool with carry [".whl"] and: bash benchmarks/device/perf.sh
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl || exit 1
+# sigpy (imported by the coil-map module's sigpy option) runs on the CPU: hide cupy/mpi4py
+mkdir -p /tmp/stubs/cupy /tmp/stubs/mpi4py
+echo 'raise ImportError("hidden from sigpy")' > /tmp/stubs/cupy/__init__.py
+echo 'MPI = None' > /tmp/stubs/mpi4py/__init__.py
+export PYTHONPATH=/tmp/stubs:/tmp/site:$PWD PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>&1 | tee "$OUT/perf.log"
+cp benchmarks/results/perf.json "$OUT/perf.json" 2>/dev/null || true
+part() {  # part SECONDS NAME ARGS...
+  echo "== $2 (up to $1 s)" | tee -a "$OUT/perf.log"
+  timeout "$1" python3 benchmarks/perf.py --device cuda --out "$OUT/perf.json" --parts "$2" \
+    "${@:3}" 2>&1 | tee -a "$OUT/perf.log" || echo "part $2 ended: rc $?" | tee -a "$OUT/perf.log"
+}
+part 240 dds --dds-slices 48 --dds-batch 16
+part 90 espirit --repeats 3
+part 120 ct --repeats 3
+echo "done in $SECONDS s" | tee -a "$OUT/perf.log"
