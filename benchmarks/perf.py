@@ -108,7 +108,7 @@ def ct_part(dev: torch.device, repeats: int) -> list[dict]:
 
 
 def espirit_part(dev: torch.device, repeats: int) -> list[dict]:
-    import bart  # benchmarks/bart.py
+    from coil_maps import time_bart  # benchmarks/coil_maps.py
 
     from diffrecon.demo_data import simulated_multicoil
     from diffrecon.recon.coils import estimate_coil_maps
@@ -120,8 +120,7 @@ def espirit_part(dev: torch.device, repeats: int) -> list[dict]:
     estimate_coil_maps(kd, **params)  # warm-up
     ours = median_time(lambda: estimate_coil_maps(kd, **params), repeats)
     sig = median_time(lambda: estimate_coil_maps(k1, method="sigpy", **params), 1)
-    b = (bart.ecalib(k1[0].numpy(), "-m1", "-r", "24", "-k", "6", "-c", "0.8")[1]
-         if bart.available() else None)
+    b = time_bart(k1[0].numpy())
     rows.append({"case": "1 slice, 15 coils, 320 x 320", "ours_s": round(ours, 3),
                  "sigpy_s": round(sig, 3), "sigpy_over_ours": round(sig / ours, 2),
                  "bart_s": None if b is None else round(b, 3),
