@@ -37,6 +37,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
 from diffrecon.common.files import apply_permissions, path_digest
 from diffrecon.config import ReconConfig
@@ -297,7 +298,10 @@ def _process_one(path: Path, label: str, digest: str, config: ReconConfig, outbo
     cfg = config.model_copy(update={"out_dir": str(out_dir),
                                     "store": config.store or str(outbox_p / ".artifacts")})
     sub = reconstruct_scans.with_options(flow_run_name=label)
-    state = sub([str(path)], cfg, [label], fail_run=True, return_state=True)
+    # no heartbeat thread for the per-scan subflow (the night's flow keeps its own): its
+    # exit waits up to 1 s for that thread's sleep, the largest cost of a small scan
+    with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        state = sub([str(path)], cfg, [label], fail_run=True, return_state=True)
     records = state.result(raise_on_failure=False)
     if not isinstance(records, list):  # the subflow itself broke (a lost worker, a full disk)
         reason = f"{type(records).__name__}: {records}" if isinstance(records, BaseException) \

@@ -27,7 +27,7 @@ from diffrecon.recon.methods import METHODS
 from diffrecon.results import ResultRecord, table_rows, write_results
 from diffrecon.tasks import ct, mri
 from diffrecon.tasks.caching import cached, scan_run_name
-from diffrecon.tasks.common import ReconOutput
+from diffrecon.tasks.common import ReconOutput, tag_limits_apply
 from diffrecon.tasks.export import VolumeRef, export, scan_report, send_series, series_description
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class MRISteps:
         self.load_scan, self.prepare_measurement, self.estimate_coil_maps, \
             self.reconstruct_task, self.quality_task = cached(
                 (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps,
-                 mri.reconstruct, mri.quality), self.store)
+                 tag_limits_apply(mri.reconstruct), mri.quality), self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
         c = self.config
@@ -104,7 +104,7 @@ class CTSteps:
     def __init__(self, config: ReconConfig) -> None:
         self.config, self.store = config, config.store_root
         self.prepare_ct, self.reconstruct_ct, self.quality_ct = cached(
-            (ct.prepare_ct, ct.reconstruct_ct, ct.quality_ct), self.store)
+            (ct.prepare_ct, tag_limits_apply(ct.reconstruct_ct), ct.quality_ct), self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
         meas = self.prepare_ct(path, self.config.ct, self.store, name, self.config.deidentify)

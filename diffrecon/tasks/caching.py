@@ -108,9 +108,17 @@ def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
         block = LocalFileSystem(basepath=base)
     else:
         block = RemoteFileSystem(basepath=base)
-    name = "diffrecon-results-" + hashlib.sha256(base.encode()).hexdigest()[:16]
-    block.save(name, overwrite=True)
-    return block
+    from prefect.settings import PREFECT_API_URL
+
+    key = (base, PREFECT_API_URL.value())
+    if key not in _STORAGE:  # saved once per location and server in a process, not per scan
+        name = "diffrecon-results-" + hashlib.sha256(base.encode()).hexdigest()[:16]
+        block.save(name, overwrite=True)
+        _STORAGE[key] = block
+    return _STORAGE[key]
+
+
+_STORAGE: dict = {}
 
 
 def cached(tasks: Iterable[Task[..., Any]], store_root: str) -> list[Task[..., Any]]:

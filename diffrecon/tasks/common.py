@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from prefect import get_run_logger
@@ -29,6 +30,37 @@ class ReconOutput(BaseModel):
     seconds: float
     nfe: int | None = None
     prior: str | None = None
+
+
+_LIMITS: dict = {}
+
+
+def tag_limits_apply(task: Any, recheck_seconds: float = 60.0) -> Any:
+    """The task as is when a concurrency limit exists for one of its tags (e.g. ``prefect
+    concurrency-limit create gpu 1``), else without its tags: Prefect asks the server for
+    slots for every tagged task run, a round trip that costs more than a small scan's
+    reconstruction. Checked at most once a minute per server."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL
+
+    if not task.tags:
+        return task
+    key = (frozenset(task.tags), PREFECT_API_URL.value())
+    found, when = _LIMITS.get(key, (False, -float("inf")))
+    if time.monotonic() - when > recheck_seconds:
+        found = False
+        with get_client(sync_client=True) as client:
+            for tag in task.tags:
+                try:
+                    client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+                    found = True
+                except ObjectNotFound:
+                    pass
+        _LIMITS[key] = (found, time.monotonic())
+    return task if found else task.with_options(tags=set())
 
 
 @contextmanager
