@@ -63,16 +63,15 @@ class MRISteps:
     def __init__(self, config: ReconConfig) -> None:
         self.config, self.store = config, config.store_root
         # the tasks with their results persisted in this store (content-keyed cache)
-        self.load_scan, self.prepare_measurement, self.estimate_coil_maps, \
-            self.reconstruct_task, self.quality_task = cached(
-                (mri.load_scan, mri.prepare_measurement, mri.estimate_coil_maps,
-                 tag_limits_apply(mri.reconstruct), mri.quality), self.store)
+        self.prepare_scan, self.estimate_coil_maps, self.reconstruct_task = cached(
+            (mri.prepare_scan, mri.estimate_coil_maps, tag_limits_apply(mri.reconstruct)),
+            self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
         c = self.config
-        scan = self.load_scan(path, self.store, name, c.deidentify).model_copy(
-            update={"name": name})
-        meas = self.prepare_measurement(scan, c.mask, self.store, c.device, c.coil_compression)
+        scan = self.prepare_scan(path, self.store, name, c.deidentify, c.mask, c.device,
+                                 c.coil_compression)
+        meas = scan.meas.model_copy(update={"name": name})
         p = Prepared(meas, source=scan.source_attrs, header=scan.header)
         if any(METHODS[m].coil_maps for m in c.methods):
             t0 = time.perf_counter()
@@ -91,10 +90,6 @@ class MRISteps:
         maps = p.maps if METHODS[method].coil_maps else None
         return self.reconstruct_task(p.meas, maps, method, self.config)
 
-    def quality(self, p: Prepared, out: ReconOutput) -> dict:
-        maps = p.maps if METHODS[out.method].coil_maps else None
-        return self.quality_task(p.meas, out, maps, self.store)
-
 
 class CTSteps:
     """CT: read the volume (NIfTI or DICOM), simulate its sinogram; CT methods and QA."""
@@ -103,8 +98,8 @@ class CTSteps:
 
     def __init__(self, config: ReconConfig) -> None:
         self.config, self.store = config, config.store_root
-        self.prepare_ct, self.reconstruct_ct, self.quality_ct = cached(
-            (ct.prepare_ct, tag_limits_apply(ct.reconstruct_ct), ct.quality_ct), self.store)
+        self.prepare_ct, self.reconstruct_ct = cached(
+            (ct.prepare_ct, tag_limits_apply(ct.reconstruct_ct)), self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
         meas = self.prepare_ct(path, self.config.ct, self.store, name, self.config.deidentify)
@@ -116,9 +111,6 @@ class CTSteps:
         diffusion = c.diffusion if METHODS[method].needs_prior else None
         return self.reconstruct_ct(p.meas, method, c.ct, self.store, c.device, diffusion,
                                    c.slice_batch)
-
-    def quality(self, p: Prepared, out: ReconOutput) -> dict:
-        return self.quality_ct(p.meas, out.image, self.store)
 
 
 STEPS = {"mri": MRISteps, "ct": CTSteps}
@@ -181,7 +173,7 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
         try:
             out = steps.reconstruct(prepared, method)
             images[method] = out.image
-            qa = steps.quality(prepared, out)
+            qa = out.qa
             prior = _prior_names(config, method)
             # the coil maps are shared by the methods that use them: their time apart
             maps_seconds = prepared.maps_seconds if METHODS[method].coil_maps else None

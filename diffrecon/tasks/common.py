@@ -22,7 +22,7 @@ from diffrecon.tasks.store import ArrayRef
 
 class ReconOutput(BaseModel):
     """One method's result: the image in the store, run time, network evaluations per
-    slice and the priors (diffusion methods)."""
+    slice and the priors (diffusion methods), its QA scores."""
 
     name: str
     method: str
@@ -30,6 +30,7 @@ class ReconOutput(BaseModel):
     seconds: float
     nfe: int | None = None
     prior: str | None = None
+    qa: dict[str, float | None] = {}  # PSNR / SSIM / NMSE / DC residual
 
 
 _LIMITS: dict = {}

@@ -118,7 +118,7 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
                    device: str, diffusion: PriorRef | None = None,
                    slice_batch: int | None = None) -> ReconOutput:
     """One CT method on the measurement: the image in CT units, seconds, network
-    evaluations per slice (diffusion methods)."""
+    evaluations per slice (diffusion methods) and its QA (:func:`quality_ct`)."""
     from diffrecon.recon.ct import CTProjector
 
     store = ArtifactStore(store_root)
@@ -137,12 +137,12 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
         x = m.ct(y, op, spec)
     else:
         raise ValueError(f"unknown CT method {method!r}")
-    return ReconOutput(name=meas.name, method=method,
-                       image=store.put(x.cpu().numpy().astype(np.float32)),
-                       seconds=time.perf_counter() - t0, nfe=nfe, prior=prior)
+    seconds = time.perf_counter() - t0
+    image = store.put(x.cpu().numpy().astype(np.float32))
+    return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
+                       prior=prior, qa=quality_ct(meas, image, store_root))
 
 
-@task(cache_policy=content_key("ct-qa", "meas", "image"), task_run_name="ct-qa-{meas.name}")
 def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:
     """PSNR/SSIM with data range 1 in CT units (BENCHMARKS.md), NMSE, DC residual. The
     image is scored in the CT window as BENCHMARKS.md defines the units: clipped to [0, 1]

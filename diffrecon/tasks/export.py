@@ -82,11 +82,11 @@ def send_series(name: str, method: str, folder: str, destination: str,
     return f"{out['instances']} instances to {destination}"
 
 
-@task(cache_policy=NO_CACHE, task_run_name="report-{name}")
 def scan_report(name: str, modality: str, records: list, images: dict[str, ArrayRef],
                 store_root: str) -> str:
-    """A markdown artifact per scan: the QA table and a preview of the middle slice of each
-    method, embedded as a PNG data URI so it renders without a file server."""
+    """A markdown artifact per scan (of the flow run it is called in): the QA table and a
+    preview of the middle slice of each method, embedded as a PNG data URI so it renders
+    without a file server."""
     import base64
     import io
     import re

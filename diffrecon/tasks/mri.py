@@ -54,9 +54,6 @@ def _tensor(store: ArtifactStore, ref: ArrayRef, device: torch.device) -> torch.
     return torch.from_numpy(store.get(ref)).to(device)
 
 
-@task(cache_policy=content_key("load", "path", "store_root", "deidentify"), retries=2,
-      retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
-      task_run_name=scan_run_name("load"))
 def load_scan(path: str, store_root: str, label: str | None = None,
               deidentify: bool = False) -> ScanRef:
     """Read and validate a raw MRI file; the reader's InvalidScanError fails this task.
@@ -108,8 +105,28 @@ def mask_seed(name: str, spec: MaskSpec, z: int = 0) -> int:
     return benchmark_seed(name, z, f"{accel}/{spec.kind}")
 
 
-@task(cache_policy=content_key("prepare", "scan", "spec", "n_virtual"), retries=1,
-      retry_condition_fn=retry_transient, task_run_name="prepare-{scan.name}")
+class PreparedScan(BaseModel):
+    """What the prepare task hands on: the measurement and what exports inherit."""
+
+    meas: Measurement
+    source_attrs: dict[str, str] = {}
+    header: str | None = None
+
+
+@task(cache_policy=content_key("prepare", "path", "store_root", "label", "deidentify", "spec",
+                               "n_virtual"),
+      retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
+      task_run_name=scan_run_name("prepare"))
+def prepare_scan(path: str, store_root: str, label: str, deidentify: bool, spec: MaskSpec,
+                 device: str, n_virtual: int | None = None) -> PreparedScan:
+    """Load and validate the raw file (:func:`load_scan`) and make the measurement
+    (:func:`prepare_measurement`): one task, one cache entry per file content, label and
+    mask."""
+    scan = load_scan(path, store_root, label, deidentify)
+    meas = prepare_measurement(scan, spec, store_root, device, n_virtual)
+    return PreparedScan(meas=meas, source_attrs=scan.source_attrs, header=scan.header)
+
+
 def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str,
                         n_virtual: int | None = None) -> Measurement:
     """Undersample a fully sampled scan retrospectively and make its reference.
@@ -195,7 +212,8 @@ def method_settings(parameters: dict) -> dict:
 def reconstruct(
     meas: Measurement, maps: ArrayRef | None, method: str, config: ReconConfig
 ) -> ReconOutput:
-    """Run one reconstruction method; the image goes to the store."""
+    """Run one reconstruction method; the image goes to the store, its QA (:func:`quality`)
+    with it, so a cached reconstruction brings its scores."""
     store = ArtifactStore(config.store_root)
     dev = resolve_device(config.device)
     k = _tensor(store, meas.kspace, dev)
@@ -221,19 +239,19 @@ def reconstruct(
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
-    return ReconOutput(name=meas.name, method=method, image=store.put(x.cpu().numpy()),
-                       seconds=seconds, nfe=nfe, prior=prior_name)
+    image = store.put(x.cpu().numpy())
+    return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
+                       prior=prior_name, qa=quality(meas, image, maps, config.store_root))
 
 
-@task(cache_policy=content_key("qa", "meas", "out", "maps"),
-      task_run_name="qa-{out.method}-{meas.name}")
-def quality(meas: Measurement, out: ReconOutput, maps: ArrayRef | None, store_root: str) -> dict:
+def quality(meas: Measurement, image: ArrayRef, maps: ArrayRef | None, store_root: str
+            ) -> dict:
     """PSNR/SSIM/NMSE against the reference (None without one) and the DC residual."""
     from diffrecon.recon import metrics
     from diffrecon.recon.operators import Sense
 
     store = ArtifactStore(store_root)
-    x = store.get(out.image)
+    x = store.get(image)
     qa: dict = {"psnr": None, "ssim": None, "nmse": None, "dc_residual": None}
     if meas.reference is not None:
         ref = store.get(meas.reference)

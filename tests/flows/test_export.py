@@ -89,7 +89,7 @@ def test_inbox_sends_to_the_pacs_and_the_ledger_says_so(prefect_harness, orthanc
     assert any(a.key == "report-dora" for a in arts)
     seen = " ".join([e.message for e in logs] + [str(a.data) for a in arts]
                     + [r.name for r in runs + tasks] + [str(r.parameters) for r in runs])
-    assert "load-dora" in {t.name for t in tasks}  # task runs named by the file stem
+    assert "prepare-dora" in {t.name for t in tasks}  # task runs named by the file stem
     for secret in ("Doe^Jane", "Doe", "PID-4711"):
         assert secret not in seen
 

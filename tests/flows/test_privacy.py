@@ -100,7 +100,7 @@ def test_a_deidentified_run_leaks_no_identifier_and_no_password(prefect_harness,
                password]
     files = [p for p in out.rglob("*") if p.is_file()]
     assert any(".artifacts" in p.parts for p in files)  # the store is searched too
-    assert any(p.name.startswith("load-") for p in files)
+    assert any(p.name.startswith("prepare-") for p in files)  # the load task's result
     for f in files:
         data = f.read_bytes()
         for secret in secrets:

@@ -318,7 +318,7 @@ def test_hashed_scan_names_keep_file_names_out_of_the_server(prefect_harness, tm
         names = [t.name for t in client.read_task_runs()] + \
             [r.name for r in client.read_flow_runs()]
     assert any(scan_label(bad, "hash") in entry.message for entry in logs)
-    assert f"load-{label}" in names
+    assert f"prepare-{label}" in names
     text = " ".join(names + [entry.message for entry in logs])
     assert "Doe_Jane" not in text and "Roe_Rich" not in text
 
@@ -541,18 +541,18 @@ def test_one_mask_per_slice_seeded_as_the_benchmarks_draw_them(prefect_harness, 
     store = str(tmp_path / "store")
 
     @flow
-    def load():
-        return mri.load_scan.fn(str(path), store)
+    def load():  # load_scan logs to the run logger
+        return mri.load_scan(str(path), store)
 
     scan = load()
-    meas = mri.prepare_measurement.fn(scan, MaskSpec(kind="random", accel=4), store, "cpu")
+    meas = mri.prepare_measurement(scan, MaskSpec(kind="random", accel=4), store, "cpu")
     masks = ArtifactStore(store).get(meas.mask)
     assert masks.shape == (3, 1, 48, 40)
     for z in range(3):
         expected = make_mask("random", (48, 40), 4, benchmark_seed("vol", z, "4/random"))
         np.testing.assert_array_equal(masks[z, 0], expected.numpy())
     assert not np.array_equal(masks[0], masks[1])
-    fixed = mri.prepare_measurement.fn(scan, MaskSpec(kind="random", accel=4, seed=7), store,
-                                       "cpu")
+    fixed = mri.prepare_measurement(scan, MaskSpec(kind="random", accel=4, seed=7), store,
+                                    "cpu")
     m = ArtifactStore(store).get(fixed.mask)
     assert np.array_equal(m[0], m[1]) and np.array_equal(m[1], m[2])
