@@ -8,7 +8,6 @@ modalities is the task behind each step, chosen by a small adapter (:class:`MRIS
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -63,26 +62,21 @@ class MRISteps:
     def __init__(self, config: ReconConfig) -> None:
         self.config, self.store = config, config.store_root
         # the tasks with their results persisted in this store (content-keyed cache)
-        self.prepare_scan, self.estimate_coil_maps, self.reconstruct_task = cached(
-            (mri.prepare_scan, mri.estimate_coil_maps, tag_limits_apply(mri.reconstruct)),
-            self.store)
+        self.prepare_scan, self.reconstruct_task = cached(
+            (mri.prepare_scan, tag_limits_apply(mri.reconstruct)), self.store)
 
     def prepare(self, path: str, name: str) -> Prepared:
         c = self.config
+        needs_maps = any(METHODS[m].coil_maps for m in c.methods)
         scan = self.prepare_scan(path, self.store, name, c.deidentify, c.mask, c.device,
-                                 c.coil_compression)
+                                 c.coil_compression, c.coil_method if needs_maps else None,
+                                 c.calib)
         meas = scan.meas.model_copy(update={"name": name})
-        p = Prepared(meas, source=scan.source_attrs, header=scan.header)
-        if any(METHODS[m].coil_maps for m in c.methods):
-            t0 = time.perf_counter()
-            try:
-                p.maps = self.estimate_coil_maps(meas, self.store, c.coil_method, c.device,
-                                                 c.calib)
-            except ValueError as exc:  # no usable calibration: only those methods fail
-                p.maps_error = f"coil maps: {exc}"
-                get_run_logger().error("%s: %s", name, p.maps_error)
-            p.maps_seconds = time.perf_counter() - t0
-        return p
+        if scan.maps_error:  # no usable calibration: only the methods that need maps fail
+            get_run_logger().error("%s: %s", name, scan.maps_error)
+        return Prepared(meas, maps=scan.maps, maps_seconds=scan.maps_seconds,
+                        source=scan.source_attrs, header=scan.header,
+                        maps_error=scan.maps_error)
 
     def reconstruct(self, p: Prepared, method: str) -> ReconOutput:
         if METHODS[method].coil_maps and p.maps_error:

@@ -106,25 +106,40 @@ def mask_seed(name: str, spec: MaskSpec, z: int = 0) -> int:
 
 
 class PreparedScan(BaseModel):
-    """What the prepare task hands on: the measurement and what exports inherit."""
+    """What the prepare task hands on: the measurement, coil maps (or why there are none)
+    and what exports inherit."""
 
     meas: Measurement
+    maps: ArrayRef | None = None
+    maps_seconds: float = 0.0
+    maps_error: str | None = None
     source_attrs: dict[str, str] = {}
     header: str | None = None
 
 
 @task(cache_policy=content_key("prepare", "path", "store_root", "label", "deidentify", "spec",
-                               "n_virtual"),
+                               "n_virtual", "coil_method", "calib"),
       retries=2, retry_delay_seconds=[1, 5], retry_condition_fn=retry_transient,
       task_run_name=scan_run_name("prepare"))
 def prepare_scan(path: str, store_root: str, label: str, deidentify: bool, spec: MaskSpec,
-                 device: str, n_virtual: int | None = None) -> PreparedScan:
-    """Load and validate the raw file (:func:`load_scan`) and make the measurement
-    (:func:`prepare_measurement`): one task, one cache entry per file content, label and
-    mask."""
+                 device: str, n_virtual: int | None = None, coil_method: str | None = None,
+                 calib: tuple[int, int] | None = None) -> PreparedScan:
+    """Load and validate the raw file (:func:`load_scan`), make the measurement
+    (:func:`prepare_measurement`) and, with a ``coil_method``, its coil maps
+    (:func:`coil_maps`): one task, one cache entry per file content, label, mask and map
+    settings. Maps that cannot be estimated (no usable calibration) are not an error of
+    the scan: ``maps_error`` says why, and only the methods that need maps fail."""
     scan = load_scan(path, store_root, label, deidentify)
     meas = prepare_measurement(scan, spec, store_root, device, n_virtual)
-    return PreparedScan(meas=meas, source_attrs=scan.source_attrs, header=scan.header)
+    out = PreparedScan(meas=meas, source_attrs=scan.source_attrs, header=scan.header)
+    if coil_method is not None:
+        t0 = time.perf_counter()
+        try:
+            out.maps = coil_maps(meas, store_root, coil_method, device, calib)
+        except ValueError as exc:
+            out.maps_error = f"coil maps: {exc}"
+        out.maps_seconds = time.perf_counter() - t0
+    return out
 
 
 def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: str,
@@ -179,10 +194,8 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
     )
 
 
-@task(cache_policy=content_key("coil-maps", "meas", "method", "calib"), retries=1,
-      retry_condition_fn=retry_transient, task_run_name="coil-maps-{meas.name}")
-def estimate_coil_maps(meas: Measurement, store_root: str, method: str, device: str,
-                       calib: tuple[int, int] | None = None) -> ArrayRef:
+def coil_maps(meas: Measurement, store_root: str, method: str, device: str,
+              calib: tuple[int, int] | None = None) -> ArrayRef:
     """ESPIRiT maps from the sampled data's fully sampled centre (or the ``calib`` lines x
     columns of it)."""
     from diffrecon.recon.coils import estimate_coil_maps as espirit
