@@ -301,7 +301,8 @@ def _process_one(path: Path, label: str, digest: str, config: ReconConfig, outbo
     # no heartbeat thread for the per-scan subflow (the night's flow keeps its own): its
     # exit waits up to 1 s for that thread's sleep, the largest cost of a small scan
     with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        state = sub([str(path)], cfg, [label], fail_run=True, return_state=True)
+        state = sub([str(path)], cfg, [label], fail_run=True, results_table=False,
+                    return_state=True)
     records = state.result(raise_on_failure=False)
     if not isinstance(records, list):  # the subflow itself broke (a lost worker, a full disk)
         reason = f"{type(records).__name__}: {records}" if isinstance(records, BaseException) \

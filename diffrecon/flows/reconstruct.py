@@ -259,7 +259,8 @@ def results_key(names: list[str]) -> str:
 
 @flow(name="reconstruct-scans")
 def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | None = None,
-                      fail_run: bool = False) -> list[ResultRecord] | State:
+                      fail_run: bool = False, results_table: bool = True
+                      ) -> list[ResultRecord] | State:
     """Reconstruct every scan with every method of ``config``; write results.json.
 
     Each scan is named by a label unique in the batch (``names``, else
@@ -268,7 +269,9 @@ def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | 
     own tasks with the reader's message and the others complete. With ``config.dask`` the
     scans run in parallel on a Dask cluster. With ``fail_run`` a batch with a failed or
     invalid scan ends as a Failed flow run (its message the reasons; the records are the
-    state's data: call with ``return_state=True``), so the UI shows it red.
+    state's data: call with ``return_state=True``), so the UI shows it red. Without
+    ``results_table`` the batch makes no results-table artifact (the inbox's one-scan runs:
+    each scan's report artifact holds the same table, the night's run its summary).
     """
     apply_permissions(config.permissions)
     check_priors(config)
@@ -287,11 +290,12 @@ def reconstruct_scans(paths: list[str], config: ReconConfig, names: list[str] | 
             write_results(scan_records, out / f"{scan_records[0].scan}_qa.json")
         records.extend(scan_records)
     write_results(records, out / "results.json")
-    create_table_artifact(
-        table=table_rows(records),
-        key=results_key(names),
-        description=f"{len(paths)} scan(s), methods {', '.join(config.methods)}",
-    )
+    if results_table:
+        create_table_artifact(
+            table=table_rows(records),
+            key=results_key(names),
+            description=f"{len(paths)} scan(s), methods {', '.join(config.methods)}",
+        )
     bad = [r for r in records if r.state != "done"]
     if fail_run and bad:
         reasons = sorted({f"{r.scan} {r.method}: {r.state} ({r.error})" for r in bad})
