@@ -90,6 +90,9 @@ def content_key(task_name: str, *names: str,
     return CachePolicy.from_cache_key_fn(key_fn(task_name, *names, derive=derive))
 
 
+_STORAGE: dict = {}  # (location, API URL) -> the saved block
+
+
 def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
     """Where cached results (small JSON references) live: beside the artifact store.
 
@@ -116,9 +119,6 @@ def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
         block.save(name, overwrite=True)
         _STORAGE[key] = block
     return _STORAGE[key]
-
-
-_STORAGE: dict = {}
 
 
 def cached(tasks: Iterable[Task[..., Any]], store_root: str) -> list[Task[..., Any]]:

@@ -53,13 +53,16 @@ def tag_limits_apply(task: Any, recheck_seconds: float = 60.0) -> Any:
     found, when = _LIMITS.get(key, (False, -float("inf")))
     if time.monotonic() - when > recheck_seconds:
         found = False
-        with get_client(sync_client=True) as client:
-            for tag in task.tags:
-                try:
-                    client.read_global_concurrency_limit_by_name(f"tag:{tag}")
-                    found = True
-                except ObjectNotFound:
-                    pass
+        try:
+            with get_client(sync_client=True) as client:
+                for tag in task.tags:
+                    try:
+                        client.read_global_concurrency_limit_by_name(f"tag:{tag}")
+                        found = True
+                    except ObjectNotFound:
+                        pass
+        except Exception:  # the server cannot say now: keep the tags (Prefect's own path)
+            return task
         _LIMITS[key] = (found, time.monotonic())
     return task if found else task.with_options(tags=set())
 
