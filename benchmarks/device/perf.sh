@@ -26,7 +26,7 @@ part() {  # part SECONDS NAME ARGS...
   timeout "$1" python3 benchmarks/perf.py --device cuda --out "$OUT/perf.json" --parts "$2" \
     "${@:3}" 2>&1 | tee -a "$OUT/perf.log" || echo "part $2 ended: rc $?" | tee -a "$OUT/perf.log"
 }
-part 240 dds --dds-slices 48 --dds-batch 16
-part 90 espirit --repeats 3
-part 120 ct --repeats 3
+part 220 dds --dds-slices 48 --dds-batch 16
+part 80 espirit --repeats 3
+part 150 ct --repeats 2
 echo "done in $SECONDS s" | tee -a "$OUT/perf.log"
