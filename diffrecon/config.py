@@ -71,12 +71,11 @@ class PriorRef(BaseModel):
     seed: int = Field(DDSConfig.seed, description="sampler seed (noise of the diffusion steps)")
     compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
                           "a GPU for many slices: one compilation per batch shape)")
-    grid: Literal["auto", "native", "prior"] = Field(
-        "auto", description="slice-wise diffusion on a scan of another matrix size than the "
-                            "prior's: sample on the prior's N x N grid of the same field of "
-                            "view (prior; Fourier resampling, the data consistency on the "
-                            "scan's grid; MRI only), or at the scan's own size (native); auto "
-                            "(default): prior for MRI, native for CT")
+    grid: Literal["native", "prior"] = Field(
+        "native", description="MRI slice-wise diffusion on a scan of another matrix size than "
+                              "the prior's: sample at the scan's own size (native), or on the "
+                              "prior's N x N grid of the same field of view (prior; Fourier "
+                              "resampling, the data consistency on the scan's grid)")
 
     def sampler_config(self, method: str, slice_batch: int | None = None,
                        tv_lam: float | None = None) -> DDSConfig | DPSConfig | DDS3DConfig:

@@ -161,8 +161,7 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
     slice_wise = METHODS[method].sampler != "volume"
     check_priors_fit(priors, modality, image_shape, slice_wise)
     grid = (priors[0].config.image_size,) * 2
-    wanted = ref.grid == "prior" or (ref.grid == "auto" and modality == "mri")
-    mapped = wanted and slice_wise and tuple(image_shape) != grid
+    mapped = ref.grid == "prior" and slice_wise and tuple(image_shape) != grid
     if mapped and modality != "mri":
         raise ValueError("grid 'prior' is for MRI (complex images); CT runs at native size")
     if mapped:  # sample on the prior's grid of the same field of view, DC on the scan's
