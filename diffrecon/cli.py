@@ -51,18 +51,29 @@ def _temporary_server() -> None:
     server now, from the main thread, tied to this process: it dies with us, even when we
     are killed with SIGKILL (Prefect's own exit hook only runs on a clean exit)."""
     import functools
+    import os
     import subprocess
 
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_ENABLED,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return
     from prefect.server.api.server import SubprocessASGIServer
 
+    # Prefect waits 20 s for it by default; a cold start on a busy 2-core node took 27 s
+    # (benchmarks/cli_overhead.py) and the run failed: wait up to 90 s unless set
+    timeout = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else \
+        {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}
     popen = subprocess.Popen
     subprocess.Popen = functools.partial(popen, preexec_fn=_die_with_parent)
     try:
-        SubprocessASGIServer().start()  # the instance Prefect's client then uses
+        with temporary_settings(timeout):
+            SubprocessASGIServer().start()  # the instance Prefect's client then uses
     finally:
         subprocess.Popen = popen
 
