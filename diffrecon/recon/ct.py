@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -182,7 +182,15 @@ def _kernels():
     if not _KERNELS:
         import numba
 
-        @numba.njit(parallel=True, fastmath=True, cache=True)
+        def jit(fn: Callable) -> Callable:
+            """Compiled in parallel; cached on disk where numba finds a writable place
+            (beside this file or the user's cache folder), else compiled per process."""
+            try:
+                return numba.njit(parallel=True, fastmath=True, cache=True)(fn)
+            except RuntimeError:  # "cannot cache function ...: no locator available"
+                return numba.njit(parallel=True, fastmath=True)(fn)
+
+        @jit
         def project(src: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray,
                     out: np.ndarray) -> None:
             o, s_len, nb = src.shape[0] - 2, src.shape[1], src.shape[2]
@@ -201,7 +209,7 @@ def _kernels():
                 for j in range(nb):
                     out[r, j] = acc[j] * scale[r]
 
-        @numba.njit(parallel=True, fastmath=True, cache=True)
+        @jit
         def backproject(sino: np.ndarray, a: np.ndarray, b: np.ndarray, scale: np.ndarray,
                         out: np.ndarray) -> None:
             n_acc, o, s_len, nb = out.shape[0], out.shape[1] - 2, out.shape[2], out.shape[3]
@@ -222,7 +230,7 @@ def _kernels():
                             acc[lo + 1, s, j] += g * v
                             acc[lo + 2, s, j] += f * v
 
-        @numba.njit(parallel=True, fastmath=True, cache=True)
+        @jit
         def fan_backproject(q: np.ndarray, angles: np.ndarray, geo: np.ndarray,
                             out: np.ndarray) -> None:
             # q (views, n, B); geo = (source-origin, bin spacing, pixel size, flat?)
