@@ -101,48 +101,30 @@ class CTGeometry:
         return pts, dirs
 
 
-def joseph_entries(geom: CTGeometry, views: np.ndarray
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
-    """Sparse entries (ray index within the views, pixel index, weight) of Joseph's
-    projector for the given views."""
+def joseph_entries(geom: CTGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Sparse entries (ray index, pixel index, weight) of Joseph's projector: the samples
+    of each ray's walk (:func:`ray_lines`) with their two interpolation weights."""
     h, w = geom.image_shape
-    p = geom.pixel_size
-    pts, dirs = geom.rays(views)
-    pts = pts / p  # work in pixel units
-    n_rays = len(pts)
+    flat_all, a, b, scale = ray_lines(geom)
     ray_ids, pix_ids, vals = [], [], []
-    horizontal = np.abs(dirs[:, 0]) >= np.abs(dirs[:, 1])
     for flat, n_steps, n_other in ((True, w, h), (False, h, w)):
-        sel = np.flatnonzero(horizontal if flat else ~horizontal)
+        sel = np.flatnonzero(flat_all if flat else ~flat_all)
         if len(sel) == 0:
             continue
-        px, py = pts[sel, 0:1], pts[sel, 1:2]
-        dx, dy = dirs[sel, 0:1], dirs[sel, 1:2]
         steps = np.arange(n_steps)[None, :]
-        if flat:  # one sample per column
-            xs = steps - (w - 1) / 2
-            ts = (xs - px) / dx
-            other = (h - 1) / 2 - (py + ts * dy)  # fractional row
-            scale = p / np.abs(dx)
-        else:  # one sample per row
-            ys = (h - 1) / 2 - steps
-            ts = (ys - py) / dy
-            other = (px + ts * dx) + (w - 1) / 2  # fractional column
-            scale = p / np.abs(dy)
+        other = a[sel, None] + b[sel, None] * steps  # fractional row (flat) or column
         lo = np.floor(other).astype(np.int64)
         frac = other - lo
         for idx, wt in ((lo, 1 - frac), (lo + 1, frac)):
             ok = (idx >= 0) & (idx < n_other) & (wt > 0)
-            rr = np.broadcast_to(sel[:, None], ok.shape)[ok]
             st = np.broadcast_to(steps, ok.shape)[ok]
             oi = idx[ok]
-            pix = oi * w + st if flat else st * w + oi
-            ray_ids.append(rr)
-            pix_ids.append(pix)
-            vals.append((wt * np.broadcast_to(scale, ok.shape))[ok])
+            ray_ids.append(np.broadcast_to(sel[:, None], ok.shape)[ok])
+            pix_ids.append(oi * w + st if flat else st * w + oi)
+            vals.append((wt * scale[sel, None])[ok])
     if not ray_ids:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), n_rays
-    return np.concatenate(ray_ids), np.concatenate(pix_ids), np.concatenate(vals), n_rays
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0), len(a)
+    return np.concatenate(ray_ids), np.concatenate(pix_ids), np.concatenate(vals), len(a)
 
 
 def ray_lines(geom: CTGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -402,7 +384,7 @@ class CTProjector(LinearOperator):
     def _matrices(self, dtype: torch.dtype, device: torch.device):
         key = (self.geom, dtype, str(device))
         if key not in _MATRICES:
-            r, c, v, n = joseph_entries(self.geom, np.arange(self.geom.n_views))
+            r, c, v, n = joseph_entries(self.geom)
             h, w = self.geom.image_shape
             idx = torch.from_numpy(np.stack([r, c]))
             a = torch.sparse_coo_tensor(idx, torch.from_numpy(v).to(dtype), (n, h * w),
