@@ -65,7 +65,7 @@ def _temporary_server() -> None:
         return
     from prefect.server.api.server import SubprocessASGIServer
 
-    # Prefect waits 20 s for it by default; a cold start on a busy 2-core node took 27 s
+    # Prefect waits 20 s for it by default; cold starts on a 2-core node took 27-34 s
     # (benchmarks/cli_overhead.py) and the run failed: wait up to 90 s unless set
     timeout = {} if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" in os.environ else \
         {PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: 90}
