@@ -69,6 +69,12 @@ class PriorRef(BaseModel):
                            "evaluations per slice)")
     dps_step_size: float = Field(DPSConfig.step_size, gt=0, description="DPS step size zeta")
     seed: int = Field(DDSConfig.seed, description="sampler seed (noise of the diffusion steps)")
+    samples: int = Field(1, ge=1, le=64, description="diffusion methods: samples per slice "
+                         "(K > 1: the image is their mean, and a std map says where they "
+                         "disagree; K times the work, drawn in one batch)")
+    std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
+                                 "of the object whose std is above this share of the data "
+                                 "range (MRI: the slice's maximum; CT: 2000 HU)")
     compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
                           "a GPU for many slices: one compilation per batch shape)")
     grid: Literal["native", "prior"] = Field(

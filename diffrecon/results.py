@@ -23,6 +23,13 @@ class ResultRecord(BaseModel):
     seconds: float | None = None  # the method's own time (the shared coil maps apart)
     maps_seconds: float | None = None  # the scan's coil-map estimation, for methods using it
     nfe: int | None = None
+    samples: int | None = None  # diffusion samples per slice (the image is their mean)
+    # with samples > 1, the std map over the object, relative to the data range (the
+    # slice's maximum for MRI, 2000 HU for CT): mean, 99th percentile, share above the
+    # config's std_threshold
+    std_mean: float | None = None
+    std_p99: float | None = None
+    std_above: float | None = None
     state: str = "done"  # done | failed (may succeed on a retry) | invalid (bad input)
     error: str | None = None
     output: str | None = None
@@ -43,6 +50,7 @@ _COLUMNS = (
     ("ssim", "{:.4f}"),
     ("nmse", "{:.4f}"),
     ("dc_residual", "{:.4f}"),
+    ("std_mean", "{:.4f}"),
     ("seconds", "{:.2f}"),
     ("maps_seconds", "{:.2f}"),
     ("state", "{}"),

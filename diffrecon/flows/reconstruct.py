@@ -161,12 +161,13 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
                 for m in config.methods]
     setting = prepared.meas.setting
     records: list[ResultRecord] = []
-    images = {}
+    images, stds = {}, {}
     for method in config.methods:
         console.status(f"{name}: {method} ...")
         try:
             out = steps.reconstruct(prepared, method)
             images[method] = out.image
+            stds[method] = out.std
             qa = out.qa
             prior = _prior_names(config, method)
             # the coil maps are shared by the methods that use them: their time apart
@@ -174,13 +175,13 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
             volume = VolumeRef(name=name, method=method, modality=config.modality,
                                image=out.image, affine=prepared.meas.affine,
                                description=series_description(method, prior, setting),
-                               source=prepared.source, header=prepared.header)
+                               source=prepared.source, header=prepared.header, std=out.std)
             files = export(volume, config.outputs, config.out_dir, config.store_root,
                            config.deidentify)
             sent, error = _send(name, method, files, config)
             records.append(ResultRecord(**record, method=method, setting=setting,
                                         seconds=out.seconds, maps_seconds=maps_seconds,
-                                        nfe=out.nfe,
+                                        nfe=out.nfe, samples=out.samples,
                                         prior=prior,
                                         output=files[0] if files else None, sent=sent,
                                         error=error, state="failed" if error else "done",
@@ -193,7 +194,7 @@ def process_scan(path: str, config: ReconConfig, name: str) -> list[ResultRecord
             console.status(f"{name}: {method} failed", done=True)
             records.append(ResultRecord(**record, method=method, setting=setting,
                                         state="failed", error=str(exc)))
-    scan_report(name, config.modality, records, images, config.store_root)
+    scan_report(name, config.modality, records, images, config.store_root, stds)
     return records
 
 

@@ -261,6 +261,8 @@ def write_dicom_series(
     derivation: str = "reconstructed by diffrecon",
     window: tuple[float, float] | None = None,
     uid_seed: str | None = None,
+    series_key: str = "",
+    peak: float | None = None,
 ) -> list[Path]:
     """Write (slices, rows, cols) images as a DICOM series, one file per slice.
 
@@ -274,7 +276,11 @@ def write_dicom_series(
     partial series in place).
 
     UIDs: new ones, or derived from ``uid_seed`` (e.g. the image's content digest and the
-    method) so that exporting the same result twice writes the same series. De-identified
+    method) so that exporting the same result twice writes the same series; a
+    ``series_key`` makes another series of the same study and frame of reference (e.g.
+    "std": the reconstruction's uncertainty map, series number one above the image's).
+    MR pixels are scaled by ``peak`` (default: the series' maximum), so a derived map
+    written with the image's peak reads in the image's grey levels. De-identified
     series replace the study and frame-of-reference UIDs by UIDs derived from them (the
     series of one study stay together) and drop dates and other identifiers.
     """
@@ -293,8 +299,8 @@ def write_dicom_series(
         pixels = np.clip(np.round(img), -32768, 32767).astype(np.int16)
         sop_class = CTImageStorage
     else:
-        peak = float(img.max()) or 1.0
-        pixels = np.round(img / peak * 4095).astype(np.uint16)
+        peak = peak or float(img.max()) or 1.0
+        pixels = np.round(np.clip(img / peak, 0, 1) * 4095).astype(np.uint16)
         sop_class = MRImageStorage
     if window is None:
         lo, hi = np.percentile(pixels, [1, 99.5])
@@ -309,7 +315,7 @@ def write_dicom_series(
 
     study_uid = src.get("StudyInstanceUID") or new_uid("study")
     frame_uid = src.get("FrameOfReferenceUID") or new_uid("frame")
-    series_uid = new_uid("series", study_uid)
+    series_uid = new_uid("series", study_uid, *((series_key,) if series_key else ()))
     patient = {"PatientName": src.get("PatientName", ""), "PatientID": src.get("PatientID", "")}
     if deidentify:
         patient = {**DEIDENTIFIED, **patient}
@@ -329,7 +335,7 @@ def write_dicom_series(
             ds.SeriesInstanceUID = series_uid
             ds.FrameOfReferenceUID = frame_uid
             ds.StudyID = "1" if deidentify else str(src.get("StudyID", "1"))[:16]
-            ds.SeriesNumber = int(src.get("SeriesNumber", 900))
+            ds.SeriesNumber = int(src.get("SeriesNumber", 900)) + (1 if series_key else 0)
             ds.InstanceNumber = s + 1
             for k, v in patient.items():
                 setattr(ds, k, v)

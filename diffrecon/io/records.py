@@ -201,6 +201,8 @@ class Volume:
     name / method: the scan's identity and the method that made the image.
     provenance: how it was made (e.g. SeriesDescription ``description``, the study and
     patient DICOM attributes ``source``, the ISMRMRD ``header``); never logged.
+    std: the per-pixel standard deviation of a sampled reconstruction (same shape and
+    units; CT in HU), or None.
     """
 
     name: str
@@ -211,3 +213,4 @@ class Volume:
     description: str = ""
     source: dict = field(default_factory=dict)
     header: str | None = None
+    std: np.ndarray | None = None

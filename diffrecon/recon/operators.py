@@ -59,6 +59,33 @@ class Composed(LinearOperator):
         return self.inner.adjoint(self.outer.adjoint(y))
 
 
+class Repeated(LinearOperator):
+    """``copies`` stacked copies of an operator's slices: x (copies * S, ...) -> y
+    (copies * S, ...), each block of S slices through ``op`` (K samples of one scan drawn
+    in one batch)."""
+
+    def __init__(self, op: LinearOperator, copies: int) -> None:
+        self.op, self.copies = op, int(copies)
+
+    def _each(self, fn, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] % self.copies:
+            raise ValueError(f"{x.shape[0]} slices are not {self.copies} equal copies")
+        return torch.cat([fn(part) for part in x.chunk(self.copies)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._each(self.op.forward, x)
+
+    def adjoint(self, y: torch.Tensor) -> torch.Tensor:
+        return self._each(self.op.adjoint, y)
+
+    def normal(self, x: torch.Tensor) -> torch.Tensor:
+        return self._each(self.op.normal, x)
+
+    def support(self) -> torch.Tensor | None:
+        s = self.op.support()
+        return None if s is None else torch.cat([s] * self.copies)
+
+
 class FourierResample(LinearOperator):
     """Images on a ``src`` grid -> the same field of view on a ``dst`` grid: k-space cropped
     or zero-padded (centred, orthonormal, scaled so that image values are kept: a constant

@@ -22,7 +22,8 @@ from diffrecon.tasks.store import ArrayRef
 
 class ReconOutput(BaseModel):
     """One method's result: the image in the store, run time, network evaluations per
-    slice and the priors (diffusion methods), its QA scores."""
+    slice and the priors (diffusion methods), its QA scores; with K > 1 samples the std
+    map beside the image (their mean) and the std's QA."""
 
     name: str
     method: str
@@ -30,7 +31,9 @@ class ReconOutput(BaseModel):
     seconds: float
     nfe: int | None = None
     prior: str | None = None
-    qa: dict[str, float | None] = {}  # PSNR / SSIM / NMSE / DC residual
+    qa: dict[str, float | None] = {}  # PSNR / SSIM / NMSE / DC residual (/ std figures)
+    std: ArrayRef | None = None
+    samples: int | None = None
 
 
 _LIMITS: dict = {}
@@ -148,11 +151,12 @@ def _log_oom_retry(what: str) -> Callable[[int, int], None]:
 def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef,
                   dev: torch.device, what: str, slice_batch: int | None, modality: str,
                   image_shape: tuple[int, int], tv_lam: float | None = None
-                  ) -> tuple[torch.Tensor, int, str]:
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, int, str]:
     """A diffusion method of the registry on ``y`` with the priors and sampler settings of
     ``ref`` (recon.diffusion.run does the work), with a progress artifact. ``make_op(a, b)``
     is the operator of slices a..b-1; ``tv_lam`` the modality's ADMM-TV weight (dds-tv's
-    default). Returns (images, network evaluations per slice, the priors' names)."""
+    default). Returns (images, their std over ``ref.samples`` samples or None, network
+    evaluations per slice and sample, the priors' names)."""
     from diffrecon.recon.diffusion.run import check_priors_fit
     from diffrecon.recon.diffusion.run import run_diffusion as run
 
@@ -173,13 +177,15 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         def make_op(a: int, b: int) -> LinearOperator:
             return Composed(scan_op(a, b), resample)
 
-    x, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
-                 slice_batch, _progress_artifact(what), _log_oom_retry(what))
+    x, std, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
+                      slice_batch, _progress_artifact(what), _log_oom_retry(what), ref.samples)
     if mapped:  # back on the scan's grid, zero where no coil sees (as native DDS does)
-        x = resample.forward(x)
         support = scan_op(0, y.shape[0]).support()
-        x = x if support is None else x * support
-    return x, nfe, " + ".join(p.name for p in priors)
+        x = resample.forward(x)
+        std = None if std is None else resample.forward(std.to(x.dtype)).abs()
+        if support is not None:
+            x, std = x * support, None if std is None else std * support
+    return x, std, nfe, " + ".join(p.name for p in priors)
 
 
 def diffusion_settings(ref: PriorRef, method: str) -> dict:

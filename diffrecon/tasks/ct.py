@@ -126,10 +126,10 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
     y = torch.from_numpy(store.get(meas.sinogram)).to(dev, torch.float64)
     op = CTProjector(geometry_of(meas))
     t0 = time.perf_counter()
-    nfe = prior = None
+    nfe = prior = std = None
     m = METHODS[method]
     if m.needs_prior:
-        x, nfe, prior = run_diffusion(method, lambda a, b: op, y.float(),
+        x, std, nfe, prior = run_diffusion(method, lambda a, b: op, y.float(),
                                       diffusion or PriorRef(), dev, f"{method} on {meas.name}",
                                       slice_batch, "ct", tuple(meas.image_shape),
                                       tv_lam=spec.tv_lam)
@@ -139,8 +139,20 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
         raise ValueError(f"unknown CT method {method!r}")
     seconds = time.perf_counter() - t0
     image = store.put(x.cpu().numpy().astype(np.float32))
+    qa = quality_ct(meas, image, store_root)
+    std_ref = None
+    if std is not None:  # in CT units; the QA relative to their range 1 (-1000..1000 HU)
+        from diffrecon.recon.metrics import ct_window
+        from diffrecon.recon.uncertainty import std_qa
+
+        std_np = std.cpu().numpy().astype(np.float32)
+        std_ref = store.put(std_np)
+        qa.update(std_qa(ct_window(x), std_np, (diffusion or PriorRef()).std_threshold,
+                         data_range=1.0))
     return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
-                       prior=prior, qa=quality_ct(meas, image, store_root))
+                       prior=prior, qa=qa, std=std_ref,
+                       samples=(diffusion or PriorRef()).samples if m.needs_prior else None)
+
 
 
 def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:

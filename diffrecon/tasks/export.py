@@ -40,6 +40,7 @@ class VolumeRef(BaseModel):
     description: str = ""
     source: dict[str, str] = {}
     header: str | None = None
+    std: ArrayRef | None = None  # the std map of a sampled reconstruction (CT in CT units)
 
 
 @task(cache_policy=NO_CACHE, retries=2, retry_delay_seconds=[1, 5],
@@ -48,10 +49,14 @@ def export(volume: VolumeRef, outputs: list[str], out_dir: str, store_root: str,
            deidentify: bool = False) -> list[str]:
     """Write the requested outputs of a volume; the paths, the NIfTI first when written.
     DICOM UIDs derive from the image's digest."""
-    x = ArtifactStore(store_root).get(volume.image)
-    x = unit_to_hu(x.astype(np.float32)) if volume.modality == "ct" else x
+    store = ArtifactStore(store_root)
+    x = store.get(volume.image)
+    std = None if volume.std is None else store.get(volume.std)
+    if volume.modality == "ct":  # HU; a std scales by the window's width only
+        x = unit_to_hu(x.astype(np.float32))
+        std = None if std is None else std * float(unit_to_hu(1.0) - unit_to_hu(0.0))
     vol = Volume(volume.name, volume.method, volume.modality, x, np.asarray(volume.affine),
-                 volume.description, volume.source, volume.header)
+                 volume.description, volume.source, volume.header, std)
     return write_outputs(vol, outputs, out_dir, deidentify,
                          uid_seed=f"{volume.image.digest}/{volume.method}")
 
@@ -83,9 +88,10 @@ def send_series(name: str, method: str, folder: str, destination: str,
 
 
 def scan_report(name: str, modality: str, records: list, images: dict[str, ArrayRef],
-                store_root: str) -> str:
+                store_root: str, stds: dict[str, ArrayRef] | None = None) -> str:
     """A markdown artifact per scan (of the flow run it is called in): the QA table and a
-    preview of the middle slice of each method, embedded as a PNG data URI so it renders
+    preview of the middle slice of each method (and, beside a sampled method's image, its
+    std map: 0 to its 99.5th percentile), embedded as a PNG data URI so it renders
     without a file server."""
     import base64
     import io
@@ -97,26 +103,38 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
     from diffrecon.common.previews import grid
 
     store = ArtifactStore(store_root)
-    slices = []
-    for ref in images.values():
+    stds = stds or {}
+    slices, labels, std_tiles = [], [], {}
+    for method, ref in images.items():
         x = store.get(ref)
         x = unit_to_hu(x) if modality == "ct" else np.abs(x)
         slices.append(x[len(x) // 2])
-    lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | s | state |",
-             "|---|---|---|---|---|---|---|"]
+        labels.append(method)
+        if stds.get(method) is not None:
+            s = np.abs(store.get(stds[method]))[len(x) // 2]
+            std_tiles[len(slices) - 1] = s / max(float(np.percentile(s, 99.5)), 1e-12)
+    lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | mean std | s "
+             "| state |", "|---|---|---|---|---|---|---|---|"]
     for r in records:
         def f(v: float | None, fmt: str):
             return "-" if v is None else fmt.format(v)
         lines.append(f"| {r.method} | {r.setting or '-'} | {f(r.psnr, '{:.2f}')} | "
                      f"{f(r.ssim, '{:.3f}')} | {f(r.dc_residual, '{:.4f}')} | "
-                     f"{f(r.seconds, '{:.1f}')} | {r.state} |")
+                     f"{f(r.std_mean, '{:.4f}')} | {f(r.seconds, '{:.1f}')} | {r.state} |")
     if slices and len({s.shape for s in slices}) == 1:
         lo, hi = preview_window(np.stack(slices), modality)
-        sheet = grid(np.stack(slices), ncols=len(slices), vmin=lo, vmax=hi)
+        tiles, names = [], []
+        for i, (s, label) in enumerate(zip(slices, labels, strict=True)):
+            tiles.append(np.clip((s - lo) / max(hi - lo, 1e-12), 0, 1))
+            names.append(label)
+            if i in std_tiles:
+                tiles.append(np.clip(std_tiles[i], 0, 1))
+                names.append(f"{label} std")
+        sheet = grid(np.stack(tiles), ncols=len(tiles), vmin=0.0, vmax=1.0)
         buf = io.BytesIO()
         Image.fromarray(sheet).save(buf, format="PNG")
         uri = base64.b64encode(buf.getvalue()).decode()
-        lines += ["", " | ".join(images), "", f"![preview](data:image/png;base64,{uri})"]
+        lines += ["", " | ".join(names), "", f"![preview](data:image/png;base64,{uri})"]
     key = re.sub(r"[^a-z0-9-]+", "-", f"report-{name}".lower()).strip("-")[:100]
     create_markdown_artifact(markdown="\n".join(lines), key=key,
                              description=f"QA report for {name}")

@@ -236,12 +236,12 @@ def reconstruct(
         raise ValueError(f"{method} needs coil maps")
     s = _tensor(store, maps, dev) if maps is not None else None
     t0 = time.perf_counter()
-    nfe = prior_name = None
+    nfe = prior_name = std = None
     what = f"{method} on {meas.name}"
     if m.needs_prior:
         from diffrecon.recon.operators import Sense
 
-        x, nfe, prior_name = run_diffusion(
+        x, std, nfe, prior_name = run_diffusion(
             method, lambda a, b: Sense(s[a:b], _slices(mask, a, b)), k, config.diffusion,
             dev, what,
             config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam)
@@ -253,8 +253,17 @@ def reconstruct(
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     image = store.put(x.cpu().numpy())
+    qa = quality(meas, image, maps, config.store_root)
+    std_ref = None
+    if std is not None:
+        from diffrecon.recon.uncertainty import std_qa
+
+        std_np = std.cpu().numpy().astype(np.float32)
+        std_ref = store.put(std_np)
+        qa.update(std_qa(x.cpu().numpy(), std_np, config.diffusion.std_threshold))
     return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
-                       prior=prior_name, qa=quality(meas, image, maps, config.store_root))
+                       prior=prior_name, qa=qa, std=std_ref,
+                       samples=config.diffusion.samples if m.needs_prior else None)
 
 
 def quality(meas: Measurement, image: ArrayRef, maps: ArrayRef | None, store_root: str

@@ -556,3 +556,70 @@ def test_one_mask_per_slice_seeded_as_the_benchmarks_draw_them(prefect_harness, 
                                     "cpu")
     m = ArtifactStore(store).get(fixed.mask)
     assert np.array_equal(m[0], m[1]) and np.array_equal(m[1], m[2])
+
+
+def test_samples_give_a_std_map_its_qa_and_outputs(prefect_harness, batch, tmp_path):
+    """--samples 3 on MRI (dds) and CT (dds, dds-3d-tv): the record says 3 samples and
+    the std's QA, the std NIfTI sits beside the image (CT in HU: the CT-unit std times the
+    2000 HU window), the report shows the std tile, and one sample stays today's run."""
+    import time
+
+    import nibabel as nib
+    import torch
+    from prefect.client.orchestration import get_client
+
+    from diffrecon.config import CTSpec, PriorRef
+    from diffrecon.flows.reconstruct import reconstruct_scans
+    from diffrecon.recon.diffusion.checkpoint import save_prior
+    from diffrecon.recon.diffusion.networks import build_network
+    from tests.recon.diffusion.test_checkpoint import tiny_config
+
+    dirs = {}
+    for name, modality in (("mr-samples-64", "mri"), ("ct-samples-32", "ct")):
+        cfg = tiny_config(name=name, modality=modality).model_copy(
+            update={"image_size": 64 if modality == "mri" else 32})
+        torch.manual_seed(0)
+        dirs[modality] = save_prior(tmp_path / name, build_network(cfg.architecture,
+                                                                   cfg.network), cfg, "# t\n")
+    out = tmp_path / "o"
+    scan = tmp_path / "Samples_Scan.h5"  # artifact keys are global: a name of its own
+    scan.write_bytes(batch[2].read_bytes())
+    config = ReconConfig(methods=["dds"], mask=MaskSpec(accel=4), out_dir=str(out),
+                         outputs=["nifti", "png"], diffusion=PriorRef(
+                             prior=str(dirs["mri"]), nfe=3, samples=3, std_threshold=0.01))
+    (rec,) = reconstruct_scans([str(scan)], config)
+    assert rec.state == "done", rec.error
+    assert rec.samples == 3 and rec.nfe == 3
+    assert 0 < rec.std_mean < rec.std_p99 and 0 < rec.std_above <= 1
+    std = nib.load(out / "Samples_Scan_dds_std.nii.gz").get_fdata()
+    image = nib.load(rec.output).get_fdata()
+    assert std.shape == image.shape and std.max() > 0
+    (single,) = reconstruct_scans([str(scan)], config.model_copy(update={
+        "out_dir": str(tmp_path / "one"), "diffusion": PriorRef(prior=str(dirs["mri"]),
+                                                               nfe=3)}))
+    assert single.samples == 1 and single.std_mean is None
+    assert not (tmp_path / "one" / "Samples_Scan_dds_std.nii.gz").exists()
+    deadline = time.monotonic() + 30
+    with get_client(sync_client=True) as client:
+        while True:  # artifacts reach the API asynchronously
+            reports = [a for a in client.read_artifacts() if a.key == "report-samples-scan"]
+            if reports or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert any("dds | dds std" in r.data for r in reports)
+
+    yy, xx = np.meshgrid(np.linspace(-1, 1, 30), np.linspace(-1, 1, 30), indexing="ij")
+    body = np.where(yy**2 + xx**2 < 0.6, 40.0, -1000.0)
+    vol = np.repeat(body[:, :, None], 4, axis=2).astype(np.float32)
+    nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 3.0, 1])), str(tmp_path / "ph.nii.gz"))
+    ct = ReconConfig(modality="ct", methods=["dds", "dds-3d-tv"], out_dir=str(tmp_path / "ct"),
+                     ct=CTSpec(views=8, size=32),
+                     diffusion=PriorRef(prior=str(dirs["ct"]), nfe=3, samples=2))
+    recs = {r.method: r for r in reconstruct_scans([str(tmp_path / "ph.nii.gz")], ct)}
+    assert all(r.state == "done" and r.samples == 2 and r.std_mean > 0
+               for r in recs.values()), [r.error for r in recs.values()]
+    std_hu = nib.load(tmp_path / "ct" / "ph_dds_std.nii.gz").get_fdata()
+    # the std in CT units is in the store (float32 (4, 32, 32), non-negative): x 2000 in HU
+    stored = [np.load(f) for f in Path(ct.store_root).rglob("*.npy")]
+    assert any(np.allclose(np.sort(std_hu.ravel()), np.sort(2000 * u.ravel()), atol=1e-2)
+               for u in stored if u.shape == (4, 32, 32) and u.min() >= 0 and u.max() > 0)

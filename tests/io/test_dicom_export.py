@@ -216,3 +216,49 @@ def test_an_invalid_uid_is_never_printed(tmp_path, caplog, recwarn):
     read_dicom_series(tmp_path / "s")
     said = caplog.text + " ".join(str(w.message) for w in recwarn)
     assert "Jane-Doe" not in said and "Doe^Jane" not in said
+
+
+@pytest.mark.parametrize("modality", ["mri", "ct"])
+def test_a_std_map_is_written_beside_the_image_as_its_own_series(tmp_path, modality):
+    """NIfTI, a DICOM series of the same study and frame of reference (its own series UID
+    and number, "uncertainty (std)" in the description, MR grey levels of the image's
+    scale) and the PNG with the std tiles beside the image's."""
+    from PIL import Image
+
+    from diffrecon.io.outputs import write_outputs
+    from diffrecon.io.records import Volume
+
+    g = np.random.default_rng(0)
+    image = g.uniform(0, 1000, (3, 12, 10)).astype(np.float32)
+    std = g.uniform(0, 50, (3, 12, 10)).astype(np.float32)
+    kw = dict(name="s1", method="dds", modality=modality, affine=np.diag([2.0, 1.0, 1.0, 1]),
+              description="DDS brain, R=4", source={"StudyInstanceUID": "1.2.3.4",
+                                                    "SeriesNumber": "7"})
+    plain = write_outputs(Volume(image=image, **kw), ["nifti", "dicom", "png"], tmp_path / "a",
+                          uid_seed="d/dds")
+    paths = write_outputs(Volume(image=image, std=std, **kw), ["nifti", "dicom", "png"],
+                          tmp_path / "b", uid_seed="d/dds")
+    assert [p.replace("/b/", "/a/") for p in paths[:3]] == plain  # the image's paths first
+    assert [p.rsplit("/", 1)[1] for p in paths[3:]] == ["s1_dds_std.nii.gz", "s1_dds_std_dicom"]
+    import nibabel as nib
+
+    nii = np.asarray(nib.load(paths[3]).dataobj)  # the std itself, in the image's units
+    assert np.allclose(np.sort(nii.ravel()), np.sort(std.ravel()), atol=1e-4)
+    img_ds = [pydicom.dcmread(str(f)) for f in sorted((tmp_path / "b/s1_dds_dicom").glob("*"))]
+    std_ds = [pydicom.dcmread(str(f)) for f in sorted((tmp_path / "b/s1_dds_std_dicom").glob("*"))]
+    assert len(std_ds) == 3
+    assert std_ds[0].StudyInstanceUID == img_ds[0].StudyInstanceUID == "1.2.3.4"
+    assert std_ds[0].FrameOfReferenceUID == img_ds[0].FrameOfReferenceUID
+    assert std_ds[0].SeriesInstanceUID != img_ds[0].SeriesInstanceUID
+    assert {d.SOPInstanceUID for d in std_ds}.isdisjoint({d.SOPInstanceUID for d in img_ds})
+    assert (img_ds[0].SeriesNumber, std_ds[0].SeriesNumber) == (7, 8)
+    assert std_ds[0].SeriesDescription == "DDS brain, R=4, uncertainty (std)"
+    assert std_ds[1].ImagePositionPatient == img_ds[1].ImagePositionPatient
+    px = np.stack([d.pixel_array for d in std_ds]).astype(np.float64)
+    if modality == "ct":  # HU as written
+        assert np.abs(px - np.round(std)).max() == 0
+    else:  # on the image's grey scale: std / max(image) * 4095
+        assert np.abs(px - np.round(std / image.max() * 4095)).max() == 0
+    # the PNG: the std tiles beside the image's, as wide again
+    w_plain = Image.open(plain[2]).size[0]
+    assert Image.open(paths[2]).size[0] == 2 * w_plain

@@ -5,6 +5,8 @@ and benchmarks run the same code."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from typing import NamedTuple
 
 import torch
 
@@ -13,7 +15,7 @@ from diffrecon.recon.diffusion.dds import DDSConfig, Progress, dds_sample
 from diffrecon.recon.diffusion.dps import DPSConfig, dps_sample
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_volume_sample
-from diffrecon.recon.operators import LinearOperator
+from diffrecon.recon.operators import LinearOperator, Repeated
 
 SamplerConfig = DDSConfig | DPSConfig | DDS3DConfig
 
@@ -42,20 +44,70 @@ def check_priors_fit(priors: list[Prior], modality: str, image_shape: tuple[int,
                              f"({modality.upper()}, {h} x {w})")
 
 
+class Reconstruction(NamedTuple):
+    """A diffusion run's result: the image (the mean of the samples), the per-pixel
+    standard deviation over the samples (None for one sample), network evaluations per
+    slice and sample."""
+
+    image: torch.Tensor
+    std: torch.Tensor | None
+    nfe: int
+
+
+def sample_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(mean, std) of samples (S, K, H, W) over K: the complex (or real) mean and the root
+    mean squared distance from it with K - 1 in the denominator (None for K = 1)."""
+    mean = x.mean(dim=1)
+    if x.shape[1] < 2:
+        return mean, None
+    var = (x - mean[:, None]).abs().square().sum(dim=1) / (x.shape[1] - 1)
+    return mean, var.sqrt()
+
+
+def draw_samples(priors: list[Prior], config: SamplerConfig,
+                 make_op: Callable[[int, int], LinearOperator], y: torch.Tensor,
+                 slice_batch: int | None = None, progress: Progress | None = None,
+                 on_retry: Callable[[int, int], None] | None = None, samples: int = 1
+                 ) -> tuple[torch.Tensor, int]:
+    """``samples`` K reconstructions (S, K, H, W) of ``y`` with the sampler ``config``
+    selects, and the network evaluations per slice and sample. A DDS3DConfig samples the
+    whole volume with every prior (``make_op(0, S)``), one volume after another with seeds
+    seed, seed + 1, ...; the others each slice batch independently (``make_op(a, b)`` the
+    operator of slices a..b-1, CUDA out-of-memory halving the batch), the K samples of a
+    batch drawn together (K copies of its slices, noise from the config's seed)."""
+    if samples < 1:
+        raise ValueError(f"samples must be at least 1, not {samples}")
+    before = sum(p.evaluations for p in priors)
+    if isinstance(config, DDS3DConfig):
+        op = make_op(0, y.shape[0])
+
+        def counted(k: int) -> Progress | None:  # the steps of all samples, in order
+            return None if progress is None else (
+                lambda i, n: progress(k * n + i, samples * n))
+
+        x = torch.stack([dds_volume_sample(priors, op, y, replace(config, seed=config.seed + k),
+                                           counted(k)) for k in range(samples)], dim=1)
+    else:
+        def batch(a: int, b: int) -> torch.Tensor:
+            op, yb = make_op(a, b), y[a:b]
+            if samples > 1:
+                op, yb = Repeated(op, samples), yb.repeat(samples, *([1] * (yb.ndim - 1)))
+            xb = sample(priors[0], op, yb, config, progress)
+            return xb.reshape(samples, b - a, *xb.shape[1:]).transpose(0, 1)
+
+        x = in_slice_batches(batch, y.shape[0], slice_batch, on_retry)
+    nfe = (sum(p.evaluations for p in priors) - before) // max(1, int(x.shape[0]) * samples)
+    return x, nfe
+
+
 def run_diffusion(priors: list[Prior], config: SamplerConfig,
                   make_op: Callable[[int, int], LinearOperator], y: torch.Tensor,
                   slice_batch: int | None = None, progress: Progress | None = None,
-                  on_retry: Callable[[int, int], None] | None = None
-                  ) -> tuple[torch.Tensor, int]:
-    """Reconstruct (S, H, W) images from ``y`` with the sampler ``config`` selects: a
-    DDS3DConfig samples the whole volume with every prior (``make_op(0, S)``), the others
-    each slice batch independently (``make_op(a, b)`` the operator of slices a..b-1, CUDA
-    out-of-memory halving the batch). Returns (images, network evaluations per slice)."""
-    before = sum(p.evaluations for p in priors)
-    if isinstance(config, DDS3DConfig):
-        x = dds_volume_sample(priors, make_op(0, y.shape[0]), y, config, progress)
-    else:
-        x = in_slice_batches(lambda a, b: sample(priors[0], make_op(a, b), y[a:b], config,
-                                                 progress), y.shape[0], slice_batch, on_retry)
-    nfe = (sum(p.evaluations for p in priors) - before) // max(1, int(x.shape[0]))
-    return x, nfe
+                  on_retry: Callable[[int, int], None] | None = None, samples: int = 1
+                  ) -> Reconstruction:
+    """Reconstruct (S, H, W) images from ``y`` (:func:`draw_samples`): one sample, or the
+    mean and standard deviation of ``samples`` K (:func:`sample_statistics`)."""
+    x, nfe = draw_samples(priors, config, make_op, y, slice_batch, progress, on_retry,
+                          samples)
+    mean, std = sample_statistics(x)
+    return Reconstruction(mean, std, nfe)

@@ -1,0 +1,77 @@
+"""Per-pixel uncertainty of a sampled reconstruction: where the object is, the QA figures of
+a std map, and how well a std map predicts the error (benchmarks/uncertainty.py).
+
+The std map is the spread of K diffusion samples of one slice (recon.diffusion.run); its
+figures are relative to the slice's data range (the image's maximum magnitude for MRI, 1
+for CT in CT units), as PSNR's are, so they read the same for any intensity scale.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+SMOOTH = 5  # the calibration figures compare 5 x 5 local means of |error| and std
+
+
+def _np(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    x = np.abs(np.asarray(x)).astype(np.float64)
+    return x[None] if x.ndim == 2 else x
+
+
+def object_support(image, level: float = 0.05) -> np.ndarray:
+    """(S, H, W) bool: per slice the object, pixels whose 5 x 5 local mean magnitude is
+    above ``level`` of the slice's maximum, holes filled (the head inside its skull, the
+    body inside the air), so that background noise and air do not count."""
+    from scipy.ndimage import binary_fill_holes, uniform_filter
+
+    a = _np(image)
+    out = np.zeros(a.shape, bool)
+    for s in range(a.shape[0]):
+        m = uniform_filter(a[s], SMOOTH)
+        out[s] = binary_fill_holes(m > level * max(float(a[s].max()), 1e-30))
+    return out
+
+
+def std_qa(image, std, threshold: float, data_range: float | None = None) -> dict:
+    """QA of a std map over the object (:func:`object_support` of the image): mean, 99th
+    percentile and the fraction of pixels above ``threshold``, all relative to the data
+    range (``None``: each slice's maximum magnitude)."""
+    a, s = _np(image), _np(std)
+    sup = object_support(a)
+    rel = []
+    for z in range(a.shape[0]):
+        rng = data_range if data_range is not None else max(float(a[z].max()), 1e-30)
+        rel.append(s[z][sup[z]] / rng)
+    v = np.concatenate(rel) if rel else np.zeros(0)
+    if v.size == 0:
+        return {"std_mean": None, "std_p99": None, "std_above": None}
+    return {"std_mean": float(v.mean()), "std_p99": float(np.percentile(v, 99)),
+            "std_above": float((v > threshold).mean())}
+
+
+def calibration(image, std, truth, support: np.ndarray | None = None) -> dict:
+    """How well a std map predicts the error of ``image`` against ``truth`` (magnitudes),
+    over ``support`` (default: the truth's object), per slice then averaged: Spearman's
+    rank correlation of the 5 x 5 local means of |error| and std (0 where either is
+    constant), the coverage of
+    image +- 2 std (the fraction of pixels whose truth lies inside), and the mean |error|
+    over the mean std."""
+    from scipy.ndimage import uniform_filter
+    from scipy.stats import spearmanr
+
+    a, s, t = _np(image), _np(std), _np(truth)
+    sup = object_support(t) if support is None else np.asarray(support, bool).reshape(t.shape)
+    rho, cover, ratio = [], [], []
+    for z in range(t.shape[0]):
+        m = sup[z]
+        err = np.abs(a[z] - t[z])
+        e_loc, s_loc = uniform_filter(err, SMOOTH)[m], uniform_filter(s[z], SMOOTH)[m]
+        # a constant map ranks nothing: no information, rho 0
+        flat = s_loc.size < 2 or np.ptp(s_loc) == 0 or np.ptp(e_loc) == 0
+        rho.append(0.0 if flat else float(spearmanr(e_loc, s_loc)[0]))
+        cover.append(float((err[m] <= 2 * s[z][m]).mean()))
+        ratio.append(float(err[m].mean() / max(s[z][m].mean(), 1e-30)))
+    return {"spearman": float(np.mean(rho)), "coverage": float(np.mean(cover)),
+            "error_over_std": float(np.mean(ratio))}

@@ -1,0 +1,132 @@
+"""K samples per slice (--samples): the repeated operator, the sample statistics, where the
+data pin the image down the samples agree, and the std map's calibration figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffrecon.recon import masks, simulation
+from diffrecon.recon.diffusion.dds import DDSConfig, dds_sample
+from diffrecon.recon.diffusion.networks import EpsNetwork, build_network
+from diffrecon.recon.diffusion.prior import Prior
+from diffrecon.recon.diffusion.run import draw_samples, run_diffusion, sample_statistics
+from diffrecon.recon.operators import Repeated, Sense, adjointness_error
+from tests.recon.diffusion.test_checkpoint import tiny_config
+
+
+def _random_prior(seed: int = 0) -> Prior:
+    cfg = tiny_config()
+    torch.manual_seed(seed)
+    return Prior(EpsNetwork(build_network(cfg.architecture, cfg.network), "m", 2), cfg)
+
+
+def _sense(n=16, coils=4, slices=2, accel=2.0, kind="random"):
+    maps = simulation.birdcage_maps(coils, (n, n)).to(torch.complex64)
+    maps = maps[None].expand(slices, -1, -1, -1)
+    mask = masks.make_mask(kind, (n, n), accel, seed=0) if accel > 1 else torch.ones(n, n)
+    return Sense(maps, mask)
+
+
+def test_repeated_operator_is_the_adjoint_of_its_copies():
+    op = _sense(slices=2)
+    rep = Repeated(Sense(op.maps.to(torch.complex128), op.mask.double()), 3)
+    assert adjointness_error(rep, (6, 16, 16), (6, 4, 16, 16), dtype=torch.complex128) < 1e-12
+    x = torch.randn(6, 16, 16, dtype=torch.complex128)
+    assert torch.allclose(rep.forward(x)[2:4].to(torch.complex64), op.forward(x[2:4].to(
+        torch.complex64)), atol=1e-5)
+    assert rep.support().shape == (6, 16, 16)
+    with pytest.raises(ValueError, match="^5 slices are not 3 equal copies$"):
+        rep.forward(x[:5])
+
+
+def test_sample_statistics_are_the_mean_and_the_unbiased_complex_std():
+    g = np.random.default_rng(0)
+    x = g.standard_normal((2, 5, 4, 4)) + 1j * g.standard_normal((2, 5, 4, 4))
+    mean, std = sample_statistics(torch.from_numpy(x))
+    assert np.allclose(mean.numpy(), x.mean(axis=1))
+    expected = np.sqrt((np.abs(x - x.mean(axis=1, keepdims=True)) ** 2).sum(1) / 4)
+    assert np.allclose(std.numpy(), expected)
+    one_mean, one_std = sample_statistics(torch.from_numpy(x[:, :1]))
+    assert one_std is None and np.allclose(one_mean.numpy(), x[:, 0])
+
+
+def test_one_sample_is_todays_dds_and_k_samples_differ_where_data_are_missing():
+    prior = _random_prior()
+    op = _sense(slices=2, accel=4.0)
+    y = op.forward(torch.randn(2, 16, 16, dtype=torch.complex64) * 0.3)
+    cfg = DDSConfig(nfe=4, seed=5)
+    image, std, nfe = run_diffusion([prior], cfg, lambda a, b: op, y)
+    assert std is None and nfe == 4
+    assert torch.equal(image, dds_sample(prior, op, y, cfg))  # K = 1 keeps today's result
+
+    before = prior.evaluations
+    x, nfe = draw_samples([prior], cfg, lambda a, b: op, y, samples=3)
+    assert x.shape == (2, 3, 16, 16) and nfe == 4
+    assert prior.evaluations - before == 4 * 2 * 3  # one batch of 6 images per step
+    assert not torch.allclose(x[:, 0], x[:, 1])
+    image, std, _ = run_diffusion([prior], cfg, lambda a, b: op, y, samples=3)
+    assert torch.allclose(image, x.mean(dim=1)) and std.shape == (2, 16, 16)
+    assert float(std.mean()) > 1e-3 * float(image.abs().max())
+    with pytest.raises(ValueError, match="at least 1"):
+        run_diffusion([prior], cfg, lambda a, b: op, y, samples=0)
+
+
+def test_samples_agree_where_the_data_determine_the_image():
+    """Fully sampled k-space and many CG steps: every sample is the data's image, std ~ 0;
+    with half the lines missing the same samples spread."""
+    prior = _random_prior()
+    truth = torch.randn(1, 16, 16, dtype=torch.complex64) * 0.3
+    cfg = DDSConfig(nfe=3, cg_iters=40, seed=1)
+    full = _sense(slices=1, accel=1)
+    _, std_full, _ = run_diffusion([prior], cfg, lambda a, b: full, full.forward(truth),
+                                   samples=4)
+    half = _sense(slices=1, accel=2.0, kind="equispaced")
+    _, std_half, _ = run_diffusion([prior], cfg, lambda a, b: half, half.forward(truth),
+                                   samples=4)
+    peak = float(truth.abs().max())
+    assert float(std_full.max()) < 1e-3 * peak
+    assert float(std_half.mean()) > 20 * float(std_full.mean())
+
+
+def test_the_volume_sampler_draws_its_samples_one_after_another():
+    from diffrecon.recon.diffusion.volume import DDS3DConfig
+
+    prior = _random_prior()
+    op = _sense(slices=4, accel=4.0)
+    y = op.forward(torch.randn(4, 16, 16, dtype=torch.complex64) * 0.3)
+    cfg = DDS3DConfig(nfe=3, lam=0.0, rho=0.0, seed=2)
+    steps = []
+    x, nfe = draw_samples([prior], cfg, lambda a, b: op, y, samples=2,
+                          progress=lambda i, n: steps.append((i, n)))
+    one, _ = draw_samples([prior], DDS3DConfig(nfe=3, lam=0.0, rho=0.0, seed=3),
+                          lambda a, b: op, y)
+    assert x.shape == (4, 2, 16, 16) and nfe == 3
+    assert torch.allclose(x[:, 1], one[:, 0])  # sample k uses seed + k
+    assert steps[-1] == (6, 6) and len(steps) == 6
+
+
+def test_calibration_figures_on_a_known_gaussian_error():
+    from diffrecon.recon.uncertainty import calibration, object_support, std_qa
+
+    g = np.random.default_rng(0)
+    truth = np.zeros((1, 64, 64))
+    truth[0, 8:56, 8:56] = 1.0
+    # std grows from left to right; the error is Gaussian with exactly that std
+    std = np.broadcast_to(np.linspace(0.01, 0.2, 64), (1, 64, 64)).copy()
+    image = truth + std * g.standard_normal(truth.shape)
+    sup = object_support(truth)  # the square and a rim of at most 2 pixels (5 x 5 means)
+    assert sup[0, 8:56, 8:56].all() and 48 * 48 < sup.sum() <= 52 * 52
+    assert not sup[0, :5].any() and not sup[0, :, 59:].any()
+    c = calibration(image, std, truth)
+    assert abs(c["coverage"] - 0.954) < 0.02  # P(|z| <= 2) of a standard normal
+    assert c["spearman"] > 0.8  # local means of |error| follow the std
+    assert abs(c["error_over_std"] - np.sqrt(2 / np.pi)) < 0.05  # E|z|
+    flat = calibration(image, np.full_like(std, 0.1), truth)
+    assert flat["spearman"] == 0.0  # a constant map says nothing about where the error is
+    qa = std_qa(truth, std, threshold=0.1)
+    inside = std[sup]
+    assert abs(qa["std_mean"] - inside.mean()) < 1e-9
+    assert abs(qa["std_above"] - (inside > 0.1).mean()) < 1e-9
+    assert abs(qa["std_p99"] - np.percentile(inside, 99)) < 1e-9
