@@ -35,7 +35,7 @@ from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import calibration, object_support
-from diffrecon.testing import B1_QUICK_SLICES, b1_case, b1_cases, ct_slices, ixi_split
+from diffrecon.testing import b1_case, b1_cases, ct_slices, ixi_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MRI = SHARED / "mri"
@@ -49,8 +49,8 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
     for case in cases:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
-        maps = coils.estimate_coil_maps(ku, mask)
-        run = _draw(prior, lambda a, b: Sense(maps, mask), ku, k)
+        op = Sense(coils.estimate_coil_maps(ku, mask), mask)
+        run = _draw(prior, lambda a, b, op=op: op, ku, k)
         out.append((run, case.reference.numpy()))
     return out
 

@@ -6,6 +6,8 @@ An operator maps x (its ``in_shape`` trailing dims, any leading batch dims) to y
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from diffrecon.recon.fft import fft2c, fft3c, ifft2c, ifft3c
@@ -67,7 +69,8 @@ class Repeated(LinearOperator):
     def __init__(self, op: LinearOperator, copies: int) -> None:
         self.op, self.copies = op, int(copies)
 
-    def _each(self, fn, x: torch.Tensor) -> torch.Tensor:
+    def _each(self, fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
+              ) -> torch.Tensor:
         if x.shape[0] % self.copies:
             raise ValueError(f"{x.shape[0]} slices are not {self.copies} equal copies")
         return torch.cat([fn(part) for part in x.chunk(self.copies)])

@@ -8,19 +8,23 @@ for CT in CT units), as PSNR's are, so they read the same for any intensity scal
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
+
+Array = Any  # a numpy array or a torch tensor (magnitudes are taken)
 
 SMOOTH = 5  # the calibration figures compare 5 x 5 local means of |error| and std
 
 
-def _np(x) -> np.ndarray:
+def _np(x: Array) -> np.ndarray:
     if hasattr(x, "detach"):
         x = x.detach().cpu().numpy()
     x = np.abs(np.asarray(x)).astype(np.float64)
     return x[None] if x.ndim == 2 else x
 
 
-def object_support(image, level: float = 0.05) -> np.ndarray:
+def object_support(image: Array, level: float = 0.05) -> np.ndarray:
     """(S, H, W) bool: per slice the object, pixels whose 5 x 5 local mean magnitude is
     above ``level`` of the slice's maximum, holes filled (the head inside its skull, the
     body inside the air), so that background noise and air do not count."""
@@ -34,7 +38,7 @@ def object_support(image, level: float = 0.05) -> np.ndarray:
     return out
 
 
-def std_qa(image, std, threshold: float, data_range: float | None = None) -> dict:
+def std_qa(image: Array, std: Array, threshold: float, data_range: float | None = None) -> dict:
     """QA of a std map over the object (:func:`object_support` of the image): mean, 99th
     percentile and the fraction of pixels above ``threshold``, all relative to the data
     range (``None``: each slice's maximum magnitude)."""
@@ -51,7 +55,7 @@ def std_qa(image, std, threshold: float, data_range: float | None = None) -> dic
             "std_above": float((v > threshold).mean())}
 
 
-def calibration(image, std, truth, support: np.ndarray | None = None) -> dict:
+def calibration(image: Array, std: Array, truth: Array, support: np.ndarray | None = None) -> dict:
     """How well a std map predicts the error of ``image`` against ``truth`` (magnitudes),
     over ``support`` (default: the truth's object), per slice then averaged: Spearman's
     rank correlation of the 5 x 5 local means of |error| and std (0 where either is
