@@ -1,6 +1,6 @@
 """Speed where users wait, each figure beside its anchor, measured in one run.
 
-    .venv/bin/python benchmarks/perf.py [--parts ct,espirit,dds] [--device cpu|cuda]
+    .venv/bin/python benchmarks/perf.py [--parts ct,espirit,dds,samples] [--device cpu|cuda]
                                         [--repeats 3] [--out benchmarks/results/perf.json]
 
 Parts (a part whose anchor is not installed reports the anchor as null):
@@ -14,6 +14,11 @@ Parts (a part whose anchor is not installed reports the anchor as null):
 - dds (CUDA; on the CPU only with --dds-size 64 as a smoke run): DDS slices/s at
   320 x 320 with the official ADM MRI configuration, bf16, batched, 50 NFE, 15 coils,
   against the bound set by the network's FLOPs (counted here) at --peak-tflops.
+- samples: the cost of ``--samples K`` against one sample, through
+  recon.diffusion.run.run_diffusion (K samples of a slice batch drawn in one batch), 50
+  NFE: on CUDA the official ADM configuration at 320 x 320, 15 coils (--samples-slices,
+  default 8, in batches of --dds-batch); on the CPU the shipped brain prior at
+  128 x 128, 16 coils, 4 slices. Target on an H200: K = 8 at most 3x one sample.
 
 Writes the run under its device's key ("cpu" / "cuda") in --out, keeping the other key and
 the parts not run this time.
@@ -163,9 +168,52 @@ def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops:
     return out
 
 
+def samples_part(dev: torch.device, k: int, slices: int, batch: int) -> dict:
+    from diffrecon.recon.diffusion.dds import DDSConfig
+    from diffrecon.recon.diffusion.run import run_diffusion
+    from diffrecon.recon.masks import make_mask
+    from diffrecon.recon.operators import Sense
+    from diffrecon.recon.simulation import birdcage_maps
+
+    if dev.type == "cuda":
+        from dds_throughput import build  # benchmarks/device/dds_throughput.py
+
+        size, coils, prior = 320, 15, build(320, 256, dev, True, False)
+        name = "ADM (official DDS MRI configuration, random weights), bf16"
+    else:
+        from diffrecon.recon.diffusion.registry import resolve_prior
+
+        size, coils, slices, batch = 128, 16, 4, 4
+        prior, name = resolve_prior("brain-t1-axial-128"), "brain-t1-axial-128"
+    maps = birdcage_maps(coils, (size, size)).to(dev)
+    mask = make_mask("equispaced", (size, size), 4).to(dev)
+    x = torch.randn(slices, size, size, dtype=torch.complex64, device=dev)
+    y = Sense(maps, mask).forward(x)
+
+    def op(a: int, b: int) -> Sense:
+        return Sense(maps[None].expand(b - a, -1, -1, -1), mask)
+
+    run_diffusion([prior], DDSConfig(nfe=2), op, y[:1], 1)  # warm-up
+    secs = {}
+    for kk in (1, k):
+        _sync()
+        t0 = time.perf_counter()
+        run_diffusion([prior], DDSConfig(), op, y, batch, samples=kk)
+        _sync()
+        secs[kk] = time.perf_counter() - t0
+    out = {"prior": name, "size": size, "coils": coils, "slices": slices, "slice_batch": batch,
+           "nfe": 50, "k": k, "seconds_one_sample": round(secs[1], 2),
+           f"seconds_k{k}": round(secs[k], 2), "cost_ratio": round(secs[k] / secs[1], 2),
+           "target_ratio": 3.0 if dev.type == "cuda" else None}
+    print(json.dumps(out), flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--parts", default="ct,espirit,dds")
+    ap.add_argument("--parts", default="ct,espirit,dds,samples")
+    ap.add_argument("--samples-k", type=int, default=8)
+    ap.add_argument("--samples-slices", type=int, default=8)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dds-size", type=int, default=320)
@@ -187,6 +235,9 @@ def main() -> None:
     if "dds" in parts and (dev.type == "cuda" or args.dds_size < 320):
         run_info["dds"] = dds_part(dev, args.dds_size, args.dds_slices, args.dds_batch,
                                    args.peak_tflops)
+    if "samples" in parts:
+        run_info["samples"] = samples_part(dev, args.samples_k, args.samples_slices,
+                                           args.dds_batch)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {}
     old[dev.type] = {**old.get(dev.type, {}), **run_info}  # parts run apart add up

@@ -2,11 +2,12 @@
 the built-in sample scan), then headless-Chromium screenshots of the flow-run page and of
 the scan's report artifact, and the artifacts checked through the API.
 
-    .venv/bin/python benchmarks/ui_check.py [--out benchmarks/results]
+    .venv/bin/python benchmarks/ui_check.py [--out benchmarks/results] [--samples 4]
     .venv/bin/python benchmarks/ui_check.py --inbox   # a night with a quarantined scan
 
 Needs Debian `chromium`. Writes ui_flow_run.png, ui_report.png and prints what the API
-holds. Open the PNGs and look at them: the report must show the QA table and the preview.
+holds. Open the PNGs and look at them: the report must show the QA table and the preview
+(with --samples K > 1, DDS draws K samples and its std map sits beside its image).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def inbox_with_a_quarantined_scan(out: Path) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results")
+    ap.add_argument("--samples", type=int, default=4, help="DDS samples (std map if > 1)")
     ap.add_argument("--inbox", action="store_true",
                     help="the inbox scenario with a quarantined scan instead")
     args = ap.parse_args()
@@ -100,7 +102,7 @@ def main() -> None:
         scan = write_demo_scan(Path(tmp) / "in" / "mni152_demo.h5")
         config = ReconConfig(methods=["zero-filled", "cg-sense", "dds"],
                              mask=MaskSpec(accel=4), out_dir=str(Path(tmp) / "out"),
-                             diffusion=PriorRef(nfe=20))
+                             diffusion=PriorRef(nfe=20, samples=args.samples))
         records = reconstruct_scans.with_options(flow_run_name="mni152_demo")([str(scan)],
                                                                              config)
         for r in records:
@@ -114,6 +116,7 @@ def main() -> None:
             print(f"artifact {a.key or '-':24s} {a.type:9s} {a.description or ''}")
         report = kinds["report-mni152-demo"]
         assert "cg-sense" in report.data and "data:image/png;base64," in report.data
+        assert args.samples == 1 or "| dds | dds std" in report.data
         assert any(a.type == "progress" and a.data == 100.0 for a in arts)
         assert "results-mni152-demo" in kinds
         profile = Path(tmp) / "chromium"

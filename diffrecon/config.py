@@ -72,6 +72,9 @@ class PriorRef(BaseModel):
     samples: int = Field(1, ge=1, le=64, description="diffusion methods: samples per slice "
                          "(K > 1: the image is their mean, and a std map says where they "
                          "disagree; K times the work, drawn in one batch)")
+    std_scale: float = Field(1.0, gt=0, description="samples > 1: the std map is multiplied "
+                             "by this calibration factor (benchmarks/uncertainty.py fits one "
+                             "per prior on training slices; 1: the samples' raw spread)")
     std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
                                  "of the object whose std is above this share of the data "
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")

@@ -7,6 +7,7 @@
 #   espirit  ESPIRiT on a 35-slice 15-coil 320 x 320 volume on the GPU (target < 5 s)
 #   ct       the CT projectors on CUDA (torch backend) against astra's CPU projectors and
 #            ours on the device's CPU (numba, when installed there)
+#   samples  --samples 8 against one sample, 8 slices at 320 x 320 (target <= 3x)
 # Prepare with `bash benchmarks/device/prepare.sh` (wheels into .whl, astra-toolbox among
 # them), then call the device tool with carry [".whl"] and: bash benchmarks/device/perf.sh
 set -uo pipefail
@@ -26,7 +27,8 @@ part() {  # part SECONDS NAME ARGS...
   timeout "$1" python3 benchmarks/perf.py --device cuda --out "$OUT/perf.json" --parts "$2" \
     "${@:3}" 2>&1 | tee -a "$OUT/perf.log" || echo "part $2 ended: rc $?" | tee -a "$OUT/perf.log"
 }
-part 220 dds --dds-slices 48 --dds-batch 16
-part 80 espirit --repeats 3
-part 150 ct --repeats 2
+part 200 dds --dds-slices 48 --dds-batch 16
+part 70 espirit --repeats 3
+part 120 ct --repeats 2
+part 90 samples --samples-slices 4 --dds-batch 16
 echo "done in $SECONDS s" | tee -a "$OUT/perf.log"

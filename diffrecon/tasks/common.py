@@ -179,6 +179,7 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
 
     x, std, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
                       slice_batch, _progress_artifact(what), _log_oom_retry(what), ref.samples)
+    std = None if std is None else std * ref.std_scale  # the calibration factor, if any
     if mapped:  # back on the scan's grid, zero where no coil sees (as native DDS does)
         support = scan_op(0, y.shape[0]).support()
         x = resample.forward(x)

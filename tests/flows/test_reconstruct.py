@@ -623,3 +623,32 @@ def test_samples_give_a_std_map_its_qa_and_outputs(prefect_harness, batch, tmp_p
     stored = [np.load(f) for f in Path(ct.store_root).rglob("*.npy")]
     assert any(np.allclose(np.sort(std_hu.ravel()), np.sort(2000 * u.ravel()), atol=1e-2)
                for u in stored if u.shape == (4, 32, 32) and u.min() >= 0 and u.max() > 0)
+
+
+def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
+    """--samples 3 draws volumes with seeds S, S+1, S+2; the std over them times
+    --std-scale is what the task gets (a fake sampler returns its seed everywhere: the
+    std of 4, 5, 6 is 1, so the map is exactly the scale)."""
+    import torch
+
+    from diffrecon.cli import _prior_ref, build_parser
+    from diffrecon.recon.diffusion import run
+    from diffrecon.tasks import common
+
+    seeds = []
+
+    def fake_sampler(priors, op, y, cfg, progress):
+        seeds.append(cfg.seed)
+        return torch.full(y.shape, float(cfg.seed), dtype=torch.complex64)
+
+    monkeypatch.setattr(run, "dds_volume_sample", fake_sampler)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    args = build_parser().parse_args(
+        ["run", "vol.nii.gz", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
+         "--std-scale", "2.5", "--sampler-seed", "4"])
+    y = torch.zeros(2, 128, 128, dtype=torch.complex64)
+    x, std, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: None, y, _prior_ref(args),
+                                        torch.device("cpu"), "vol", None, "mri", (128, 128))
+    assert seeds == [4, 5, 6]
+    assert torch.allclose(x, torch.full_like(x, 5.0))
+    assert torch.allclose(std, torch.full((2, 128, 128), 2.5))
