@@ -16,7 +16,9 @@ report coverage raw and with c.
         [--ct-views 8,16] [--max-k 16] [--out benchmarks/results/uncertainty.json]
 
 MRI: B1-quick test slices (8), the brain prior; CT: B3 slices of example_ct (every 16th)
-with the CT prior. Minutes per setting on a 2-core CPU.
+with the CT prior. Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the
+first test slice of each setting: truth, K-sample mean, |error|, std (error and std on one
+grey scale).
 """
 
 from __future__ import annotations
@@ -93,6 +95,28 @@ def score(runs: list[tuple], k: int, factor: float, ct: bool) -> dict:
     return {key: float(np.mean(v)) for key, v in rows.items()}
 
 
+def sheet(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
+    """One row per (label, truth, mean, std): truth | mean | |mean - truth| | std, the error
+    and the std on one grey scale (0 to the 99.5th percentile of the error), so that a
+    std map that is too small or in the wrong place shows."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for label, truth, mean, std in items:
+        err = np.abs(mean - truth)
+        top = max(float(np.percentile(err, 99.5)), 1e-12)
+        tiles = [truth / truth.max(), mean / truth.max(), err / top, std / top]
+        row = np.concatenate([np.pad(np.clip(t, 0, 1), 2) for t in tiles], axis=1)
+        rows.append((label, row))
+    im = Image.fromarray((np.concatenate([r for _, r in rows]) * 255).astype(np.uint8))
+    im = im.resize((im.width * 2, im.height * 2), Image.NEAREST)
+    draw = ImageDraw.Draw(im)
+    h = im.height // len(rows)
+    for i, (label, _) in enumerate(rows):
+        draw.text((6, i * h + 4), label, fill=255)
+    im.save(path)
+
+
 def fit_factor(runs: list[tuple], k: int, ct: bool) -> float:
     """The 95th percentile of |error| / (2 std) over the truth's object pixels, pooled."""
     ratios = []
@@ -117,6 +141,7 @@ def main() -> None:
     ks = [k for k in (4, 8, 16) if k <= args.max_k]
     result: dict = {"ks": ks, "fit_k": args.fit_k, "rows": [], "factors": {}}
     t_start = time.perf_counter()
+    figure: list = []  # the first test slice of each setting: truth, mean, error, std
 
     settings = [s.split("/") for s in args.mri_settings.split(",") if s]
     if settings:
@@ -133,6 +158,9 @@ def main() -> None:
               flush=True)
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
+            x, truth = runs[0]
+            mean, std = sample_statistics(torch.from_numpy(x)[None])
+            figure.append((f"R={a} {kind}", truth, np.abs(mean[0].numpy()), std[0].numpy()))
             for k in ks:
                 row = {"benchmark": f"B1-quick ({len(test)} slices)", "setting":
                        f"R={a} {kind}", "k": k, **score(runs, k, factor, ct=False)}
@@ -152,6 +180,10 @@ def main() -> None:
               flush=True)
         for v in views:
             runs = ct_samples(test, v, prior, max(ks))
+            x, truth = runs[0]
+            mean, std = sample_statistics(torch.from_numpy(x)[None])
+            figure.append((f"{v} views", truth, metrics.ct_window(mean[0].numpy()),
+                           std[0].numpy()))
             for k in ks:
                 row = {"benchmark": f"B3-quick ({len(test)} slices)", "setting": f"{v} views",
                        "k": k, **score(runs, k, factor, ct=True)}
@@ -159,6 +191,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     result["seconds"] = time.perf_counter() - t_start
     Path(args.out).write_text(json.dumps(result, indent=1))
+    if figure:
+        sheet(figure, Path(args.out).with_suffix(".png"))
 
 
 if __name__ == "__main__":
