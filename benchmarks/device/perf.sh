@@ -7,7 +7,8 @@
 #   espirit  ESPIRiT on a 35-slice 15-coil 320 x 320 volume on the GPU (target < 5 s)
 #   ct       the CT projectors on CUDA (torch backend) against astra's CPU projectors and
 #            ours on the device's CPU (numba, when installed there)
-#   samples  --samples 8 against one sample, 8 slices at 320 x 320 (target <= 3x)
+#   samples  --samples 8 against one sample, 4 slices at 320 x 320 (target <= 3x; the
+#            one-sample run fills 4 of 16 batch slots, so the ratio flatters a full scan)
 # Prepare with `bash benchmarks/device/prepare.sh` (wheels into .whl, astra-toolbox among
 # them), then call the device tool with carry [".whl"] and: bash benchmarks/device/perf.sh
 set -uo pipefail

@@ -112,17 +112,28 @@ STEPS = {"mri": MRISteps, "ct": CTSteps}
 
 def _send(name: str, method: str, files: list[str], config: ReconConfig
           ) -> tuple[str | None, str | None]:
-    """Send the method's DICOM series when the config asks for it: (sent, error). A failed
-    send leaves the series on disk and says where. A series already sent to the same
-    destination (``<series>.sent.json`` beside it, written right after the send, matches its
-    content) is not sent again: a rerun after a killed run does not send twice."""
+    """Send the method's DICOM series (the image's, then its std map's when there is one)
+    when the config asks for it: (sent, error), the lines joined by "; ". A failed send
+    leaves the series on disk and says where. A series already sent to the same destination
+    (``<series>.sent.json`` beside it, written right after the send, matches its content)
+    is not sent again: a rerun after a killed run does not send twice."""
+    if "pacs" not in config.outputs:
+        return None, None
+    sent: list[str] = []
+    for folder in (f for f in files if f.endswith("_dicom")):
+        line, error = _send_series(name, method, folder, config)
+        if error is not None:
+            return "; ".join(sent) or None, error
+        sent.append(line)
+    return "; ".join(sent) or None, None
+
+
+def _send_series(name: str, method: str, folder: str, config: ReconConfig
+                 ) -> tuple[str | None, str | None]:
     import json
 
     from diffrecon.common.files import atomic_path, path_digest
 
-    if "pacs" not in config.outputs:
-        return None, None
-    folder = next(f for f in files if f.endswith("_dicom"))
     marker = Path(folder + ".sent.json")
     receipt = {"destination": config.pacs, "series": path_digest(folder)}
     try:

@@ -263,6 +263,7 @@ def write_dicom_series(
     uid_seed: str | None = None,
     series_key: str = "",
     peak: float | None = None,
+    image_kind: str | None = None,
 ) -> list[Path]:
     """Write (slices, rows, cols) images as a DICOM series, one file per slice.
 
@@ -280,7 +281,8 @@ def write_dicom_series(
     ``series_key`` makes another series of the same study and frame of reference (e.g.
     "std": the reconstruction's uncertainty map, series number one above the image's).
     MR pixels are scaled by ``peak`` (default: the series' maximum), so a derived map
-    written with the image's peak reads in the image's grey levels. De-identified
+    written with the image's peak reads in the image's grey levels. ``image_kind`` is a
+    fourth ImageType value (e.g. "UNCERTAINTY" for a std map). De-identified
     series replace the study and frame-of-reference UIDs by UIDs derived from them (the
     series of one study stay together) and drop dates and other identifiers.
     """
@@ -362,7 +364,8 @@ def write_dicom_series(
                 ds.EchoTrainLength, ds.ImagingFrequency, ds.MagneticFieldStrength = "", "", ""
                 ds.EchoNumbers, ds.NumberOfAverages, ds.SliceThickness = "", "", ""
             ds.SeriesDescription = series_description[:64]
-            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER"]
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if modality == "CT" else "OTHER",
+                            *([image_kind] if image_kind else [])]
             ds.DerivationDescription = derivation[:1024]
             ds.ImageOrientationPatient = [_ds(v) for v in (*row_dir, *col_dir)]
             ds.ImagePositionPatient = [_ds(v) for v in lps[:3] @ np.array([s, 0, 0, 1.0])]

@@ -31,7 +31,8 @@ def write_outputs(vol: Volume, outputs: list[str], out_dir: str | Path,
     writes the same series.
 
     A volume with a std map also gets ``<scan>_<method>_std.nii.gz``, a DICOM series of its
-    own in the same study (``_std_dicom``, SeriesDescription ending "uncertainty (std)",
+    own in the same study (``_std_dicom``, SeriesDescription "STD uncertainty: ...", ImageType
+    ending UNCERTAINTY,
     MR grey levels of the image's scale) and, in the PNG, the std map of the same slices
     beside the image's (0 to its 99.5th percentile); the image's paths come first."""
     from diffrecon.common.previews import grid, save_png
@@ -56,12 +57,17 @@ def write_outputs(vol: Volume, outputs: list[str], out_dir: str | Path,
                                    vol.description, vol.source, deidentify=deidentify,
                                    uid_seed=uid_seed)
         paths.append(str(files[0].parent))
-        if std is not None:
+        if std is not None:  # the marker first: descriptions are cut at 64 characters
+            import hashlib
+
             files = write_dicom_series(
                 base.with_name(base.name + "_std_dicom"), std, aff, modality,
-                f"{vol.description}, uncertainty (std)", vol.source, deidentify=deidentify,
+                f"STD uncertainty: {vol.description}", vol.source, deidentify=deidentify,
                 derivation="per-pixel standard deviation of the diffusion samples, by diffrecon",
-                uid_seed=uid_seed, series_key="std",
+                uid_seed=uid_seed, image_kind="UNCERTAINTY",
+                # the series' UIDs follow its own content (another --std-scale: another series)
+                series_key="std-" + hashlib.sha256(np.ascontiguousarray(std).tobytes())
+                .hexdigest()[:16],
                 peak=None if ct else float(x.max()) or 1.0)
             extra.append(str(files[0].parent))
     if "h5" in outputs:

@@ -86,7 +86,9 @@ class Repeated(LinearOperator):
 
     def support(self) -> torch.Tensor | None:
         s = self.op.support()
-        return None if s is None else torch.cat([s] * self.copies)
+        if s is None or s.ndim < 3:  # one support for every slice: the copies' too
+            return s
+        return torch.cat([s] * self.copies)
 
 
 class FourierResample(LinearOperator):

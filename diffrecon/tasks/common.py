@@ -183,6 +183,8 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
     if mapped:  # back on the scan's grid, zero where no coil sees (as native DDS does)
         support = scan_op(0, y.shape[0]).support()
         x = resample.forward(x)
+        # the std map resampled as an image (an approximation of the resampled samples'
+        # std: close away from sharp edges, where the Fourier resampling may ring)
         std = None if std is None else resample.forward(std.to(x.dtype)).abs()
         if support is not None:
             x, std = x * support, None if std is None else std * support
@@ -196,7 +198,11 @@ def diffusion_settings(ref: PriorRef, method: str) -> dict:
 
     names = [ref.prior] + ([ref.aux_prior] if METHODS[method].aux_prior and ref.aux_prior
                            else [])
-    out = {"diffusion": ref.model_dump(),
+    dump = ref.model_dump()
+    if ref.samples == 1:  # one sample: the std settings do nothing (and old keys stay valid)
+        for k in ("samples", "std_scale", "std_threshold"):
+            dump.pop(k)
+    out = {"diffusion": dump,
            "prior_digest": folder_digest(resolve_prior_path(names[0]))}
     if len(names) > 1:
         out["aux_digest"] = folder_digest(resolve_prior_path(names[1]))

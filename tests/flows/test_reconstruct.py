@@ -652,3 +652,57 @@ def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
     assert seeds == [4, 5, 6]
     assert torch.allclose(x, torch.full_like(x, 5.0))
     assert torch.allclose(std, torch.full((2, 128, 128), 2.5))
+
+
+def test_the_std_series_is_sent_after_the_image_and_never_twice(monkeypatch, tmp_path):
+    """With a std map the PACS gets both series, the image's first; a rerun sends
+    neither again (the receipts beside the folders); a failed std send keeps the image's
+    line and says which series stays on disk."""
+    from diffrecon.flows import reconstruct as rec
+
+    folders = []
+    for name in ("s_dds_dicom", "s_dds_std_dicom"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0001.dcm").write_bytes(name.encode())
+        folders.append(str(tmp_path / name))
+    calls = []
+
+    def fake_send(name, method, folder, destination, secret=None):
+        calls.append(Path(folder).name)
+        if "fail" in destination and "std" in Path(folder).name:
+            raise OSError("refused")
+        return f"1 instances to {destination}"
+
+    monkeypatch.setattr(rec, "send_series", fake_send)
+    config = ReconConfig(outputs=["nifti", "pacs"], pacs="https://127.0.0.1:9/dicom-web",
+                         out_dir=str(tmp_path))
+    sent, error = rec._send("s", "dds", [str(tmp_path / "s_dds.nii.gz"), *folders], config)
+    assert error is None and calls == ["s_dds_dicom", "s_dds_std_dicom"]
+    line = "1 instances to https://127.0.0.1:9/dicom-web"
+    assert sent == f"{line}; {line}"
+    assert rec._send("s", "dds", folders, config) == (sent, None) and len(calls) == 2
+    (tmp_path / "s_dds_std_dicom.sent.json").unlink()
+    failing = config.model_copy(update={"pacs": "https://127.0.0.1:9/fail"})
+    (tmp_path / "s_dds_dicom.sent.json").unlink()
+    calls.clear()
+    from prefect.logging import disable_run_logger
+
+    with disable_run_logger():  # the error is logged through the run logger
+        sent, error = rec._send("s", "dds", folders, failing)
+    assert calls == ["s_dds_dicom", "s_dds_std_dicom"]
+    assert sent == "1 instances to https://127.0.0.1:9/fail"
+    assert error.endswith(f"the series stays on disk at {folders[1]}")
+
+
+def test_the_std_settings_enter_the_cache_key_only_with_samples():
+    """One sample: samples, std_scale and std_threshold do nothing, and keys made before
+    they existed stay valid; with K > 1 each changes the key."""
+    from diffrecon.config import PriorRef
+    from diffrecon.tasks.common import diffusion_settings
+
+    one = diffusion_settings(PriorRef(), "dds")
+    assert not {"samples", "std_scale", "std_threshold"} & set(one["diffusion"])
+    assert diffusion_settings(PriorRef(std_scale=2.0), "dds") == one
+    k4 = diffusion_settings(PriorRef(samples=4), "dds")
+    assert k4["diffusion"]["samples"] == 4
+    assert diffusion_settings(PriorRef(samples=4, std_scale=2.0), "dds") != k4

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pydicom
@@ -221,7 +222,8 @@ def test_an_invalid_uid_is_never_printed(tmp_path, caplog, recwarn):
 @pytest.mark.parametrize("modality", ["mri", "ct"])
 def test_a_std_map_is_written_beside_the_image_as_its_own_series(tmp_path, modality):
     """NIfTI, a DICOM series of the same study and frame of reference (its own series UID
-    and number, "uncertainty (std)" in the description, MR grey levels of the image's
+    and number, "STD uncertainty" leading the description and UNCERTAINTY in ImageType,
+    series UIDs from the std's own content, MR grey levels of the image's
     scale) and the PNG with the std tiles beside the image's."""
     from PIL import Image
 
@@ -252,7 +254,18 @@ def test_a_std_map_is_written_beside_the_image_as_its_own_series(tmp_path, modal
     assert std_ds[0].SeriesInstanceUID != img_ds[0].SeriesInstanceUID
     assert {d.SOPInstanceUID for d in std_ds}.isdisjoint({d.SOPInstanceUID for d in img_ds})
     assert (img_ds[0].SeriesNumber, std_ds[0].SeriesNumber) == (7, 8)
-    assert std_ds[0].SeriesDescription == "DDS brain, R=4, uncertainty (std)"
+    assert std_ds[0].SeriesDescription == "STD uncertainty: DDS brain, R=4"
+    assert list(std_ds[0].ImageType)[-1] == "UNCERTAINTY"
+    assert "UNCERTAINTY" not in list(img_ds[0].ImageType)
+    # a long description is cut at 64 characters: the marker stays
+    long = dict(kw, description="DDS brain-t1-axial-128, as acquired, 25.3 % of k-space, "
+                                "equispaced, 8 virtual coils")
+    again = write_outputs(Volume(image=image, std=2 * std, **long), ["dicom"], tmp_path / "c",
+                          uid_seed="d/dds")
+    other = pydicom.dcmread(str(sorted(Path(again[1]).glob("*"))[0]))
+    assert other.SeriesDescription.startswith("STD uncertainty: DDS brain-t1-axial-128")
+    # another std (e.g. another --std-scale) of the same image: another series
+    assert other.SeriesInstanceUID != std_ds[0].SeriesInstanceUID
     assert std_ds[1].ImagePositionPatient == img_ds[1].ImagePositionPatient
     px = np.stack([d.pixel_array for d in std_ds]).astype(np.float64)
     if modality == "ct":  # HU as written

@@ -39,6 +39,12 @@ def test_repeated_operator_is_the_adjoint_of_its_copies():
     assert rep.support().shape == (6, 16, 16)
     with pytest.raises(ValueError, match="^5 slices are not 3 equal copies$"):
         rep.forward(x[:5])
+    # one support for every slice (single coil, shared maps) stays one support
+    from diffrecon.recon.operators import SingleCoil
+
+    one = Repeated(SingleCoil(torch.ones(16, 16), (16, 16)), 3)
+    assert one.support().shape == (16, 16)
+    assert (one.forward(x.to(torch.complex64)).shape == (6, 1, 16, 16))
 
 
 def test_sample_statistics_are_the_mean_and_the_unbiased_complex_std():
