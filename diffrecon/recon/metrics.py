@@ -9,7 +9,8 @@ from diffrecon.common.geometry import pad_or_crop
 from diffrecon.recon.operators import LinearOperator
 
 
-def _mag(x: torch.Tensor | np.ndarray) -> np.ndarray:
+def magnitudes(x: torch.Tensor | np.ndarray) -> np.ndarray:
+    """|x| as float64 numpy (S, H, W); one slice (H, W) gets its slice axis."""
     if isinstance(x, torch.Tensor):
         x = x.detach().cpu().numpy()
     x = np.abs(np.asarray(x)).astype(np.float64)
@@ -18,8 +19,8 @@ def _mag(x: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def _pair(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray
           ) -> tuple[np.ndarray, np.ndarray]:
-    r = _mag(ref)
-    a = _mag(x)
+    r = magnitudes(ref)
+    a = magnitudes(x)
     if a.shape[-2:] != r.shape[-2:]:
         a = pad_or_crop(a, r.shape[-2:])
     if a.shape != r.shape:

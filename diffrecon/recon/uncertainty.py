@@ -12,16 +12,11 @@ from typing import Any
 
 import numpy as np
 
+from diffrecon.recon.metrics import magnitudes as _np
+
 Array = Any  # a numpy array or a torch tensor (magnitudes are taken)
 
 SMOOTH = 5  # the calibration figures compare 5 x 5 local means of |error| and std
-
-
-def _np(x: Array) -> np.ndarray:
-    if hasattr(x, "detach"):
-        x = x.detach().cpu().numpy()
-    x = np.abs(np.asarray(x)).astype(np.float64)
-    return x[None] if x.ndim == 2 else x
 
 
 def object_support(image: Array, level: float = 0.05) -> np.ndarray:
@@ -59,9 +54,8 @@ def calibration(image: Array, std: Array, truth: Array, support: np.ndarray | No
     """How well a std map predicts the error of ``image`` against ``truth`` (magnitudes),
     over ``support`` (default: the truth's object), per slice then averaged: Spearman's
     rank correlation of the 5 x 5 local means of |error| and std (0 where either is
-    constant), the coverage of
-    image +- 2 std (the fraction of pixels whose truth lies inside), and the mean |error|
-    over the mean std."""
+    constant), the coverage of image +- 2 std (the fraction of pixels whose truth lies
+    inside), and the mean |error| over the mean std."""
     from scipy.ndimage import uniform_filter
     from scipy.stats import spearmanr
 

@@ -17,7 +17,7 @@ from diffrecon.config import PriorRef
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.methods import METHODS
-from diffrecon.tasks.store import ArrayRef
+from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
 
 class ReconOutput(BaseModel):
@@ -189,6 +189,19 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         if support is not None:
             x, std = x * support, None if std is None else std * support
     return x, std, nfe, " + ".join(p.name for p in priors)
+
+
+def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,
+               data_range: float | None = None) -> tuple[ArrayRef | None, dict]:
+    """A sampled run's std map in the store and its QA (recon.uncertainty.std_qa of the
+    image as scored: MRI magnitudes, CT in the CT window with ``data_range`` 1); (None, {})
+    for one sample."""
+    if std is None:
+        return None, {}
+    from diffrecon.recon.uncertainty import std_qa
+
+    std_np = std.cpu().numpy().astype("float32")
+    return store.put(std_np), std_qa(image, std_np, ref.std_threshold, data_range)
 
 
 def diffusion_settings(ref: PriorRef, method: str) -> dict:

@@ -22,6 +22,7 @@ from diffrecon.tasks.common import (
     resolve_device,
     retry_transient,
     run_diffusion,
+    std_output,
 )
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
@@ -139,20 +140,14 @@ def reconstruct_ct(meas: CTMeasurement, method: str, spec: CTSpec, store_root: s
         raise ValueError(f"unknown CT method {method!r}")
     seconds = time.perf_counter() - t0
     image = store.put(x.cpu().numpy().astype(np.float32))
-    qa = quality_ct(meas, image, store_root)
-    std_ref = None
-    if std is not None:  # in CT units; the QA relative to their range 1 (-1000..1000 HU)
-        from diffrecon.recon.metrics import ct_window
-        from diffrecon.recon.uncertainty import std_qa
+    from diffrecon.recon.metrics import ct_window
 
-        std_np = std.cpu().numpy().astype(np.float32)
-        std_ref = store.put(std_np)
-        qa.update(std_qa(ct_window(x), std_np, (diffusion or PriorRef()).std_threshold,
-                         data_range=1.0))
+    ref = diffusion or PriorRef()
+    # in CT units: the QA relative to their range 1 (-1000..1000 HU)
+    std_ref, std_scores = std_output(store, ct_window(x), std, ref, data_range=1.0)
     return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
-                       prior=prior, qa=qa, std=std_ref,
-                       samples=(diffusion or PriorRef()).samples if m.needs_prior else None)
-
+                       prior=prior, qa={**quality_ct(meas, image, store_root), **std_scores},
+                       std=std_ref, samples=ref.samples if m.needs_prior else None)
 
 
 def quality_ct(meas: CTMeasurement, image: ArrayRef, store_root: str) -> dict:

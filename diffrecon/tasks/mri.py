@@ -20,6 +20,7 @@ from diffrecon.tasks.common import (
     resolve_device,
     retry_transient,
     run_diffusion,
+    std_output,
 )
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
@@ -253,14 +254,8 @@ def reconstruct(
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - t0
     image = store.put(x.cpu().numpy())
-    qa = quality(meas, image, maps, config.store_root)
-    std_ref = None
-    if std is not None:
-        from diffrecon.recon.uncertainty import std_qa
-
-        std_np = std.cpu().numpy().astype(np.float32)
-        std_ref = store.put(std_np)
-        qa.update(std_qa(x.cpu().numpy(), std_np, config.diffusion.std_threshold))
+    std_ref, std_scores = std_output(store, x, std, config.diffusion)
+    qa = {**quality(meas, image, maps, config.store_root), **std_scores}
     return ReconOutput(name=meas.name, method=method, image=image, seconds=seconds, nfe=nfe,
                        prior=prior_name, qa=qa, std=std_ref,
                        samples=config.diffusion.samples if m.needs_prior else None)
