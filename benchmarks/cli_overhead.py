@@ -1,7 +1,8 @@
 """The fixed overhead of `diffrecon run` (issue: hospital-safe runs, operator view): a
 one-slice 64 x 64 zero-filled scan timed as a user runs it (a new process each time), three
-runs each with Prefect's temporary server and with a running server (PREFECT_API_URL set:
-no server started), and the import time of the CLI and the flows.
+runs each with Prefect's temporary server, with a running server (PREFECT_API_URL set:
+no server started) and through a warm `diffrecon daemon` (DIFFRECON_DAEMON set; its start-up
+timed apart), and the import time of the CLI and the flows.
 
     .venv/bin/python benchmarks/cli_overhead.py [--out benchmarks/results/cli_overhead.json]
 """
@@ -57,8 +58,25 @@ def main() -> None:
     temporary = timed({**base, "PREFECT_HOME": str(tmp / "home")}, "temporary-server")
     with PrefectServer(tmp / "srv") as server:
         running = timed({**base, "PREFECT_API_URL": server.api}, "running-server")
+        sock = tmp / "daemon.sock"
+        t0 = time.perf_counter()
+        daemon = subprocess.Popen([py, "-m", "diffrecon.cli", "daemon", "--socket", str(sock)],
+                                  env={**base, "PREFECT_API_URL": server.api},
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while not sock.exists():
+            if daemon.poll() is not None or time.perf_counter() - t0 > 300:
+                raise SystemExit("the daemon did not start")
+            time.sleep(0.05)
+        daemon_start = round(time.perf_counter() - t0, 2)
+        try:
+            warm = timed({**base, "PREFECT_API_URL": server.api, "DIFFRECON_DAEMON": str(sock)},
+                         "daemon")
+        finally:
+            daemon.terminate()
+            daemon.wait()
     result = {"imports_s": imports, "temporary_server_s": temporary,
-              "running_server_s": running, "cpu": os.cpu_count()}
+              "running_server_s": running, "daemon_start_s": daemon_start, "daemon_s": warm,
+              "cpu": os.cpu_count()}
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
