@@ -205,6 +205,8 @@ def serve(path: str | os.PathLike) -> int:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if _listening(path):
         raise ValueError(f"a diffrecon daemon already listens at {path}")
+    if path.exists() and not path.is_socket():
+        raise ValueError(f"--socket {path}: a file that is not a socket is there; give a new path")
     path.unlink(missing_ok=True)  # left by a daemon that was killed
     _temporary_server()  # Prefect's temporary server, when none is configured, for our life
     _warm()

@@ -107,3 +107,13 @@ def test_without_a_daemon_the_command_runs_here_with_a_warning(prefect_harness, 
     assert f"no daemon listens at DIFFRECON_DAEMON={tmp_path / 'none.sock'}; running in this " \
            "process" in capsys.readouterr().err
     assert (tmp_path / "o" / "s_zero-filled.nii.gz").exists()
+
+
+def test_daemon_refuses_a_socket_path_that_holds_a_file(tmp_path, capsys):
+    from diffrecon.cli import main
+
+    (tmp_path / "notes.txt").write_text("keep me")
+    assert main(["daemon", "--socket", str(tmp_path / "notes.txt")]) == 2
+    assert f"--socket {tmp_path / 'notes.txt'}: a file that is not a socket is there" in \
+        capsys.readouterr().err
+    assert (tmp_path / "notes.txt").read_text() == "keep me"
