@@ -327,7 +327,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         channel_mult=tuple(int(m) for m in args.channel_mult.split(",")),
         n_samples=args.samples, network_note=args.network_note,
         sample_steps=args.sample_steps, data_description=args.data_description,
-        data_licence=args.data_licence,
+        data_licence=args.data_licence, prediction=args.prediction, min_snr=args.min_snr,
     )
     work = args.work or str(out.parent / f".{out.name}.train")
     print(f"training {cfg.name} on {len(files)} volumes ({args.modality}, {args.orientation}); "
@@ -576,6 +576,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the data are, for the card")
     t.add_argument("--data-licence", default="",
                    help="the data's licence, for the card")
+    t.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon",
+                   help="what the network learns to predict: the noise (default, as DDS's "
+                        "checkpoints) or v; either samples the same way")
+    t.add_argument("--min-snr", type=float, default=None, metavar="GAMMA",
+                   help="min-SNR-GAMMA loss weighting (e.g. 5; default: uniform)")
     t.add_argument("--device", default="auto",
                    help="auto, cpu or cuda (default auto)")
     t.set_defaults(func=cmd_train)

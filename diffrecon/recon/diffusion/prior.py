@@ -39,7 +39,9 @@ class PriorConfig(BaseModel):
     architecture: Literal["monai-diffusion-unet", "adm"]
     network: dict
     schedule: dict = Field(default_factory=lambda: VPSchedule().to_dict())
-    prediction: Literal["epsilon"] = "epsilon"
+    # what the network outputs: the noise (DDS's published checkpoints, the default), or v;
+    # Prior.eps converts either to epsilon for the samplers
+    prediction: Literal["epsilon", "v"] = "epsilon"
     image_size: int = Field(gt=0)
     channels: list[str] = Field(min_length=1)
     orientation: Literal["axial", "coronal", "sagittal"] | None = None
@@ -130,10 +132,13 @@ class Prior:
             mode = "reflect" if ph < h and pw < w else "replicate"
             x_t = torch.nn.functional.pad(x_t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
                                           mode=mode)
+        tt = self._t(t, x_t.shape[0])
         with torch.set_grad_enabled(grad), self._ctx():
-            out = self.net(x_t, self._t(t, x_t.shape[0]))
+            out = self.net(x_t, tt)
         self.evaluations += x_t.shape[0]
-        return out[..., ph // 2: ph // 2 + h, pw // 2: pw // 2 + w].float()
+        crop = (..., slice(ph // 2, ph // 2 + h), slice(pw // 2, pw // 2 + w))
+        return self.schedule.to_epsilon(self.config.prediction, out[crop].float(), x_t[crop],
+                                        tt)
 
     def predict(self, x_t: torch.Tensor, t: int | torch.Tensor, grad: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,6 @@
-"""The VP noise schedule of DDPM/DDS: linear betas over the training steps."""
+"""The VP noise schedule of DDPM/DDS: linear betas over the training steps, and the
+conversions between what a network may be trained to predict (epsilon, the noise; or v,
+sqrt(abar) eps - sqrt(1 - abar) x_0) and the epsilon the samplers use."""
 
 from __future__ import annotations
 
@@ -41,6 +43,39 @@ class VPSchedule:
     def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         a = self.abar(t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def target(self, prediction: str, x_t: torch.Tensor, t: torch.Tensor,
+               noise: torch.Tensor) -> torch.Tensor:
+        """What a network trained for ``prediction`` should output for x_t = q_sample(x_0,
+        t, noise): the noise itself, or v = sqrt(a) eps - sqrt(1 - a) x_0, written with x_t
+        as (eps - sqrt(1 - a) x_t) / sqrt(a) (x_0 is not needed)."""
+        if prediction == "epsilon":
+            return noise
+        if prediction == "v":
+            a = self.abar(t, x_t)
+            return (noise - (1 - a).sqrt() * x_t) / a.sqrt()
+        raise ValueError(f"unknown prediction {prediction!r}; expected 'epsilon' or 'v'")
+
+    def to_epsilon(self, prediction: str, out: torch.Tensor, x_t: torch.Tensor,
+                   t: torch.Tensor) -> torch.Tensor:
+        """A network's output as epsilon: v -> sqrt(a) v + sqrt(1 - a) x_t."""
+        if prediction == "epsilon":
+            return out
+        if prediction == "v":
+            a = self.abar(t, out)
+            return a.sqrt() * out + (1 - a).sqrt() * x_t.to(out)
+        raise ValueError(f"unknown prediction {prediction!r}; expected 'epsilon' or 'v'")
+
+    def loss_weight(self, prediction: str, t: torch.Tensor, min_snr: float | None
+                    ) -> torch.Tensor:
+        """Per-sample weights (N,) of the squared error: 1, or min-SNR-gamma weighting (Hang
+        et al. 2023), min(snr, gamma) / snr for epsilon and min(snr, gamma) / (snr + 1) for v,
+        snr = a / (1 - a): the same weight on the implied x_0 error for both."""
+        if min_snr is None:
+            return torch.ones(t.shape, dtype=torch.float32, device=t.device)
+        a = self.abar(t).float()
+        snr = a / (1 - a)
+        return snr.clamp(max=min_snr) / (snr if prediction == "epsilon" else snr + 1)
 
     def sampling_timesteps(self, nfe: int) -> list[int]:
         """``nfe`` timesteps uniformly strided over the training steps, descending (DDIM)."""

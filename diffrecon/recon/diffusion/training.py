@@ -80,6 +80,12 @@ class TrainConfig:
     # field of view of a size x size image then spans size * pixel mm); validation at the
     # range's upper end. None: slices at their native pixel size, as before.
     pixel_range: tuple[float, float] | None = None
+    # what the network learns to predict: "epsilon" (the noise, as DDS's checkpoints) or "v"
+    # (sqrt(abar) eps - sqrt(1 - abar) x_0); the prior's config records it and Prior.eps
+    # converts v to epsilon for the samplers
+    prediction: str = "epsilon"
+    # min-SNR-gamma loss weighting (e.g. 5); None: every timestep's squared error weighs 1
+    min_snr: float | None = None
 
     @property
     def channels(self) -> int:
@@ -111,7 +117,7 @@ class TrainConfig:
             image_size=self.size, channels=["real", "imag"] if mri else ["intensity"],
             orientation=self.orientation,
             normalisation=Normalisation(kind="complex" if mri else "ct-window"),
-            weights_dtype=self.weights_dtype,
+            weights_dtype=self.weights_dtype, prediction=self.prediction,
         )
 
 
@@ -218,11 +224,23 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
     return schedule.q_sample(x0, t, noise), t, noise
 
 
+def diffusion_loss(schedule: VPSchedule, cfg: TrainConfig, pred: torch.Tensor,
+                   x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """The training loss: mean squared error against the config's prediction target,
+    weighted per sample (min-SNR) when the config asks."""
+    target = schedule.target(cfg.prediction, x_t, t, noise)
+    if cfg.min_snr is None:
+        return F.mse_loss(pred, target)
+    err = (pred - target).pow(2).flatten(1).mean(1)
+    return (schedule.loss_weight(cfg.prediction, t, cfg.min_snr).to(err) * err).mean()
+
+
 @torch.no_grad()
 def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig,
                     schedule: VPSchedule, device: torch.device, max_slices: int = 256
                     ) -> float | None:
-    """Mean epsilon MSE on validation slices with fixed timesteps, noise and phase."""
+    """Mean epsilon MSE on validation slices with fixed timesteps, noise and phase (a v
+    network's output converted to epsilon: comparable across parameterisations)."""
     if len(data) == 0:
         return None
     g = torch.Generator().manual_seed(12345)
@@ -235,7 +253,8 @@ def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig,
     net.eval()
     for s in range(0, len(data), cfg.batch_size):
         sl = slice(s, s + cfg.batch_size)
-        pred = net(x_t[sl].to(device), t[sl].to(device)).float()
+        tt, xt = t[sl].to(device), x_t[sl].to(device)
+        pred = schedule.to_epsilon(cfg.prediction, net(xt, tt).float(), xt, tt)
         total += F.mse_loss(pred, noise[sl].to(device), reduction="sum").item()
     return total / noise.numel()
 
@@ -250,8 +269,9 @@ def _config_key(cfg: TrainConfig) -> str:
     for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps", "sample_eta",
               "data_description", "data_licence", "network_note", "max_seconds"):
         d.pop(k)
-    for k in ("init_from", "pixel_range"):  # keys of configurations older than these fields
-        if d[k] is None:
+    for k, default in (("init_from", None), ("pixel_range", None), ("prediction", "epsilon"),
+                       ("min_snr", None)):  # keys of configurations older than these fields
+        if d[k] == default:
             d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
 
@@ -286,6 +306,8 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
         f"- validation split by volume, {len(val_volumes)} volumes ({r.n_val_slices} slices): "
         + (", ".join(val_volumes) or "none"),
         f"- augmentation: {_augmentation_text(cfg)}",
+        f"- objective: {cfg.prediction} prediction, "
+        + ("uniform weights" if cfg.min_snr is None else f"min-SNR-{cfg.min_snr:g} weights"),
         "",
         "## Training",
         f"- network: MONAI DiffusionModelUNet, channels "
@@ -426,7 +448,7 @@ def train(
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 pred = net(x_t, t)
-            loss = F.mse_loss(pred.float(), noise)
+            loss = diffusion_loss(schedule, cfg, pred.float(), x_t, t, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

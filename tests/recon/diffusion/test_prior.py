@@ -86,3 +86,53 @@ def test_compiled_prior_predicts_the_same_noise(monkeypatch):
     assert torch.allclose(e_fast, e_plain, atol=1e-5)
     assert fast.evaluations == 3
     torch._dynamo.reset()
+
+
+class GaussianOptimal(torch.nn.Module):
+    """The exact minimiser of the training loss for data x_0 ~ N(0, s^2 I): E[eps | x_t] or
+    E[v | x_t] in closed form."""
+
+    def __init__(self, prediction, schedule, s):
+        super().__init__()
+        self.prediction, self.schedule, self.s = prediction, schedule, s
+
+    def forward(self, x, t):
+        a = self.schedule.abar(t, x)
+        den = a * self.s ** 2 + 1 - a
+        eps, x0 = (1 - a).sqrt() * x / den, a.sqrt() * self.s ** 2 * x / den
+        return eps if self.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * x0
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_each_parameterisation_gives_the_gaussian_posterior_mean(prediction):
+    s, sched = 0.5, VPSchedule()
+    cfg = tiny_config().model_copy(update={"prediction": prediction})
+    prior = Prior(EpsNetwork(GaussianOptimal(prediction, sched, s), "test", 2), cfg)
+    x_t = torch.randn(4, 2, 8, 8, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 250, 600, 999])
+    a = sched.abar(t, x_t)
+    eps, x0_hat = prior.predict(x_t, t)
+    den = a * s ** 2 + 1 - a
+    assert torch.allclose(eps, (1 - a).sqrt() * x_t / den, atol=1e-5)
+    assert torch.allclose(x0_hat, a.sqrt() * s ** 2 * x_t / den, atol=2e-4)
+
+
+def test_training_targets_and_min_snr_weights():
+    g = torch.Generator().manual_seed(2)
+    sched = VPSchedule()
+    x0, e = torch.randn(4, 2, 8, 8, generator=g), torch.randn(4, 2, 8, 8, generator=g)
+    t = torch.tensor([0, 250, 600, 999])
+    x_t, a = sched.q_sample(x0, t, e), sched.abar(t, x0)
+    assert torch.equal(sched.target("epsilon", x_t, t, e), e)
+    v = sched.target("v", x_t, t, e)
+    assert torch.allclose(v, a.sqrt() * e - (1 - a).sqrt() * x0, atol=5e-4)
+    assert torch.allclose(sched.to_epsilon("v", v, x_t, t), e, atol=1e-4)
+    # min-SNR weights put the same weight on the implied x_0 error for both targets
+    snr = (a / (1 - a)).flatten()
+    w_eps, w_v = sched.loss_weight("epsilon", t, 5.0), sched.loss_weight("v", t, 5.0)
+    # an x_0 error d is an epsilon error sqrt(snr) d and a v error d / sqrt(1 - a)
+    assert torch.allclose(w_eps * snr, snr.clamp(max=5.0), rtol=1e-5)
+    assert torch.allclose(w_v * (snr + 1), snr.clamp(max=5.0), rtol=1e-5)
+    assert torch.equal(sched.loss_weight("v", t, None), torch.ones(4))
+    with pytest.raises(ValueError, match="unknown prediction 'x0'"):
+        sched.target("x0", x_t, t, e)

@@ -175,3 +175,20 @@ def test_init_from_needs_the_same_network(tmp_path, slices):
     with pytest.raises(ValueError, match="differs from the one being trained"):
         train(*slices, tiny_cfg(steps=2, base_channels=16, init_from=str(out)),
               tmp_path / "r", tmp_path / "w3")
+
+
+def test_v_prediction_with_min_snr_trains_and_samples_as_epsilon(slices, tmp_path):
+    cfg = tiny_cfg(steps=60, checkpoint_every=60, prediction="v", min_snr=5.0)
+    r = train(*slices, cfg, tmp_path / "prior", tmp_path / "work")
+    assert np.mean(r.losses[-10:]) < 0.8 * np.mean(r.losses[:10])
+    # the validation loss is epsilon MSE whatever the network predicts: comparable
+    assert r.val_loss is not None and r.val_loss < 1.0
+    prior = load_prior(tmp_path / "prior")
+    assert prior.config.prediction == "v"
+    assert "- objective: v prediction, min-SNR-5 weights" in \
+        (tmp_path / "prior" / "card.md").read_text()
+    x_t, t = torch.randn(2, 2, 16, 16), torch.tensor([10, 900])
+    with torch.no_grad():
+        raw = prior.net(x_t, t)
+    a = prior.schedule.abar(t, x_t)
+    assert torch.allclose(prior.eps(x_t, t), a.sqrt() * raw + (1 - a).sqrt() * x_t, atol=1e-5)
