@@ -294,9 +294,9 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
     lines = [
         f"# {cfg.name}",
         "",
-        f"Diffusion prior (epsilon prediction, VP schedule: linear betas 1e-4..0.02 over 1000 "
-        f"steps) for {cfg.modality.upper()} {cfg.orientation} slices of {cfg.size} x {cfg.size}, "
-        f"channels {chans}.",
+        f"Diffusion prior ({cfg.prediction} prediction, VP schedule: linear betas 1e-4..0.02 "
+        f"over 1000 steps) for {cfg.modality.upper()} {cfg.orientation} slices of {cfg.size} x "
+        f"{cfg.size}, channels {chans}.",
         "",
         "## Training data",
         f"- {cfg.data_description or 'volumes listed below'}",
