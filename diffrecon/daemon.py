@@ -184,7 +184,10 @@ def _warm() -> None:
     import diffrecon
 
     for mod in pkgutil.walk_packages(diffrecon.__path__, "diffrecon."):
-        importlib.import_module(mod.name)
+        try:
+            importlib.import_module(mod.name)
+        except ImportError:  # an optional extra not installed here (dask_cuda, ...)
+            pass
     for name in ("prefect.flow_engine", "prefect.task_engine"):
         importlib.import_module(name)
     import torch
@@ -259,7 +262,13 @@ def _handle(conn: socket.socket, interrupts: _Interrupts,
     line = conn.makefile("rb").readline()
     if not line:
         return  # a probe
-    request = json.loads(line)
+    try:
+        request = json.loads(line)
+        if not {"argv", "cwd", "env"} <= set(request):
+            raise KeyError("argv, cwd, env")
+    except (ValueError, TypeError, KeyError):  # not a diffrecon client: nothing to run
+        print("diffrecon daemon: a malformed request was ignored", flush=True)
+        return
     channel = _Channel(conn)
     out = _Stream(channel, "out", False)
     err = _Stream(channel, "err", bool(request.get("tty")))

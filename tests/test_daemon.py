@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -84,9 +85,17 @@ def test_daemon_runs_each_clients_command_as_the_client_would(daemon, tmp_path):
     after = _client(run[:-1] + ["o5"], env, work)
     assert after.returncode == 0, after.stderr
     assert not (work / "long" / "long_dds.nii.gz").exists()
+
+    # what is not a diffrecon request is ignored; the daemon serves on
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
+        raw.connect(str(sock))
+        raw.sendall(b"not json\n")
+        assert raw.recv(1) == b""  # closed without an answer
+    assert _client(["methods"], env, work).returncode == 0
+    assert "a malformed request was ignored" in log.read_text()
     ends = [ln for ln in log.read_text().splitlines() if "a command ended" in ln]
     assert [e.split("exit code ")[1].split()[0] for e in ends] == \
-        ["0", "1", "0", "2", "0", "130", "0"], ends
+        ["0", "1", "0", "2", "0", "130", "0", "0"], ends
     assert "(interrupted)" in ends[5]
     assert "s.h5" not in log.read_text()  # no file names (patients) in the daemon's log
 
