@@ -315,6 +315,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from diffrecon.flows.train import TrainConfig, train_prior, volume_files
 
+    if args.min_snr is not None and args.min_snr <= 0:
+        raise ValueError(f"--min-snr {args.min_snr:g}: give a positive gamma (e.g. 5)")
     files = volume_files(args.data, first=args.first)
     if not files:
         raise SystemExit(f"diffrecon train: no NIfTI volumes in {' '.join(args.data)}")
@@ -620,7 +622,11 @@ def main(argv: list[str] | None = None) -> int:
     socket_path = os.environ.get(SOCKET_ENV)
     command = next((a for a in argv if not a.startswith("-")), None)
     if socket_path and command != "daemon":
-        rc = forward(socket_path, argv)
+        try:
+            rc = forward(socket_path, argv)
+        except ValueError as exc:  # another user's socket
+            print(f"diffrecon: error: {exc}", file=sys.stderr)
+            return 2
         if rc is not None:
             return rc
         print(f"diffrecon: warning: no daemon listens at {SOCKET_ENV}={socket_path}; "

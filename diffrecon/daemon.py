@@ -51,6 +51,10 @@ def forward(path: str | os.PathLike, argv: list[str]) -> int | None:
     except OSError:
         conn.close()
         return None
+    if _peer_uid(conn) != os.getuid():  # another user's socket: send it nothing
+        conn.close()
+        raise ValueError(f"{SOCKET_ENV}={path}: the process listening there belongs to "
+                         "another user; nothing was sent")
     request = {"argv": argv, "cwd": os.getcwd(), "env": _client_env(),
                "tty": sys.stderr.isatty()}
     with conn:
@@ -111,7 +115,7 @@ def _console_handlers() -> list:
 
     from prefect.logging.handlers import PrefectConsoleHandler
 
-    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+    loggers = [logging.getLogger()] + [lg for lg in list(logging.Logger.manager.loggerDict.values())
                                        if isinstance(lg, logging.Logger)]
     found: list = []
     for lg in loggers:
@@ -155,7 +159,8 @@ class _Interrupts:
     """Ctrl-C for the command whose client went away (a watcher thread per command)."""
 
     def __init__(self) -> None:
-        self.lock, self.running, self.pending = threading.Lock(), False, False
+        self.lock, self.pending = threading.Lock(), False
+        self.current: socket.socket | None = None  # the connection whose command runs
 
     def watch(self, conn: socket.socket) -> None:
         import _thread
@@ -166,9 +171,17 @@ class _Interrupts:
         except OSError:
             pass
         with self.lock:
-            if self.running:
+            if self.current is conn:  # its own command only, never the next one
                 self.pending = True
                 _thread.interrupt_main()
+
+
+class _Stop(BaseException):
+    """SIGTERM: stop the daemon (the running command ends with exit code 143)."""
+
+
+def _stop(*_: object) -> None:
+    raise _Stop
 
 
 def _peer_uid(conn: socket.socket) -> int:
@@ -193,6 +206,9 @@ def _warm() -> None:
     import torch
     from prefect.client.orchestration import get_client
 
+    from diffrecon.tasks.caching import code_version
+
+    code_version()  # the code this daemon runs, pinned now (commands check it against disk)
     torch.fft.fft2(torch.ones(8, 8, dtype=torch.complex64))  # torch's first-call set-up
     with get_client(sync_client=True) as client:  # the API client and the server's first answer
         client.hello()
@@ -220,13 +236,14 @@ def serve(path: str | os.PathLike) -> int:
     finally:
         os.umask(umask)
     listener.listen(16)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, _stop)
     # a gone client interrupts its command as Ctrl-C would, also when SIGINT was ignored
     # when we started (a background job, nohup)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     interrupts = _Interrupts()
-    print(f"diffrecon daemon: listening on {path} (pid {os.getpid()}); in the shells that "
-          f"should use it: export {SOCKET_ENV}={path}", flush=True)
+    where = path.absolute()
+    print(f"diffrecon daemon: listening on {where} (pid {os.getpid()}); in the shells that "
+          f"should use it: export {SOCKET_ENV}={where}", flush=True)
     try:
         while True:
             try:
@@ -240,8 +257,12 @@ def serve(path: str | os.PathLike) -> int:
                     pending, interrupts.pending = interrupts.pending, False
                 if not pending:  # Ctrl-C at the daemon itself: stop
                     raise
+            except Exception as exc:  # one bad connection never stops the daemon
+                print(f"diffrecon daemon: a request failed: {type(exc).__name__}", flush=True)
     except KeyboardInterrupt:
         return 130
+    except _Stop:
+        return 0
     finally:
         listener.close()
         path.unlink(missing_ok=True)
@@ -264,8 +285,11 @@ def _handle(conn: socket.socket, interrupts: _Interrupts,
         return  # a probe
     try:
         request = json.loads(line)
-        if not {"argv", "cwd", "env"} <= set(request):
-            raise KeyError("argv, cwd, env")
+        if not (isinstance(request, dict) and isinstance(request.get("argv"), list)
+                and all(isinstance(a, str) for a in request["argv"])
+                and isinstance(request.get("cwd"), str) and isinstance(request.get("env"), dict)
+                and all(isinstance(v, str) for v in request["env"].values())):
+            raise TypeError("not a diffrecon request")
     except (ValueError, TypeError, KeyError):  # not a diffrecon client: nothing to run
         print("diffrecon daemon: a malformed request was ignored", flush=True)
         return
@@ -274,10 +298,18 @@ def _handle(conn: socket.socket, interrupts: _Interrupts,
     err = _Stream(channel, "err", bool(request.get("tty")))
     threading.Thread(target=interrupts.watch, args=(conn,), daemon=True).start()
     rc, t0 = 1, time.monotonic()
+    from diffrecon.tasks.caching import code_version
+
+    if code_version.__wrapped__() != code_version():  # the sources changed since the start
+        err.write(f"diffrecon: error: diffrecon's code changed since this daemon (pid "
+                  f"{os.getpid()}) started; restart it (nothing was run)\n")
+        channel.send(rc=2)
+        print("diffrecon daemon: refused a command: the code changed; restart", flush=True)
+        return
     try:
         with _as_client(request, out, err):
             with interrupts.lock:
-                interrupts.running = True
+                interrupts.current = conn
             try:
                 rc = run_command(list(request["argv"]))
             except SystemExit as exc:  # argparse: --help, a usage error
@@ -288,13 +320,16 @@ def _handle(conn: socket.socket, interrupts: _Interrupts,
                 rc = 130
                 with interrupts.lock:
                     interrupts.pending = False
+            except _Stop:  # SIGTERM: this command ends as a killed process would, then we
+                rc = 143
+                raise
             except Exception:  # the client sees the traceback it would have seen
                 import traceback
 
                 traceback.print_exc()
             finally:
                 with interrupts.lock:
-                    interrupts.running = False
+                    interrupts.current = None
     finally:
         channel.send(rc=rc)
         # the daemon's own log: no arguments (file names, logins), only the outcome

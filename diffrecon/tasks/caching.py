@@ -125,13 +125,12 @@ def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
 def cached(tasks: Iterable[Task[..., Any]], store_root: str) -> list[Task[..., Any]]:
     """The tasks with persisted JSON results in this store (their cache_key_fn decides reuse);
     made once per task, store and server in a process (``with_options`` costs ~7 ms)."""
-    from prefect.settings import PREFECT_API_URL
-
     storage = result_storage(store_root)
     out = []
     for t in tasks:
-        key = (t.fn, t.name, frozenset(t.tags), t.retries, t.cache_key_fn, store_root,
-               PREFECT_API_URL.value())
+        # the storage block is one object per resolved location and server (_STORAGE): a
+        # relative store_root from another working folder is another key
+        key = (t.fn, t.name, frozenset(t.tags), t.retries, t.cache_key_fn, id(storage))
         if key not in _CACHED:
             _CACHED[key] = t.with_options(persist_result=True, result_storage=storage,
                                           result_serializer="json")
