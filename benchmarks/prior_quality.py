@@ -36,8 +36,13 @@ def test_slices(modality: str) -> tuple[torch.Tensor, list[str]]:
         cases = ct_slices(SHARED / "ct/totalsegmentator/example_ct.nii.gz", every=4)
         return torch.stack([c.image for c in cases]), [f"{c.volume}/{c.z}" for c in cases]
     _, test = ixi_split(SHARED / "mri/ixi_t1")
+    return mri_slices(test[:2])
+
+
+def mri_slices(volumes: list[Path]) -> tuple[torch.Tensor, list[str]]:
+    """B1-quick's slice positions of IXI ``volumes`` as complex images with B1's phase."""
     images, names = [], []
-    for v in test[:2]:
+    for v in volumes:
         volume = v.name.removesuffix(".nii.gz")
         for z in B1_QUICK_SLICES:
             img = torch.from_numpy(b1_image(v, z))

@@ -59,26 +59,18 @@ def train_one(name: str, minutes: float, work: Path) -> None:
 def score(name: str, work: Path) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from gap_study import SETTINGS, TRAIN_Z, prepare
-    from prior_quality import denoising_psnr
+    from prior_quality import denoising_psnr, mri_slices
 
-    from diffrecon.common.seeds import benchmark_rng
     from diffrecon.recon import metrics
     from diffrecon.recon.diffusion.checkpoint import load_prior
     from diffrecon.recon.diffusion.dds import dds_sample
-    from diffrecon.recon.simulation import smooth_phase
-    from diffrecon.testing import B1_QUICK_SLICES, b1_case, b1_image, ixi_split
+    from diffrecon.testing import b1_case, ixi_split
 
     info = json.loads((work / f"{name}.json").read_text())
     prior = load_prior(work / name)
-    images, names = [], []
-    for v in info["val_volumes"]:
-        path, volume = MRI / "ixi_t1" / v, v.removesuffix(".nii.gz")
-        for z in B1_QUICK_SLICES:
-            img = torch.from_numpy(b1_image(path, z))
-            images.append(img * smooth_phase(img.shape, benchmark_rng(volume, z, "phase")))
-            names.append(f"{volume}/{z}")
+    images, names = mri_slices([MRI / "ixi_t1" / v for v in info["val_volumes"]])
     row = {"candidate": name, **CANDIDATES[name], **info,
-           "denoising_psnr": denoising_psnr(prior, torch.stack(images), names)}
+           "denoising_psnr": denoising_psnr(prior, images, names)}
     maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
     train_vols, _ = ixi_split(MRI / "ixi_t1")
     cases = [b1_case(v, z, maps) for v in train_vols[:2] for z in TRAIN_Z]

@@ -91,7 +91,7 @@ def content_key(task_name: str, *names: str,
 
 
 _STORAGE: dict = {}  # (location, API URL) -> the saved block
-_CACHED: dict = {}  # (task, store, API URL) -> the task persisting its results there
+_CACHED: dict = {}  # (task, its options, storage block) -> the task persisting there
 
 
 def result_storage(store_root: str) -> LocalFileSystem | RemoteFileSystem:
