@@ -7,18 +7,28 @@ recon.uncertainty.calibration: per slice Spearman's rho of the 5 x 5 local means
 |mean - truth| and std, the coverage of mean +- 2 std over the truth's object, and the mean
 error over the mean std; plus the PSNR of the K-sample mean and of one sample.
 
-A calibration factor c (std -> c std) is fitted on training-split slices only (IXI's
-training volumes; CT: the aorta and pulmonary volumes): the 95th percentile of
-|error| / (2 std) over their object pixels, pooled over the settings, at K = 8. The test rows
-report coverage raw and with c.
+MRI also gets the aliasing term (recon.uncertainty.with_aliasing): u = sqrt(std^2 +
+w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration, chosen
+on training-split slices only (IXI's training volumes) as the smallest weight of a grid
+within 0.005 of the highest mean Spearman there, pooled over the mask kinds; the (sampled fraction, weight)
+points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
+("spearman") and of u ("spearman_aliasing").
+
+A calibration factor c (u -> c u; CT: std -> c std) is fitted on training-split slices
+only (IXI's training volumes; CT: the aorta and pulmonary volumes): the 95th percentile of
+|error| / (2 u) over their object pixels, pooled over the settings, at K = 8. The test rows
+report coverage of the raw std and of c u.
 
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
         [--ct-views 8,16] [--max-k 16] [--out benchmarks/results/uncertainty.json]
 
+``--ct-views ''`` keeps the CT rows (and factor) already in ``--out`` (the aliasing term is
+MRI's; CT rows do not change with it).
+
 MRI: B1-quick test slices (8), the brain prior; CT: B3 slices of example_ct (every 16th)
 with the CT prior. Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the
-first test slice of each setting: truth, K-sample mean, |error|, std (error and std on one
-grey scale).
+first test slice of each setting: truth, K-sample mean, |error|, std and (MRI) c u (error and
+maps on one grey scale).
 """
 
 from __future__ import annotations
@@ -36,24 +46,32 @@ from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.uncertainty import calibration, object_support
+from diffrecon.recon.uncertainty import (
+    aliasing,
+    aliasing_weight,
+    calibration,
+    object_support,
+    sampled_fraction,
+    with_aliasing,
+)
 from diffrecon.testing import b1_case, b1_cases, ct_slices, ixi_split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MRI = SHARED / "mri"
 CT = SHARED / "ct" / "totalsegmentator"
 TRAIN_Z = (65, 85)  # training-split slices for the calibration factor
+WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # alias weights
 
 
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
-    """Per slice (samples (K, H, W) magnitude-comparable complex, truth)."""
+    """Per slice (samples (K, H, W) complex, truth, its SENSE operator)."""
     out = []
     for case in cases:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
         run = _draw(prior, lambda a, b, op=op: op, ku, k)
-        out.append((run, case.reference.numpy()))
+        out.append((run, case.reference.numpy(), op))
     return out
 
 
@@ -66,7 +84,7 @@ def ct_samples(cases, views: int, prior, k: int) -> list[tuple]:
     for case in cases:
         y = case.sinogram(op).float()
         run = _draw(prior, lambda a, b: op, y, k)
-        out.append((run, case.image.numpy()))
+        out.append((run, case.image.numpy(), None))
     return out
 
 
@@ -75,37 +93,59 @@ def _draw(prior, make_op, y, k: int) -> np.ndarray:
     return draw_samples([prior], DDSConfig(), make_op, y, samples=k)[0][0].numpy()
 
 
-def score(runs: list[tuple], k: int, factor: float, ct: bool) -> dict:
+def maps(run: tuple, k: int, table: list[tuple[float, float]] | None, w: float | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(shown mean, truth, std, u) of the first k samples of one slice: u is std with the
+    aliasing term, its weight ``w`` or interpolated in ``table`` at the slice's sampled
+    fraction (u = std for CT, or with neither)."""
+    x, truth, op = run
+    mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
+    u = std
+    if op is not None and (table or w is not None):
+        if w is None:
+            w = aliasing_weight(table, float(sampled_fraction(op.mask, 1)[0]))
+        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]))
+    show = np.abs if op is not None else metrics.ct_window
+    return show(mean[0].numpy()), truth, std[0].numpy(), u[0].numpy()
+
+
+def score(runs: list[tuple], k: int, factor: float, table: list | None) -> dict:
     """The calibration figures of the first k samples of every slice, averaged over slices."""
-    rows = {"spearman": [], "coverage": [], "coverage_calibrated": [], "error_over_std": [],
-            "psnr_mean": [], "psnr_one": []}
-    for x, truth in runs:
-        mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
-        mean, std = mean[0].numpy(), std[0].numpy()
-        show = metrics.ct_window if ct else np.abs
+    rows: dict = {"spearman": [], "spearman_aliasing": [], "coverage": [],
+                  "coverage_calibrated": [], "error_over_std": [], "psnr_mean": [],
+                  "psnr_one": []}
+    for run in runs:
+        mean, truth, std, u = maps(run, k, table)
+        ct = run[2] is None
         rng = 1.0 if ct else None
-        c = calibration(show(mean), std, truth)
-        cc = calibration(show(mean), factor * std, truth)
+        c = calibration(mean, std, truth)
         rows["spearman"].append(c["spearman"])
+        rows["spearman_aliasing"].append(calibration(mean, u, truth)["spearman"])
         rows["coverage"].append(c["coverage"])
-        rows["coverage_calibrated"].append(cc["coverage"])
+        rows["coverage_calibrated"].append(calibration(mean, factor * u, truth)["coverage"])
         rows["error_over_std"].append(c["error_over_std"])
-        rows["psnr_mean"].append(metrics.psnr(show(mean), truth, rng))
-        rows["psnr_one"].append(metrics.psnr(show(x[0]), truth, rng))
-    return {key: float(np.mean(v)) for key, v in rows.items()}
+        rows["psnr_mean"].append(metrics.psnr(mean, truth, rng))
+        one = metrics.ct_window(run[0][0]) if ct else np.abs(run[0][0])
+        rows["psnr_one"].append(metrics.psnr(one, truth, rng))
+    out = {key: float(np.mean(v)) for key, v in rows.items()}
+    if not table:
+        out.pop("spearman_aliasing")
+    return out
 
 
-def sheet(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> None:
-    """One row per (label, truth, mean, std): truth | mean | |mean - truth| | std, the error
-    and the std on one grey scale (0 to the 99.5th percentile of the error), so that a
-    std map that is too small or in the wrong place shows."""
+def sheet(items: list[tuple], path: Path) -> None:
+    """One row per (label, truth, mean, maps...): truth | mean | |mean - truth| | each map,
+    the error and the maps on one grey scale (0 to the 99.5th percentile of the error), so
+    that a map that is too small or in the wrong place shows."""
     from PIL import Image, ImageDraw
 
     rows = []
-    for label, truth, mean, std in items:
+    width = max(len(item) for item in items) - 1
+    for label, truth, mean, *more in items:
         err = np.abs(mean - truth)
         top = max(float(np.percentile(err, 99.5)), 1e-12)
-        tiles = [truth / truth.max(), mean / truth.max(), err / top, std / top]
+        tiles = [truth / truth.max(), mean / truth.max(), err / top] + [m / top for m in more]
+        tiles += [np.zeros_like(truth)] * (width - len(tiles))
         row = np.concatenate([np.pad(np.clip(t, 0, 1), 2) for t in tiles], axis=1)
         rows.append((label, row))
     im = Image.fromarray((np.concatenate([r for _, r in rows]) * 255).astype(np.uint8))
@@ -117,15 +157,37 @@ def sheet(items: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Pat
     im.save(path)
 
 
-def fit_factor(runs: list[tuple], k: int, ct: bool) -> float:
-    """The 95th percentile of |error| / (2 std) over the truth's object pixels, pooled."""
+def fit_weights(groups: dict[int, list[tuple]], k: int) -> list[tuple[float, float]]:
+    """Per acceleration (its training runs, every mask kind): the weight of WEIGHTS with the
+    highest mean Spearman of |error| and u; returned as (mean sampled fraction, weight)."""
+    table = []
+    for accel, runs in sorted(groups.items()):
+        rho = {}
+        for w in WEIGHTS:
+            scored = []
+            for r in runs:
+                mean, truth, _, u = maps(r, k, None, w)
+                scored.append(calibration(mean, u, truth)["spearman"])
+            rho[w] = float(np.mean(scored))
+        # the smallest weight within 0.005 of the best: the spread keeps its say where
+        # larger weights gain nothing
+        top = max(rho.values())
+        best = min(w for w in WEIGHTS if rho[w] >= top - 0.005)
+        frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
+        print(f"R={accel}: sampled fraction {frac:.3f}, Spearman on training slices per "
+              f"weight {json.dumps({str(w): round(v, 3) for w, v in rho.items()})}: {best}",
+              flush=True)
+        table.append((round(frac, 4), best))
+    return table
+
+
+def fit_factor(runs: list[tuple], k: int, table: list | None) -> float:
+    """The 95th percentile of |error| / (2 u) over the truth's object pixels, pooled."""
     ratios = []
-    for x, truth in runs:
-        mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
-        mean, std = mean[0].numpy(), std[0].numpy()
-        show = metrics.ct_window(mean) if ct else np.abs(mean)
+    for run in runs:
+        mean, truth, _, u = maps(run, k, table)
         sup = object_support(truth)[0]
-        ratios.append(np.abs(show - truth)[sup] / np.maximum(2 * std[sup], 1e-12))
+        ratios.append(np.abs(mean - truth)[sup] / np.maximum(2 * u[sup], 1e-12))
     return float(np.percentile(np.concatenate(ratios), 95))
 
 
@@ -141,58 +203,67 @@ def main() -> None:
     ks = [k for k in (4, 8, 16) if k <= args.max_k]
     result: dict = {"ks": ks, "fit_k": args.fit_k, "rows": [], "factors": {}}
     t_start = time.perf_counter()
-    figure: list = []  # the first test slice of each setting: truth, mean, error, std
+    out = Path(args.out)
 
     settings = [s.split("/") for s in args.mri_settings.split(",") if s]
     if settings:
+        figure: list = []  # the first test slice of each setting: truth, mean, std, c u
         prior = resolve_prior("brain-t1-axial-128")
-        maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
+        coil_maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
         train_vols, _ = ixi_split(MRI / "ixi_t1")
-        train = [b1_case(v, z, maps) for v in train_vols[:2] for z in TRAIN_Z]
+        train = [b1_case(v, z, coil_maps) for v in train_vols[:2] for z in TRAIN_Z]
         test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
-        fit_runs = [r for a, kind in settings
-                    for r in mri_samples(train, int(a), kind, prior, args.fit_k)]
-        factor = fit_factor(fit_runs, args.fit_k, ct=False)
+        groups: dict[int, list] = {}
+        for a, kind in settings:
+            groups.setdefault(int(a), []).extend(
+                mri_samples(train, int(a), kind, prior, args.fit_k))
+        table = fit_weights(groups, args.fit_k)
+        fit_runs = [r for runs in groups.values() for r in runs]
+        factor = fit_factor(fit_runs, args.fit_k, table)
         result["factors"]["mri"] = factor
-        print(f"MRI calibration factor (training slices {len(fit_runs)}): {factor:.2f}",
-              flush=True)
+        result["aliasing"] = table
+        print(f"MRI: --std-aliasing {','.join(f'{f}:{w:g}' for f, w in table)} "
+              f"--std-scale {factor:.2f} (training slices {len(fit_runs)})", flush=True)
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
-            x, truth = runs[0]
-            mean, std = sample_statistics(torch.from_numpy(x)[None])
-            figure.append((f"R={a} {kind}", truth, np.abs(mean[0].numpy()), std[0].numpy()))
+            mean, truth, std, u = maps(runs[0], max(ks), table)
+            figure.append((f"R={a} {kind}", truth, mean, std, factor * u))
             for k in ks:
                 row = {"benchmark": f"B1-quick ({len(test)} slices)", "setting":
-                       f"R={a} {kind}", "k": k, **score(runs, k, factor, ct=False)}
+                       f"R={a} {kind}", "k": k, **score(runs, k, factor, table)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
+        sheet(figure, out.with_name(out.stem + "_mri.png"))
 
     views = [int(v) for v in args.ct_views.split(",") if v]
     if views:
+        figure = []
         prior = resolve_prior("ct-axial-128")
         train = (ct_slices(CT / "aorta_ct_cropped.nii.gz", every=16)[:2]
                  + ct_slices(CT / "pulmonary_ct_cropped.nii.gz", every=16)[:2])
         test = ct_slices(CT / "example_ct.nii.gz", every=16)
         fit_runs = [r for v in views for r in ct_samples(train, v, prior, args.fit_k)]
-        factor = fit_factor(fit_runs, args.fit_k, ct=True)
+        factor = fit_factor(fit_runs, args.fit_k, None)
         result["factors"]["ct"] = factor
         print(f"CT calibration factor (training slices {len(fit_runs)}): {factor:.2f}",
               flush=True)
         for v in views:
             runs = ct_samples(test, v, prior, max(ks))
-            x, truth = runs[0]
-            mean, std = sample_statistics(torch.from_numpy(x)[None])
-            figure.append((f"{v} views", truth, metrics.ct_window(mean[0].numpy()),
-                           std[0].numpy()))
+            mean, truth, std, _ = maps(runs[0], max(ks), None)
+            figure.append((f"{v} views", truth, mean, std))
             for k in ks:
                 row = {"benchmark": f"B3-quick ({len(test)} slices)", "setting": f"{v} views",
-                       "k": k, **score(runs, k, factor, ct=True)}
+                       "k": k, **score(runs, k, factor, None)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
+        sheet(figure, out.with_name(out.stem + "_ct.png"))
+    elif out.exists():  # keep the CT rows already measured
+        before = json.loads(out.read_text())
+        result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith("B3")]
+        if "ct" in before.get("factors", {}):
+            result["factors"]["ct"] = before["factors"]["ct"]
     result["seconds"] = time.perf_counter() - t_start
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    if figure:
-        sheet(figure, Path(args.out).with_suffix(".png"))
+    out.write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

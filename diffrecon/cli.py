@@ -23,8 +23,20 @@ _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float)
                   ("--sampler-seed", "seed", int), ("--plane-tv-lam", "plane_tv_lam", float),
                   ("--tv-iters", "tv_iters", int), ("--grid", "grid", str),
                   ("--samples", "samples", int), ("--std-scale", "std_scale", float),
-                  ("--std-threshold", "std_threshold", float))
+                  ("--std-threshold", "std_threshold", float),
+                  ("--std-aliasing", "std_aliasing", lambda v: _points(v, "--std-aliasing")))
 _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
+
+
+def _points(text: str, flag: str) -> list[tuple[float, float]]:
+    """'F:W,F:W,...' -> [(F, W), ...] (an argparse type)."""
+    try:
+        return [(float(f), float(w)) for f, w in
+                (item.split(":") for item in text.split(",") if item.strip())]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{flag} takes FRACTION:WEIGHT pairs separated by commas (e.g. 0.16:30,0.3:0), "
+            f"not {text!r}") from None
 
 
 def _quiet_prefect(verbose: bool) -> None:

@@ -4,6 +4,13 @@ a std map, and how well a std map predicts the error (benchmarks/uncertainty.py)
 The std map is the spread of K diffusion samples of one slice (recon.diffusion.run); its
 figures are relative to the slice's data range (the image's maximum magnitude for MRI, 1
 for CT in CT units), as PSNR's are, so they read the same for any intensity scale.
+
+The spread misses what every sample shares: at high acceleration the samples carry the
+same folded copies of the anatomy, a bias no spread shows. For MRI the aliasing of the
+mean m, |A^H A m - m| (A the SENSE operator: zero where the sampling pins m down), ranks
+that error; :func:`with_aliasing` adds it with a weight per sampled fraction, fitted on
+training slices (benchmarks/uncertainty.py), since at low acceleration the spread alone
+ranks the error better.
 """
 
 from __future__ import annotations
@@ -31,6 +38,36 @@ def object_support(image: Array, level: float = 0.05) -> np.ndarray:
         m = uniform_filter(a[s], SMOOTH)
         out[s] = binary_fill_holes(m > level * max(float(a[s].max()), 1e-30))
     return out
+
+
+def aliasing(op: Any, image: Any) -> Any:
+    """|A^H A m - m| of an image m (S, H, W) under a SENSE-type operator ``op`` (coil maps
+    normalised to sum |S_c|^2 = 1 where a coil sees; then A^H A is the identity for fully
+    sampled k-space): the part of m the sampling folds away."""
+    return (op.normal(image) - image).abs()
+
+
+def sampled_fraction(mask: Any, slices: int) -> Any:
+    """Per slice (``slices``,) the fraction of k-space sampled, for a mask (ky, kx) shared by
+    the slices or per-slice masks (S, 1, ky, kx)."""
+    m = mask.reshape(-1, mask.shape[-2] * mask.shape[-1]).float().mean(dim=1)
+    return m.expand(slices) if m.numel() == 1 else m
+
+
+def aliasing_weight(table: list[tuple[float, float]], fraction: float) -> float:
+    """The weight of the aliasing term at a sampled ``fraction``: ``table`` holds (fraction,
+    weight) points, linearly interpolated between them, the end weights held beyond them;
+    0 for an empty table."""
+    if not table:
+        return 0.0
+    pts = sorted(table)
+    return float(np.interp(fraction, [f for f, _ in pts], [w for _, w in pts]))
+
+
+def with_aliasing(std: Any, alias: Any, weights: Any) -> Any:
+    """sqrt(std^2 + w alias^2), ``weights`` (S,) one per slice."""
+    w = weights.reshape(-1, *([1] * (std.ndim - 1))).to(std.dtype)
+    return (std.square() + w * alias.square()).sqrt()
 
 
 def std_qa(image: Array, std: Array, threshold: float, data_range: float | None = None) -> dict:

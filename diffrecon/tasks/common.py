@@ -179,7 +179,6 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
 
     x, std, nfe = run(priors, ref.sampler_config(method, slice_batch, tv_lam), make_op, y,
                       slice_batch, _progress_artifact(what), _log_oom_retry(what), ref.samples)
-    std = None if std is None else std * ref.std_scale  # the calibration factor, if any
     if mapped:  # back on the scan's grid, zero where no coil sees (as native DDS does)
         support = scan_op(0, y.shape[0]).support()
         x = resample.forward(x)
@@ -188,7 +187,31 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         std = None if std is None else resample.forward(std.to(x.dtype)).abs()
         if support is not None:
             x, std = x * support, None if std is None else std * support
+    if std is not None and ref.std_aliasing and modality == "mri":
+        std = _with_aliasing(x, std, scan_op if mapped else make_op, ref.std_aliasing,
+                             slice_batch)
+    std = None if std is None else std * ref.std_scale  # the calibration factor, if any
     return x, std, nfe, " + ".join(p.name for p in priors)
+
+
+def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
+                   table: list[tuple[float, float]], slice_batch: int | None) -> torch.Tensor:
+    """The std map with the aliasing term of the mean ``x`` (recon.uncertainty.with_aliasing),
+    its weight interpolated in ``table`` at each slice's sampled fraction (SENSE operators)."""
+    from diffrecon.recon.uncertainty import (
+        aliasing,
+        aliasing_weight,
+        sampled_fraction,
+        with_aliasing,
+    )
+
+    def batch(a: int, b: int) -> torch.Tensor:
+        op = make_op(a, b)
+        w = torch.tensor([aliasing_weight(table, float(f))
+                          for f in sampled_fraction(op.mask, b - a)], device=x.device)
+        return with_aliasing(std[a:b], aliasing(op, x[a:b]), w)
+
+    return in_slice_batches(batch, x.shape[0], slice_batch, "the aliasing term")
 
 
 def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,
@@ -213,8 +236,10 @@ def diffusion_settings(ref: PriorRef, method: str) -> dict:
                            else [])
     dump = ref.model_dump()
     if ref.samples == 1:  # one sample: the std settings do nothing (and old keys stay valid)
-        for k in ("samples", "std_scale", "std_threshold"):
+        for k in ("samples", "std_scale", "std_threshold", "std_aliasing"):
             dump.pop(k)
+    elif not ref.std_aliasing:  # keys made before the aliasing term stay valid
+        dump.pop("std_aliasing")
     out = {"diffusion": dump,
            "prior_digest": folder_digest(resolve_prior_path(names[0]))}
     if len(names) > 1:

@@ -654,6 +654,44 @@ def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
     assert torch.allclose(std, torch.full((2, 128, 128), 2.5))
 
 
+def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monkeypatch):
+    """--std-aliasing 0.25:0,0.75:8 at a sampled fraction of 0.5 (every other line): the
+    map is --std-scale x sqrt(std^2 + 4 |A^H A m - m|^2), m the mean (numpy's FFT as the
+    reference for A^H A); MRI only: a CT run keeps the spread alone."""
+    import torch
+
+    from diffrecon.cli import _prior_ref, build_parser
+    from diffrecon.recon.diffusion import run
+    from diffrecon.recon.operators import Sense
+    from diffrecon.tasks import common
+    from tests.recon.diffusion.test_samples import _np_normal
+
+    rng = np.random.default_rng(0)
+    p = rng.standard_normal((2, 128, 128)) + 1j * rng.standard_normal((2, 128, 128))
+    pattern = torch.from_numpy(p).to(torch.complex64)
+    monkeypatch.setattr(run, "dds_volume_sample",  # sample k is (4 + k) x the pattern
+                        lambda priors, op, y, cfg, progress: cfg.seed * pattern)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    args = build_parser().parse_args(
+        ["run", "vol.h5", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
+         "--std-scale", "2.5", "--sampler-seed", "4", "--std-aliasing", "0.25:0,0.75:8"])
+    ref = _prior_ref(args)
+    assert ref.std_aliasing == [(0.25, 0.0), (0.75, 8.0)]
+    half = torch.zeros(128, 128)
+    half[::2] = 1
+    ones = torch.ones(2, 1, 128, 128, dtype=torch.complex64)
+    y = torch.zeros(2, 1, 128, 128, dtype=torch.complex64)
+    x, std, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: Sense(ones[a:b], half), y,
+                                        ref, torch.device("cpu"), "vol", 1, "mri", (128, 128))
+    alias = np.abs(_np_normal(5 * p, half.numpy()) - 5 * p)
+    expect = 2.5 * np.sqrt(np.abs(p) ** 2 + 4 * alias ** 2)
+    assert np.allclose(std.numpy(), expect, rtol=1e-4, atol=1e-4)
+    ct = ref.model_copy(update={"prior": "ct-axial-128"})
+    _, std_ct, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: None, y, ct,
+                                           torch.device("cpu"), "vol", None, "ct", (128, 128))
+    assert np.allclose(std_ct.numpy(), 2.5 * np.abs(p), rtol=1e-4, atol=1e-4)
+
+
 def test_the_std_series_is_sent_after_the_image_and_never_twice(monkeypatch, tmp_path):
     """With a std map the PACS gets both series, the image's first; a rerun sends
     neither again (the receipts beside the folders); a failed std send keeps the image's
@@ -706,3 +744,8 @@ def test_the_std_settings_enter_the_cache_key_only_with_samples():
     k4 = diffusion_settings(PriorRef(samples=4), "dds")
     assert k4["diffusion"]["samples"] == 4
     assert diffusion_settings(PriorRef(samples=4, std_scale=2.0), "dds") != k4
+    assert "std_aliasing" not in k4["diffusion"]  # keys made before the aliasing term
+    assert diffusion_settings(PriorRef(std_aliasing=[(0.2, 1.0)]), "dds") == one
+    assert diffusion_settings(PriorRef(samples=4, std_aliasing=[(0.2, 1.0)]), "dds") != k4
+    with pytest.raises(ValueError, match="std_aliasing point 1.5:1.0: the sampled fraction"):
+        PriorRef(std_aliasing=[(1.5, 1.0)])

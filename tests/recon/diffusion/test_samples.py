@@ -136,3 +136,46 @@ def test_calibration_figures_on_a_known_gaussian_error():
     assert abs(qa["std_mean"] - inside.mean()) < 1e-9
     assert abs(qa["std_above"] - (inside > 0.1).mean()) < 1e-9
     assert abs(qa["std_p99"] - np.percentile(inside, 99)) < 1e-9
+
+
+def _np_normal(m: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A^H A m of one coil with unit sensitivity, in numpy (centred orthonormal FFTs)."""
+    k = np.fft.fftshift(np.fft.fft2(np.fft.ifftshift(m), norm="ortho"))
+    return np.fft.fftshift(np.fft.ifft2(np.fft.ifftshift(mask * k), norm="ortho"))
+
+
+def test_the_aliasing_term_is_the_folded_part_of_the_mean():
+    """|A^H A m - m| is 0 for full sampling and, for every other line, half the difference
+    between m and its copy shifted by half the field of view (numpy's FFT as reference);
+    the weight is interpolated in sampled fraction and held beyond the table's ends."""
+    from diffrecon.recon.uncertainty import (
+        aliasing,
+        aliasing_weight,
+        sampled_fraction,
+        with_aliasing,
+    )
+
+    rng = np.random.default_rng(3)
+    m = rng.standard_normal((2, 32, 32)) + 1j * rng.standard_normal((2, 32, 32))
+    x = torch.from_numpy(m).to(torch.complex64)
+    full = torch.ones(32, 32)
+    ones = torch.ones(2, 1, 32, 32, dtype=torch.complex64)
+    assert aliasing(Sense(ones, full), x).abs().max() < 1e-5
+    half = torch.zeros(32, 32)
+    half[::2] = 1
+    got = aliasing(Sense(ones, half), x).numpy()
+    ref = np.abs(_np_normal(m, half.numpy()) - m)
+    assert np.allclose(got, ref, atol=1e-5)
+    # the same as |m - roll(m, N/2)| / 2: the folded copy
+    assert np.allclose(got, np.abs(m - np.roll(m, 16, axis=1)) / 2, atol=1e-5)
+
+    per_slice = torch.stack([half, full])[:, None]
+    assert torch.allclose(sampled_fraction(per_slice, 2), torch.tensor([0.5, 1.0]))
+    assert torch.allclose(sampled_fraction(half, 3), torch.full((3,), 0.5))
+    table = [(0.3, 0.0), (0.1, 100.0)]
+    assert aliasing_weight(table, 0.2) == pytest.approx(50.0)
+    assert aliasing_weight(table, 0.05) == 100.0 and aliasing_weight(table, 0.6) == 0.0
+    assert aliasing_weight([], 0.1) == 0.0
+    std, alias = torch.full((2, 4, 4), 3.0), torch.full((2, 4, 4), 2.0)
+    u = with_aliasing(std, alias, torch.tensor([0.0, 4.0]))
+    assert torch.allclose(u[0], std[0]) and torch.allclose(u[1], torch.full((4, 4), 5.0))
