@@ -11,7 +11,9 @@ validation loss (comparable across parameterisations), and DDS at R=4 and R=8 eq
         [--candidates baseline,v-minsnr] [--out benchmarks/results/recipe_study.json]
 
 Candidates: baseline (epsilon, uniform weights: today's recipe), v-minsnr (v prediction,
-min-SNR-5), minsnr (epsilon, min-SNR-5), augment (today's + rotations and scalings).
+min-SNR-5), minsnr (epsilon, min-SNR-5), augment (today's + rotations and scalings), jitter
+(today's + left-right flips and gamma jitter). Rows of candidates not rerun stay in --out
+(compare only rows run at the same --minutes).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ CANDIDATES = {
     "v-minsnr": {"prediction": "v", "min_snr": 5.0},
     "minsnr": {"min_snr": 5.0},
     "augment": {"augment": True},
+    "jitter": {"jitter": True},
 }
 
 
@@ -101,9 +104,15 @@ def main() -> None:
         raise SystemExit("a candidate failed")
     torch.set_num_threads(2)
     rows = [score(n, work) for n in names]
+    out_path = Path(args.out)
+    kept = []
+    if out_path.exists():  # earlier candidates stay, marked with their own minutes
+        before = json.loads(out_path.read_text())
+        kept = [{"minutes": before["minutes"], **r} for r in before["candidates"]
+                if r["candidate"] not in names]
     out = {"minutes": args.minutes, "threads_per_candidate": 1, "work": str(work),
-           "candidates": rows}
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+           "candidates": kept + [{"minutes": args.minutes, **r} for r in rows]}
+    out_path.write_text(json.dumps(out, indent=2) + "\n")
     for r in rows:
         print(r["candidate"], r["steps"], "steps", f"val {r['val_loss']:.4f}",
               {k: round(v, 2) for k, v in r["denoising_psnr"].items()},

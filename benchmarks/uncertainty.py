@@ -10,8 +10,8 @@ error over the mean std; plus the PSNR of the K-sample mean and of one sample.
 MRI also gets the aliasing term (recon.uncertainty.with_aliasing): u = sqrt(std^2 +
 w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration, chosen
 on training-split slices only (IXI's training volumes) as the smallest weight of a grid
-within 0.005 of the highest mean Spearman there, pooled over the mask kinds; the (sampled fraction, weight)
-points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
+within 0.005 of the highest mean Spearman there, pooled over the mask kinds; the (sampled
+fraction, weight) points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
 ("spearman") and of u ("spearman_aliasing").
 
 A calibration factor c (u -> c u; CT: std -> c std) is fitted on training-split slices

@@ -337,6 +337,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name or out.name, modality=args.modality, orientation=args.orientation,
         size=args.size, steps=args.steps, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, augment=args.augment,
+        jitter=args.jitter,
         base_channels=args.base_channels,
         channel_mult=tuple(int(m) for m in args.channel_mult.split(",")),
         n_samples=args.samples, network_note=args.network_note,
@@ -584,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="volumes held out for the validation loss (default 0.1)")
     t.add_argument("--augment", action="store_true",
                    help="small rotations and scalings (for small data sets, e.g. CT)")
+    t.add_argument("--jitter", action="store_true",
+                   help="left-right flips and (MRI) gamma jitter 0.8-1.25")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the data split, sampling and initialisation (default 0)")
     t.add_argument("--data-description", default="",

@@ -58,6 +58,9 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     augment: bool = False
+    # left-right flips (both modalities) and, for MRI, gamma jitter x -> x ** g with log g
+    # uniform in +-log(1.25) (contrast varies between scanners and sequences; CT's HU do not)
+    jitter: bool = False
     n_samples: int = 16
     sample_steps: int = 50
     # stochastic sampling (eta 1) for the sample sheet: with deterministic DDIM (eta 0) a small
@@ -172,6 +175,18 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return _resample(x, ang, 1 / scale, x.shape[-1])
 
 
+def _jitter(x: torch.Tensor, g: torch.Generator, modality: str) -> torch.Tensor:
+    """Left-right flips of half the slices; MRI also gamma x -> x ** g, log g uniform in
+    +-log(1.25) (intensities stay in [0, 1], 0 and 1 fixed)."""
+    n = x.shape[0]
+    flip = torch.rand(n, generator=g) < 0.5
+    x = torch.where(flip[:, None, None], x.flip(-1), x)
+    if modality == "mri":
+        gamma = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(1.25))
+        x = x.clamp(min=0) ** gamma[:, None, None].to(x.dtype)
+    return x
+
+
 def _pixel_zoom(pixel: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
     """Fraction of a stored (2 size)^2 slice at pixel_range[0] mm that a size x size image at
     ``pixel`` mm covers."""
@@ -218,6 +233,8 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
         x = _pixel_augment(x, g, cfg)
     elif cfg.augment:
         x = _augment(x, g)
+    if cfg.jitter:
+        x = _jitter(x, g, cfg.modality)
     x0 = to_model_batch(x, cfg.modality, g)
     t = torch.randint(schedule.num_steps, (cfg.batch_size,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
@@ -269,19 +286,25 @@ def _config_key(cfg: TrainConfig) -> str:
     for k in ("steps", "checkpoint_every", "log_every", "n_samples", "sample_steps", "sample_eta",
               "data_description", "data_licence", "network_note", "max_seconds"):
         d.pop(k)
+    # keys of configurations older than these fields stay valid
     for k, default in (("init_from", None), ("pixel_range", None), ("prediction", "epsilon"),
-                       ("min_snr", None)):  # keys of configurations older than these fields
+                       ("min_snr", None), ("jitter", False)):
         if d[k] == default:
             d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
 
 
 def _augmentation_text(cfg: TrainConfig) -> str:
+    parts = []
     if cfg.pixel_range is not None:
         lo, hi = cfg.pixel_range
-        return (("rotations +-10 deg, " if cfg.augment else "")
-                + f"pixel sizes uniform in {lo:g}-{hi:g} mm (validation at {hi:g} mm)")
-    return "rotations +-10 deg, scalings 0.9-1.1" if cfg.augment else "none"
+        parts += (["rotations +-10 deg"] if cfg.augment else []) + [
+            f"pixel sizes uniform in {lo:g}-{hi:g} mm (validation at {hi:g} mm)"]
+    elif cfg.augment:
+        parts.append("rotations +-10 deg, scalings 0.9-1.1")
+    if cfg.jitter:
+        parts.append("left-right flips" + (", gamma 0.8-1.25" if cfg.modality == "mri" else ""))
+    return ", ".join(parts) or "none"
 
 
 def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
