@@ -86,10 +86,12 @@ class PriorRef(BaseModel):
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")
     compile: bool = Field(False, description="torch.compile the prior's network (worth it on "
                           "a GPU for many slices: one compilation per batch shape)")
-    grid: Literal["native", "prior"] = Field(
+    grid: Literal["native", "prior", "pixel"] = Field(
         "native", description="MRI slice-wise diffusion on a scan of another matrix size than "
-                              "the prior's: sample at the scan's own size (native), or on the "
-                              "prior's N x N grid of the same field of view (prior; Fourier "
+                              "the prior's: sample at the scan's own size (native), on the "
+                              "prior's N x N grid of the same field of view (prior), or on the "
+                              "grid of the same field of view whose pixels are the size the "
+                              "prior learnt (pixel; from the scan's header; Fourier "
                               "resampling, the data consistency on the scan's grid)")
 
     @model_validator(mode="after")

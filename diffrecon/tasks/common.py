@@ -150,14 +150,16 @@ def _log_oom_retry(what: str) -> Callable[[int, int], None]:
 
 def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef,
                   dev: torch.device, what: str, slice_batch: int | None, modality: str,
-                  image_shape: tuple[int, int], tv_lam: float | None = None
+                  image_shape: tuple[int, int], tv_lam: float | None = None,
+                  pixel_mm: tuple[float, float] | None = None
                   ) -> tuple[torch.Tensor, torch.Tensor | None, int, str]:
     """A diffusion method of the registry on ``y`` with the priors and sampler settings of
     ``ref`` (recon.diffusion.run does the work), with a progress artifact. ``make_op(a, b)``
     is the operator of slices a..b-1; ``tv_lam`` the modality's ADMM-TV weight (dds-tv's
-    default). Returns (images, their std over ``ref.samples`` samples or None, network
+    default); ``pixel_mm`` the scan's (row, column) pixel size, for grid 'pixel'. Returns
+    (images, their std over ``ref.samples`` samples or None, network
     evaluations per slice and sample, the priors' names)."""
-    from diffrecon.recon.diffusion.run import check_priors_fit
+    from diffrecon.recon.diffusion.run import check_priors_fit, pixel_grid
     from diffrecon.recon.diffusion.run import run_diffusion as run
 
     priors = [cached_prior(name, dev, ref.compile) for name in ref.prior_names(method)]
@@ -165,9 +167,12 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
     slice_wise = METHODS[method].sampler != "volume"
     check_priors_fit(priors, modality, image_shape, slice_wise)
     grid = (priors[0].config.image_size,) * 2
-    mapped = ref.grid == "prior" and slice_wise and tuple(image_shape) != grid
+    if ref.grid == "pixel" and slice_wise and modality == "mri":
+        grid = pixel_grid(priors[0], tuple(image_shape), pixel_mm)
+    mapped = ref.grid != "native" and slice_wise and tuple(image_shape) != grid
     if mapped and modality != "mri":
-        raise ValueError("grid 'prior' is for MRI (complex images); CT runs at native size")
+        raise ValueError(f"grid '{ref.grid}' is for MRI (complex images); CT runs at native "
+                         "size (choose it with --ct-size)")
     if mapped:  # sample on the prior's grid of the same field of view, DC on the scan's
         from diffrecon.recon.operators import Composed, FourierResample, LinearOperator
 

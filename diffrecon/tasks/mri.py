@@ -90,6 +90,12 @@ def load_scan(path: str, store_root: str, label: str | None = None,
     )
 
 
+def pixel_size(affine: list[list[float]]) -> tuple[float, float]:
+    """(row, column) pixel size in mm of a scan's (slice, row, column) -> RAS affine."""
+    a = np.asarray(affine, dtype=float)[:3]
+    return float(np.linalg.norm(a[:, 1])), float(np.linalg.norm(a[:, 2]))
+
+
 def _slices(mask: torch.Tensor, a: int, b: int) -> torch.Tensor:
     """Slices a..b-1 of per-slice masks (S, 1, ky, kx); a scan's one mask (ky, kx) as it is."""
     return mask[a:b] if mask.ndim == 4 else mask
@@ -245,7 +251,8 @@ def reconstruct(
         x, std, nfe, prior_name = run_diffusion(
             method, lambda a, b: Sense(s[a:b], _slices(mask, a, b)), k, config.diffusion,
             dev, what,
-            config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam)
+            config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam,
+            pixel_mm=pixel_size(meas.affine))
     else:  # slices a..b-1: independent in 2D
         x = in_slice_batches(lambda a, b: m.mri(k[a:b], s[a:b] if s is not None else None,
                                                 _slices(mask, a, b), config),

@@ -692,6 +692,54 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     assert np.allclose(std_ct.numpy(), 2.5 * np.abs(p), rtol=1e-4, atol=1e-4)
 
 
+def test_grid_pixel_samples_at_the_pixel_size_the_prior_learnt(monkeypatch):
+    """The shipped brain prior learnt 2 mm pixels: a 64 x 64 scan at 4 mm is sampled on
+    128 x 128, a 96 x 80 scan at 1 x 1.5 mm on 48 x 60, a 2 mm scan at its own size; the
+    image comes back on the scan's grid; a prior or scan without a pixel size is a clear
+    error."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from diffrecon.config import PriorRef
+    from diffrecon.recon.diffusion import run
+    from diffrecon.recon.operators import Sense
+    from diffrecon.tasks import common
+    from diffrecon.tasks.mri import pixel_size
+
+    grids = []
+
+    def fake_dds(prior, op, y, config, progress):
+        x = op.adjoint(y)
+        grids.append(tuple(x.shape[-2:]))
+        return x
+
+    monkeypatch.setattr(run, "dds_sample", fake_dds)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    ref = PriorRef(nfe=2, grid="pixel")
+    for shape, pixel, expect in (((64, 64), (4.0, 4.0), (128, 128)),
+                                 ((96, 80), (1.0, 1.5), (48, 60)),
+                                 ((96, 80), (2.0, 2.0), (96, 80))):
+        y = torch.ones(1, 2, *shape, dtype=torch.complex64)
+        maps = torch.full((1, 2, *shape), 0.5 ** 0.5, dtype=torch.complex64)
+        def make_op(a, b, m=maps, s=shape):
+            return Sense(m[a:b], torch.ones(s))
+
+        x, *_ = common.run_diffusion("dds", make_op, y, ref, torch.device("cpu"), "s", None,
+                                     "mri", shape, pixel_mm=pixel)
+        assert grids[-1] == expect and tuple(x.shape) == (1, *shape)
+    # the affine of a scan read from disk: (slice, row, column) -> RAS
+    from diffrecon.io.records import axial_affine
+
+    assert pixel_size(axial_affine((3.0, 1.5, 2.5), 64).tolist()) == (1.5, 2.5)
+    unknown = SimpleNamespace(name="old-prior", config=SimpleNamespace(pixel_mm=None))
+    with pytest.raises(ValueError, match="prior old-prior does not record the pixel size"):
+        run.pixel_grid(unknown, (64, 64), (2.0, 2.0))
+    with pytest.raises(ValueError, match="grid 'pixel' needs the scan's pixel size"):
+        run.pixel_grid(SimpleNamespace(name="p", config=SimpleNamespace(pixel_mm=(2.0, 2.0))),
+                       (64, 64), None)
+
+
 def test_the_std_series_is_sent_after_the_image_and_never_twice(monkeypatch, tmp_path):
     """With a std map the PACS gets both series, the image's first; a rerun sends
     neither again (the receipts beside the folders); a failed std send keeps the image's

@@ -47,6 +47,9 @@ class PriorConfig(BaseModel):
     orientation: Literal["axial", "coronal", "sagittal"] | None = None
     normalisation: Normalisation
     weights_dtype: Literal["float16", "float32", "bfloat16"] = "float32"
+    # the pixel sizes (mm, lowest and highest) of the images the prior learnt; None: not
+    # recorded. `--grid pixel` resamples a scan to a pixel size in this range.
+    pixel_mm: tuple[float, float] | None = None
 
 
 def hu_to_unit(hu: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:

@@ -44,6 +44,23 @@ def check_priors_fit(priors: list[Prior], modality: str, image_shape: tuple[int,
                              f"({modality.upper()}, {h} x {w})")
 
 
+def pixel_grid(prior: Prior, shape: tuple[int, int],
+               pixel_mm: tuple[float, float] | None) -> tuple[int, int]:
+    """The matrix of the same field of view as a scan of ``shape`` with pixels ``pixel_mm``
+    (rows, columns) whose pixels are the size the prior learnt (the scan's own where that
+    lies in the prior's range, else the range's nearer end); a ValueError when the prior
+    or the scan does not say its pixel size."""
+    if prior.config.pixel_mm is None:
+        raise ValueError(f"prior {prior.name} does not record the pixel size it learnt "
+                         "(pixel_mm in its config.json): use grid native or prior")
+    if pixel_mm is None or min(pixel_mm) <= 0:
+        raise ValueError("grid 'pixel' needs the scan's pixel size (its header's field of "
+                         "view): use grid native or prior")
+    lo, hi = prior.config.pixel_mm
+    return tuple(max(8, round(n * d / min(max(d, lo), hi)))  # type: ignore[return-value]
+                 for n, d in zip(shape, pixel_mm))
+
+
 class Reconstruction(NamedTuple):
     """A diffusion run's result: the image (the mean of the samples), the per-pixel
     standard deviation over the samples (None for one sample), network evaluations per

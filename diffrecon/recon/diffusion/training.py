@@ -121,6 +121,7 @@ class TrainConfig:
             orientation=self.orientation,
             normalisation=Normalisation(kind="complex" if mri else "ct-window"),
             weights_dtype=self.weights_dtype, prediction=self.prediction,
+            pixel_mm=None if self.pixel_range is None else tuple(self.pixel_range),
         )
 
 
