@@ -26,7 +26,7 @@ from diffrecon.common.seeds import benchmark_seed
 from diffrecon.config import ReconConfig
 from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
-from diffrecon.recon.diffusion.run import sample
+from diffrecon.recon.diffusion.run import pixel_grid, sample
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
 from diffrecon.recon.masks import expand_mask, mask_1d
 from diffrecon.recon.operators import Composed, FourierResample, Sense
@@ -75,9 +75,11 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/any_size.json")
     ap.add_argument("--b2", action="store_true",
                     help="the real 16-coil scan padded / cropped in image space instead")
-    ap.add_argument("--grid", choices=["native", "prior"], default="native",
-                    help="diffusion on the scan's own grid (native) or on the prior's 128 x "
-                         "128 grid of the same field of view (prior; B1 only), the data "
+    ap.add_argument("--grid", choices=["native", "prior", "pixel"], default="native",
+                    help="diffusion on the scan's own grid (native), on the prior's 128 x "
+                         "128 grid of the same field of view (prior), or on the grid of the "
+                         "same field of view at the prior's pixel size (pixel: B1 resized "
+                         "keeps its 256 mm field of view, B2 its 2 mm pixels), the data "
                          "consistency always on the scan's grid")
     ap.add_argument("--methods", default="zero-filled,cg-sense,admm-tv,dds,dds-tv")
     args = ap.parse_args()
@@ -100,8 +102,11 @@ def main() -> None:
                 ku = (k * mask)[None]
                 smaps = coils.estimate_coil_maps(ku, mask)
                 grid = (prior.config.image_size,) * 2
+                if args.grid == "pixel":  # as --grid pixel picks it from the header
+                    pixel = (2.0, 2.0) if args.b2 else (256 / h, 256 / w)
+                    grid = pixel_grid(prior, (h, w), pixel)
                 resample = FourierResample(grid, (h, w))
-                mapped = args.grid == "prior" and grid != (h, w)
+                mapped = args.grid != "native" and grid != (h, w)
 
                 out = {m: reconstruct(m, prior, ku, smaps, mask, resample if mapped else None,
                                       tv_lam)

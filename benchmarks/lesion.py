@@ -1,13 +1,15 @@
 """Lesion preservation (issue 23): does a prior trained on healthy T1 keep a lesion it never
 saw, and does its std map flag it?
 
-Data: T1 slices through the lesion of the chronic stroke patient in ../shared/data/mri
-(not yet the low-grade glioma: see PATIENTS), simulated as B1 simulates a slice: resampled
-to B1's 2 mm pixels and padded / cropped to 128 x 128 (magnitude, max 1), B1's smooth
-phase, its 16 simulation coil maps and noise, its 1D masks (R = 4 and 8, equispaced).
+Data: T1 slices through the lesions of the chronic stroke patient and of the low-grade
+glioma (TCGA-FG-6692) in ../shared/data/mri (see PATIENTS), simulated as B1 simulates a
+slice: resampled to B1's 2 mm pixels and padded / cropped to 128 x 128 (magnitude, max 1),
+B1's smooth phase, its 16 simulation coil maps and noise, its 1D masks (R = 4 and 8,
+equispaced).
 
 Lesion mask (:func:`lesion_masks`): the FLAIR hyperintensity (FLAIR resampled onto the
-T1 grid through the affines), on the slices seen to hold the lesion; the largest connected
+T1 grid through the affines; the glioma's after a rigid mutual-information registration,
+:func:`register_rigid`), on the slices seen to hold the lesion; the largest connected
 component per slice, on the slices where it is largest. Mirror: the mask flipped
 left-right about the brain's centre column, minus any overlap with the lesion. The masks
 are drawn on the sheet (benchmarks/results/lesion.png) to be checked by eye.
@@ -41,13 +43,16 @@ from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 PATIENTS = {  # T1, FLAIR, the axial T1 slices that hold the lesion (seen on the FLAIR),
-    # the erosion of the head that removes scalp and skull (pixels; 0: brain-extracted)
-    "stroke": ("stroke/stroke_T1.nii.gz", "stroke/stroke_FLAIR.nii.gz", (60, 81), 0),
+    # the erosion of the head that removes scalp and skull (pixels; 0: brain-extracted),
+    # and for the glioma: a rigid registration of the FLAIR to the T1 first (its header
+    # leaves it 16 mm off along z), and a wider local mean and lower threshold (the tumour's
+    # hyperintensity is large and moderate); every outline checked on the sheet
+    "stroke": {"t1": "stroke/stroke_T1.nii.gz", "flair": "stroke/stroke_FLAIR.nii.gz",
+               "zrange": (60, 81), "erode": 0},
+    "glioma": {"t1": "glioma_tcga_lgg/TCGA-FG-6692_t1.nii.gz",
+               "flair": "glioma_tcga_lgg/TCGA-FG-6692_flair.nii.gz", "zrange": (14, 19),
+               "erode": 20, "sigma": 80, "k": 1.5, "register": True},
 }
-# Not the glioma (TCGA-FG-6692) yet: its FLAIR, resampled through the headers' affines,
-# does not land on its T1 (the head outlines differ: a registration is needed), and the
-# tumour's T1 hypointensity is too faint for a threshold (tried: hemisphere asymmetry; it
-# outlined sulci and the skull base).
 PIXEL_MM = 2.0  # B1's pixel size (IXI at 2 mm)
 SIZE = 128
 
@@ -69,11 +74,12 @@ def _mirror(a: np.ndarray, centre: float) -> np.ndarray:
     return a[..., np.clip(np.round(2 * centre - cols).astype(int), 0, a.shape[-1] - 1)]
 
 
-def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], erode: int
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], erode: int,
+                 sigma: float = 30, k: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
     """(head, lesion) masks of axial slices (slices, rows, cols): the lesion is the FLAIR
-    hyperintensity, a 3 x 3 median over the local mean (30-pixel Gaussian inside the head:
-    a coil's bright rim is not a lesion) above mean + 2.5 std of that ratio, on the slices
+    hyperintensity, a 3 x 3 median over the local mean (``sigma``-pixel Gaussian inside the
+    head: a coil's bright rim is not a lesion; wider than a large lesion, or the lesion
+    raises its own mean) above mean + ``k`` std of that ratio, on the slices
     ``zrange``, inside the head eroded by ``erode`` pixels (a bright scalp does not
     count); per slice the largest connected component, opened once, holes filled."""
     from scipy.ndimage import (
@@ -91,10 +97,11 @@ def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], ero
     rel = np.zeros_like(flair)
     for z in range(*zrange):
         m = inner[z].astype(np.float64)
-        local = gaussian_filter(flair[z] * m, 30) / np.maximum(gaussian_filter(m, 30), 1e-6)
+        local = gaussian_filter(flair[z] * m, sigma) / np.maximum(gaussian_filter(m, sigma),
+                                                                  1e-6)
         rel[z] = median_filter(flair[z], 3) / np.maximum(local, 1e-6)
     vals = rel[zrange[0]:zrange[1]][inner[zrange[0]:zrange[1]]]
-    thr = vals.mean() + 2.5 * vals.std()
+    thr = vals.mean() + k * vals.std()
     lesion = np.zeros_like(head)
     for z in range(*zrange):
         cand = binary_opening((rel[z] > thr) & inner[z], iterations=1)
@@ -105,8 +112,51 @@ def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], ero
     return head, lesion
 
 
+def register_rigid(fixed, moving) -> np.ndarray:
+    """The rigid world transform (4 x 4, mm) that best aligns nibabel image ``moving`` to
+    ``fixed`` starting from their headers: 3 rotations about the fixed grid's centre and 3
+    translations, maximising the normalised mutual information (32 x 32 bins) of the
+    intensities sampled on every second in-plane voxel of ``fixed`` (Powell). The moving
+    image's affine becomes inv(T) @ its affine."""
+    from scipy.ndimage import map_coordinates
+    from scipy.optimize import minimize
+    from scipy.spatial.transform import Rotation
+
+    a, b = fixed.get_fdata(dtype=np.float32), moving.get_fdata(dtype=np.float32)
+    idx = np.meshgrid(np.arange(0, a.shape[0], 2), np.arange(0, a.shape[1], 2),
+                      np.arange(a.shape[2]), indexing="ij")
+    world = fixed.affine @ np.stack([*idx, np.ones_like(idx[0])]).reshape(4, -1)
+    centre = world[:3].mean(axis=1)
+    to_moving = np.linalg.inv(moving.affine)
+
+    def bins(v: np.ndarray, top: float) -> np.ndarray:
+        return np.clip((v / top * 31).astype(int), 0, 31)
+
+    fixed_bins = bins(a[tuple(idx)].ravel(), float(np.percentile(a, 99.5)))
+    top_b = float(np.percentile(b, 99.5))
+
+    def transform(p: np.ndarray) -> np.ndarray:
+        r = Rotation.from_rotvec(np.radians(p[:3])).as_matrix()
+        t = np.eye(4)
+        t[:3, :3], t[:3, 3] = r, centre - r @ centre + p[3:]
+        return t
+
+    def cost(p: np.ndarray) -> float:
+        m = map_coordinates(b, (to_moving @ transform(p) @ world)[:3], order=1, cval=0)
+        h = np.histogram2d(fixed_bins, bins(m, top_b), bins=32, range=[[0, 32], [0, 32]])[0]
+        pxy = h / h.sum() + 1e-12
+        px, py = pxy.sum(1), pxy.sum(0)
+        ent = -(px * np.log(px)).sum() - (py * np.log(py)).sum()
+        return float(ent / (pxy * np.log(pxy)).sum())  # -(H(x) + H(y)) / H(x, y)
+
+    best = minimize(cost, np.zeros(6), method="Powell",
+                    options={"xtol": 1e-2, "ftol": 1e-5, "maxfev": 1500})
+    return transform(best.x)
+
+
 def lesion_slices(t1_path: Path, flair_path: Path, zrange: tuple[int, int], erode: int,
-                  n: int) -> list[dict]:
+                  n: int, register: bool = False, sigma: float = 30, k: float = 2.5
+                  ) -> list[dict]:
     """The ``n`` axial slices with the largest lesion (:func:`lesion_masks`): T1 truth on
     B1's grid (2 mm pixels, 128 x 128, max 1), lesion and mirror masks on the same grid."""
     import nibabel as nib
@@ -116,10 +166,14 @@ def lesion_slices(t1_path: Path, flair_path: Path, zrange: tuple[int, int], erod
     from diffrecon.common.geometry import pad_or_crop
 
     t1 = nib.as_closest_canonical(nib.load(str(t1_path)))
-    flair = resample_from_to(nib.as_closest_canonical(nib.load(str(flair_path))), t1, order=1)
+    flair = nib.as_closest_canonical(nib.load(str(flair_path)))
+    if register:  # the headers alone leave the FLAIR mm off the T1 (the glioma)
+        flair = nib.Nifti1Image(flair.get_fdata(dtype=np.float32),
+                                np.linalg.inv(register_rigid(t1, flair)) @ flair.affine)
+    flair = resample_from_to(flair, t1, order=1)
     t1s, mm = _axial(t1)
     fls, _ = _axial(flair)
-    heads, masks = lesion_masks(t1s, fls, zrange, erode)
+    heads, masks = lesion_masks(t1s, fls, zrange, erode, sigma, k)
     order = np.argsort([-m.sum() for m in masks])[:n]
     out = []
     f = mm / PIXEL_MM
@@ -156,8 +210,10 @@ def main() -> None:
     cfg = ReconConfig()
     rows, sheet = [], []
     t0 = time.perf_counter()
-    for patient, (t1, flair, *how) in PATIENTS.items():
-        for s in lesion_slices(MRI / t1, MRI / flair, *how, args.slices):
+    for patient, how in PATIENTS.items():
+        how = dict(how)
+        t1, flair = MRI / how.pop("t1"), MRI / how.pop("flair")
+        for s in lesion_slices(t1, flair, n=args.slices, **how):
             volume = f"lesion-{patient}"
             k = _b1_kspace(volume, s["z"], s["truth"], maps)
             case = MRICase(volume, s["z"], k, torch.from_numpy(s["truth"]))
