@@ -17,7 +17,8 @@ are drawn on the sheet (benchmarks/results/lesion.png) to be checked by eye.
 Per method (zero-filled, CG-SENSE, ADMM-TV, DDS with K samples): PSNR inside the lesion
 (range: the slice's maximum), the lesion contrast (lesion mean minus mirror mean) relative
 to the truth's, and for DDS the mean std inside the lesion over the mean std in the
-mirror.
+mirror, and the same for the std with the aliasing term (the weights uncertainty.py fitted
+on training slices, read from uncertainty.json beside --out).
 
     .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3]
         [--out benchmarks/results/lesion.json]
@@ -39,6 +40,7 @@ from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
 from diffrecon.recon.operators import Sense
+from diffrecon.recon.uncertainty import aliasing, aliasing_weight, with_aliasing
 from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -210,6 +212,8 @@ def main() -> None:
     cfg = ReconConfig()
     rows, sheet = [], []
     t0 = time.perf_counter()
+    fitted = Path(args.out).parent / "uncertainty.json"  # its training-slice fit
+    table = json.loads(fitted.read_text()).get("aliasing") if fitted.exists() else None
     for patient, how in PATIENTS.items():
         how = dict(how)
         t1, flair = MRI / how.pop("t1"), MRI / how.pop("flair")
@@ -240,6 +244,11 @@ def main() -> None:
                         sd = std[0].numpy()
                         row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
                                                               / sd[s["mirror"]].mean())
+                        if table:  # with the aliasing term, as --std-aliasing adds it
+                            u = with_aliasing(std, aliasing(op, mean), torch.tensor(
+                                [aliasing_weight(table, float(mask.float().mean()))]))[0].numpy()
+                            row["u_lesion_over_mirror"] = float(
+                                u[s["lesion"]].mean() / u[s["mirror"]].mean())
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if accel == 8:
