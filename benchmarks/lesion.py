@@ -39,6 +39,7 @@ from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
+from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import aliasing, aliasing_weight, with_aliasing
 from diffrecon.testing import MRICase, _b1_kspace
@@ -246,7 +247,8 @@ def main() -> None:
                                                               / sd[s["mirror"]].mean())
                         if table:  # with the aliasing term, as --std-aliasing adds it
                             u = with_aliasing(std, aliasing(op, mean), torch.tensor(
-                                [aliasing_weight(table, float(mask.float().mean()))]))[0].numpy()
+                                [aliasing_weight(table, float(mask.float().mean()),
+                                                 sampling_pattern(mask))]))[0].numpy()
                             row["u_lesion_over_mirror"] = float(
                                 u[s["lesion"]].mean() / u[s["mirror"]].mean())
                     rows.append(row)

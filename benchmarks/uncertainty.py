@@ -8,10 +8,10 @@ recon.uncertainty.calibration: per slice Spearman's rho of the 5 x 5 local means
 error over the mean std; plus the PSNR of the K-sample mean and of one sample.
 
 MRI also gets the aliasing term (recon.uncertainty.with_aliasing): u = sqrt(std^2 +
-w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration, chosen
-on training-split slices only (IXI's training volumes) as the smallest weight of a grid
-within 0.005 of the highest mean Spearman there, pooled over the mask kinds; the (sampled
-fraction, weight) points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
+w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration and mask
+kind, chosen on training-split slices only (IXI's training volumes) as the smallest weight
+of a grid within 0.005 of the highest mean Spearman there; the (sampled fraction, weight,
+sampling pattern) points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
 ("spearman") and of u ("spearman_aliasing").
 
 A calibration factor c (u -> c u; CT: std -> c std) is fitted on training-split slices
@@ -45,6 +45,7 @@ from diffrecon.recon import coils, metrics
 from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
+from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import (
     aliasing,
@@ -63,6 +64,9 @@ TRAIN_Z = (65, 85)  # training-split slices for the calibration factor
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # alias weights
 
 
+CACHE: Path | None = None  # --cache: samples kept on disk (the draws are deterministic)
+
+
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
     """Per slice (samples (K, H, W) complex, truth, its SENSE operator)."""
     out = []
@@ -70,9 +74,19 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
-        run = _draw(prior, lambda a, b, op=op: op, ku, k)
+        key = f"{case.volume}_{case.z}_{accel}_{kind}_{k}"
+        run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out
+
+
+def _cached(key: str, draw) -> np.ndarray:
+    if CACHE is None:
+        return draw()
+    path = CACHE / f"{key}.npy"
+    if not path.exists():
+        np.save(path, draw())
+    return np.load(path)
 
 
 def ct_samples(cases, views: int, prior, k: int) -> list[tuple]:
@@ -103,7 +117,8 @@ def maps(run: tuple, k: int, table: list[tuple[float, float]] | None, w: float |
     u = std
     if op is not None and (table or w is not None):
         if w is None:
-            w = aliasing_weight(table, float(sampled_fraction(op.mask, 1)[0]))
+            w = aliasing_weight(table, float(sampled_fraction(op.mask, 1)[0]),
+                                sampling_pattern(op.mask))
         u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]))
     show = np.abs if op is not None else metrics.ct_window
     return show(mean[0].numpy()), truth, std[0].numpy(), u[0].numpy()
@@ -157,11 +172,12 @@ def sheet(items: list[tuple], path: Path) -> None:
     im.save(path)
 
 
-def fit_weights(groups: dict[int, list[tuple]], k: int) -> list[tuple[float, float]]:
-    """Per acceleration (its training runs, every mask kind): the weight of WEIGHTS with the
-    highest mean Spearman of |error| and u; returned as (mean sampled fraction, weight)."""
+def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tuple]:
+    """Per acceleration and sampling pattern (recon.masks.sampling_pattern of each training
+    slice's mask, as the product tells them apart): the weight of WEIGHTS with the highest
+    mean Spearman of |error| and u; returned as (mean sampled fraction, weight, pattern)."""
     table = []
-    for accel, runs in sorted(groups.items()):
+    for (accel, kind), runs in sorted(groups.items()):
         rho = {}
         for w in WEIGHTS:
             scored = []
@@ -174,10 +190,10 @@ def fit_weights(groups: dict[int, list[tuple]], k: int) -> list[tuple[float, flo
         top = max(rho.values())
         best = min(w for w in WEIGHTS if rho[w] >= top - 0.005)
         frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
-        print(f"R={accel}: sampled fraction {frac:.3f}, Spearman on training slices per "
-              f"weight {json.dumps({str(w): round(v, 3) for w, v in rho.items()})}: {best}",
-              flush=True)
-        table.append((round(frac, 4), best))
+        print(f"R={accel} {kind}: sampled fraction {frac:.3f}, Spearman on training slices "
+              f"per weight {json.dumps({str(w): round(v, 3) for w, v in rho.items()})}: "
+              f"{best}", flush=True)
+        table.append((round(frac, 4), best, kind))
     return table
 
 
@@ -198,7 +214,13 @@ def main() -> None:
     ap.add_argument("--max-k", type=int, default=16)
     ap.add_argument("--fit-k", type=int, default=8)
     ap.add_argument("--out", default="benchmarks/results/uncertainty.json")
+    ap.add_argument("--cache", default=None, help="folder keeping the MRI samples (reruns "
+                    "that change only the fit or the scoring draw nothing)")
     args = ap.parse_args()
+    global CACHE
+    if args.cache:
+        CACHE = Path(args.cache)
+        CACHE.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ks = [k for k in (4, 8, 16) if k <= args.max_k]
     result: dict = {"ks": ks, "fit_k": args.fit_k, "rows": [], "factors": {}}
@@ -213,16 +235,16 @@ def main() -> None:
         train_vols, _ = ixi_split(MRI / "ixi_t1")
         train = [b1_case(v, z, coil_maps) for v in train_vols[:2] for z in TRAIN_Z]
         test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
-        groups: dict[int, list] = {}
+        groups: dict[tuple[int, str], list] = {}
         for a, kind in settings:
-            groups.setdefault(int(a), []).extend(
-                mri_samples(train, int(a), kind, prior, args.fit_k))
+            for r in mri_samples(train, int(a), kind, prior, args.fit_k):
+                groups.setdefault((int(a), sampling_pattern(r[2].mask)), []).append(r)
         table = fit_weights(groups, args.fit_k)
         fit_runs = [r for runs in groups.values() for r in runs]
         factor = fit_factor(fit_runs, args.fit_k, table)
         result["factors"]["mri"] = factor
         result["aliasing"] = table
-        print(f"MRI: --std-aliasing {','.join(f'{f}:{w:g}' for f, w in table)} "
+        print(f"MRI: --std-aliasing {','.join(f'{f}:{w:g}:{p}' for f, w, p in table)} "
               f"--std-scale {factor:.2f} (training slices {len(fit_runs)})", flush=True)
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))

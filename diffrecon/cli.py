@@ -28,15 +28,21 @@ _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float)
 _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
 
 
-def _points(text: str, flag: str) -> list[tuple[float, float]]:
-    """'F:W,F:W,...' -> [(F, W), ...] (an argparse type)."""
-    try:
-        return [(float(f), float(w)) for f, w in
-                (item.split(":") for item in text.split(",") if item.strip())]
-    except ValueError:
+def _points(text: str, flag: str) -> list[tuple]:
+    """'F:W[:PATTERN],...' -> [(F, W[, PATTERN]), ...] (an argparse type)."""
+    out: list[tuple] = []
+    for item in (i.strip() for i in text.split(",")):
+        parts = item.split(":")
+        try:
+            if item and 2 <= len(parts) <= 3:
+                out.append((float(parts[0]), float(parts[1]), *parts[2:]))
+                continue
+        except ValueError:
+            pass
         raise argparse.ArgumentTypeError(
-            f"{flag} takes FRACTION:WEIGHT pairs separated by commas (e.g. 0.16:30,0.3:0), "
-            f"not {text!r}") from None
+            f"{flag} takes FRACTION:WEIGHT[:equispaced|random] points separated by commas "
+            f"(e.g. 0.125:30,0.25:0:equispaced), not {text!r}")
+    return out
 
 
 def _quiet_prefect(verbose: bool) -> None:

@@ -75,12 +75,15 @@ class PriorRef(BaseModel):
     std_scale: float = Field(1.0, gt=0, description="samples > 1: the std map is multiplied "
                              "by this calibration factor (benchmarks/uncertainty.py fits one "
                              "per prior on training slices; 1: the samples' raw spread)")
-    std_aliasing: list[tuple[float, float]] = Field(
-        [], description="MRI, samples > 1: (sampled fraction, weight) points; the std map "
-                        "becomes sqrt(std^2 + w alias^2), alias the aliasing of the mean "
-                        "|A^H A m - m| and w interpolated at the scan's sampled fraction "
-                        "(benchmarks/uncertainty.py fits the points on training slices; "
-                        "empty: the samples' spread alone)")
+    std_aliasing: list[tuple[float, float] | tuple[float, float, Literal["equispaced",
+                                                                     "random"]]] = Field(
+        [], description="MRI, samples > 1: (sampled fraction, weight[, pattern]) points; "
+                        "the std map becomes sqrt(std^2 + w alias^2), alias the aliasing of "
+                        "the mean |A^H A m - m| and w interpolated at the scan's sampled "
+                        "fraction among the points of its sampling pattern (equispaced or "
+                        "random lines; points without one apply to both). "
+                        "benchmarks/uncertainty.py fits the points on training slices; "
+                        "empty: the samples' spread alone")
     std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
                                  "of the object whose std is above this share of the data "
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")
@@ -96,7 +99,7 @@ class PriorRef(BaseModel):
 
     @model_validator(mode="after")
     def _aliasing_points(self) -> PriorRef:
-        for f, w in self.std_aliasing:
+        for f, w, *_ in self.std_aliasing:
             if not (0 < f <= 1 and w >= 0):
                 raise ValueError(f"std_aliasing point {f}:{w}: the sampled fraction must be "
                                  "in (0, 1] and the weight at least 0")

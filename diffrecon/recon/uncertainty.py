@@ -8,9 +8,9 @@ for CT in CT units), as PSNR's are, so they read the same for any intensity scal
 The spread misses what every sample shares: at high acceleration the samples carry the
 same folded copies of the anatomy, a bias no spread shows. For MRI the aliasing of the
 mean m, |A^H A m - m| (A the SENSE operator: zero where the sampling pins m down), ranks
-that error; :func:`with_aliasing` adds it with a weight per sampled fraction, fitted on
-training slices (benchmarks/uncertainty.py), since at low acceleration the spread alone
-ranks the error better.
+that error; :func:`with_aliasing` adds it with a weight per sampled fraction and sampling
+pattern (equispaced or random lines), fitted on training slices (benchmarks/uncertainty.py),
+since with equispaced lines at low acceleration the spread alone ranks the error better.
 """
 
 from __future__ import annotations
@@ -54,13 +54,16 @@ def sampled_fraction(mask: Any, slices: int) -> Any:
     return m.expand(slices) if m.numel() == 1 else m
 
 
-def aliasing_weight(table: list[tuple[float, float]], fraction: float) -> float:
-    """The weight of the aliasing term at a sampled ``fraction``: ``table`` holds (fraction,
-    weight) points, linearly interpolated between them, the end weights held beyond them;
-    0 for an empty table."""
-    if not table:
+def aliasing_weight(table: list[tuple], fraction: float, pattern: str | None = None) -> float:
+    """The weight of the aliasing term at a sampled ``fraction`` for a mask of ``pattern``
+    (recon.masks.sampling_pattern: equispaced or random): ``table`` holds (fraction, weight)
+    points for every pattern and (fraction, weight, pattern) points for one; the points
+    that apply are linearly interpolated, the end weights held beyond them; 0 where none
+    applies."""
+    pts = sorted((float(p[0]), float(p[1])) for p in table
+                 if len(p) == 2 or pattern is None or p[2] == pattern)
+    if not pts:
         return 0.0
-    pts = sorted(table)
     return float(np.interp(fraction, [f for f, _ in pts], [w for _, w in pts]))
 
 

@@ -677,6 +677,11 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
          "--std-scale", "2.5", "--sampler-seed", "4", "--std-aliasing", "0.25:0,0.75:8"])
     ref = _prior_ref(args)
     assert ref.std_aliasing == [(0.25, 0.0), (0.75, 8.0)]
+    both = build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-aliasing",
+                                      "0.5:8:equispaced,0.5:1:random"])
+    assert _prior_ref(both).std_aliasing == [(0.5, 8.0, "equispaced"), (0.5, 1.0, "random")]
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-aliasing", "0.5"])
     half = torch.zeros(128, 128)
     half[::2] = 1
     ones = torch.ones(2, 1, 128, 128, dtype=torch.complex64)

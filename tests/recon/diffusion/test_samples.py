@@ -176,6 +176,28 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     assert aliasing_weight(table, 0.2) == pytest.approx(50.0)
     assert aliasing_weight(table, 0.05) == 100.0 and aliasing_weight(table, 0.6) == 0.0
     assert aliasing_weight([], 0.1) == 0.0
+    # points of one sampling pattern apply only to it; points without one to both
+    mixed = [(0.25, 0.0, "equispaced"), (0.25, 2.0, "random"), (0.125, 30.0)]
+    assert aliasing_weight(mixed, 0.25, "equispaced") == 0.0
+    assert aliasing_weight(mixed, 0.25, "random") == 2.0
+    assert aliasing_weight(mixed, 0.1875, "random") == pytest.approx(16.0)
+    assert aliasing_weight([(0.25, 1.0, "random")], 0.25, "equispaced") == 0.0
     std, alias = torch.full((2, 4, 4), 3.0), torch.full((2, 4, 4), 2.0)
     u = with_aliasing(std, alias, torch.tensor([0.0, 4.0]))
     assert torch.allclose(u[0], std[0]) and torch.allclose(u[1], torch.full((4, 4), 5.0))
+
+
+def test_sampling_pattern_tells_equispaced_from_random_lines():
+    """B1's equispaced masks (any R, any size) are equispaced, its random ones and 2D
+    Poisson masks random."""
+    from diffrecon.recon.masks import expand_mask, mask_1d, poisson_2d, sampling_pattern
+
+    for n in (96, 128, 230):
+        for accel in (3, 4, 8):
+            for seed in (1, 2):
+                eq = expand_mask(mask_1d("equispaced", n, accel, seed), 64)
+                rnd = expand_mask(mask_1d("random", n, accel, seed), 64)
+                assert sampling_pattern(eq) == "equispaced"
+                assert sampling_pattern(rnd[None, None]) == "random"
+    assert sampling_pattern(poisson_2d((128, 96), 6, 0)) == "random"
+
