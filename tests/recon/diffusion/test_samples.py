@@ -188,16 +188,19 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
 
 
 def test_sampling_pattern_tells_equispaced_from_random_lines():
-    """B1's equispaced masks (any R, any size) are equispaced, its random ones and 2D
-    Poisson masks random."""
+    """BENCHMARKS.md's equispaced masks (any R, any size) are equispaced; its random ones at
+    R = 3, 4 random on every seed, at R = 8 on 128 lines on all but 2 of 200 seeds (6 outer
+    lines can fall evenly by chance); 2D Poisson masks are random."""
     from diffrecon.recon.masks import expand_mask, mask_1d, poisson_2d, sampling_pattern
 
     for n in (96, 128, 230):
         for accel in (3, 4, 8):
             for seed in (1, 2):
                 eq = expand_mask(mask_1d("equispaced", n, accel, seed), 64)
-                rnd = expand_mask(mask_1d("random", n, accel, seed), 64)
                 assert sampling_pattern(eq) == "equispaced"
-                assert sampling_pattern(rnd[None, None]) == "random"
+            if accel < 8:
+                assert all(sampling_pattern(expand_mask(mask_1d("random", n, accel, seed), 8)[
+                    None, None]) == "random" for seed in range(20))
+    r8 = [sampling_pattern(expand_mask(mask_1d("random", 128, 8, s), 8)) for s in range(200)]
+    assert r8.count("equispaced") <= 2
     assert sampling_pattern(poisson_2d((128, 96), 6, 0)) == "random"
-
