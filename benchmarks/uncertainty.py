@@ -8,16 +8,17 @@ recon.uncertainty.calibration: per slice Spearman's rho of the 5 x 5 local means
 error over the mean std; plus the PSNR of the K-sample mean and of one sample.
 
 MRI also gets the aliasing term (recon.uncertainty.with_aliasing): u = sqrt(std^2 +
-w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration and mask
-kind, chosen on training-split slices only (IXI's training volumes) as the smallest weight
-of a grid within 0.005 of the highest mean Spearman there; the (sampled fraction, weight,
-sampling pattern) points are what ``--std-aliasing`` takes. Rows report Spearman of std alone
-("spearman") and of u ("spearman_aliasing").
+w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration and
+sampling pattern, chosen on training-split slices only (IXI's training volumes) as the
+smallest weight of a grid within 0.005 of the highest mean Spearman there; the (sampled
+fraction, weight, scale, pattern) points are what ``--std-aliasing`` takes. Rows report
+Spearman of std alone ("spearman") and of u ("spearman_aliasing").
 
-A calibration factor c (u -> c u; CT: std -> c std) is fitted on training-split slices
-only (IXI's training volumes; CT: the aorta and pulmonary volumes): the 95th percentile of
-|error| / (2 u) over their object pixels, pooled over the settings, at K = 8. The test rows
-report coverage of the raw std and of c u.
+A calibration factor c (u -> c u) is fitted on training-split slices only (IXI's
+training volumes; CT: the aorta and pulmonary volumes): the 95th percentile of
+|error| / (2 u) over their object pixels at K = 8, for MRI one per acceleration and
+pattern (the table's scale), for CT one pooled over the view counts (std -> c std,
+``--std-scale``). The test rows report coverage of the raw std and of c u.
 
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
         [--ct-views 8,16] [--max-k 16] [--out benchmarks/results/uncertainty.json]
@@ -49,7 +50,7 @@ from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import (
     aliasing,
-    aliasing_weight,
+    aliasing_weights,
     calibration,
     object_support,
     sampled_fraction,
@@ -107,19 +108,21 @@ def _draw(prior, make_op, y, k: int) -> np.ndarray:
     return draw_samples([prior], DDSConfig(), make_op, y, samples=k)[0][0].numpy()
 
 
-def maps(run: tuple, k: int, table: list[tuple[float, float]] | None, w: float | None = None
+def maps(run: tuple, k: int, table: list | None, w: float | None = None
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(shown mean, truth, std, u) of the first k samples of one slice: u is std with the
-    aliasing term, its weight ``w`` or interpolated in ``table`` at the slice's sampled
-    fraction (u = std for CT, or with neither)."""
+    """(shown mean, truth, std, u) of the first k samples of one slice: u is the std map as
+    ``--std-aliasing`` makes it, with weight and scale interpolated in ``table`` at the
+    slice's sampled fraction and pattern, or with weight ``w`` and scale 1 (u = std for CT,
+    or with neither)."""
     x, truth, op = run
     mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
     u = std
     if op is not None and (table or w is not None):
+        scale = 1.0
         if w is None:
-            w = aliasing_weight(table, float(sampled_fraction(op.mask, 1)[0]),
-                                sampling_pattern(op.mask))
-        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]))
+            w, scale = aliasing_weights(table, float(sampled_fraction(op.mask, 1)[0]),
+                                        sampling_pattern(op.mask))
+        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]), torch.tensor([scale]))
     show = np.abs if op is not None else metrics.ct_window
     return show(mean[0].numpy()), truth, std[0].numpy(), u[0].numpy()
 
@@ -175,7 +178,8 @@ def sheet(items: list[tuple], path: Path) -> None:
 def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tuple]:
     """Per acceleration and sampling pattern (recon.masks.sampling_pattern of each training
     slice's mask, as the product tells them apart): the weight of WEIGHTS with the highest
-    mean Spearman of |error| and u; returned as (mean sampled fraction, weight, pattern)."""
+    mean Spearman of |error| and u, then the scale that makes u cover the group's error
+    (:func:`fit_factor`); returned as (mean sampled fraction, weight, scale, pattern)."""
     table = []
     for (accel, kind), runs in sorted(groups.items()):
         rho = {}
@@ -190,18 +194,20 @@ def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tupl
         top = max(rho.values())
         best = min(w for w in WEIGHTS if rho[w] >= top - 0.005)
         frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
+        scale = fit_factor(runs, k, None, best)
         print(f"R={accel} {kind}: sampled fraction {frac:.3f}, Spearman on training slices "
               f"per weight {json.dumps({str(w): round(v, 3) for w, v in rho.items()})}: "
-              f"{best}", flush=True)
-        table.append((round(frac, 4), best, kind))
+              f"{best}, scale {scale:.2f}", flush=True)
+        table.append((round(frac, 4), best, round(scale, 3), kind))
     return table
 
 
-def fit_factor(runs: list[tuple], k: int, table: list | None) -> float:
+def fit_factor(runs: list[tuple], k: int, table: list | None, w: float | None = None
+               ) -> float:
     """The 95th percentile of |error| / (2 u) over the truth's object pixels, pooled."""
     ratios = []
     for run in runs:
-        mean, truth, _, u = maps(run, k, table)
+        mean, truth, _, u = maps(run, k, table, w)
         sup = object_support(truth)[0]
         ratios.append(np.abs(mean - truth)[sup] / np.maximum(2 * u[sup], 1e-12))
     return float(np.percentile(np.concatenate(ratios), 95))
@@ -240,12 +246,11 @@ def main() -> None:
             for r in mri_samples(train, int(a), kind, prior, args.fit_k):
                 groups.setdefault((int(a), sampling_pattern(r[2].mask)), []).append(r)
         table = fit_weights(groups, args.fit_k)
-        fit_runs = [r for runs in groups.values() for r in runs]
-        factor = fit_factor(fit_runs, args.fit_k, table)
-        result["factors"]["mri"] = factor
+        factor = 1.0  # the scales are the table's, per point
         result["aliasing"] = table
-        print(f"MRI: --std-aliasing {','.join(f'{f}:{w:g}:{p}' for f, w, p in table)} "
-              f"--std-scale {factor:.2f} (training slices {len(fit_runs)})", flush=True)
+        print(f"MRI: --std-aliasing "
+              f"{','.join(f'{f}:{w:g}:{c:g}:{p}' for f, w, c, p in table)} "
+              f"(training slices {sum(len(r) for r in groups.values())})", flush=True)
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
             mean, truth, std, u = maps(runs[0], max(ks), table)

@@ -29,19 +29,21 @@ _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
 
 
 def _points(text: str, flag: str) -> list[tuple]:
-    """'F:W[:PATTERN],...' -> [(F, W[, PATTERN]), ...] (an argparse type)."""
+    """'F:W[:S][:PATTERN],...' -> [(F, W[, S][, PATTERN]), ...] (an argparse type; the
+    config checks the values)."""
     out: list[tuple] = []
     for item in (i.strip() for i in text.split(",")):
         parts = item.split(":")
         try:
-            if item and 2 <= len(parts) <= 3:
-                out.append((float(parts[0]), float(parts[1]), *parts[2:]))
+            if item and 2 <= len(parts) <= 4:
+                out.append((float(parts[0]), float(parts[1]),
+                            *(p if p.isalpha() else float(p) for p in parts[2:])))
                 continue
         except ValueError:
             pass
         raise argparse.ArgumentTypeError(
-            f"{flag} takes FRACTION:WEIGHT[:equispaced|random] points separated by commas "
-            f"(e.g. 0.125:30,0.25:0:equispaced), not {text!r}")
+            f"{flag} takes FRACTION:WEIGHT[:SCALE][:equispaced|random] points separated by "
+            f"commas (e.g. 0.125:30:1.9,0.25:0:2.3:equispaced), not {text!r}")
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from diffrecon.io.outputs import OUTPUTS
 from diffrecon.recon.diffusion.settings import DDS3DConfig, DDSConfig, DDSTVConfig, DPSConfig
@@ -75,15 +75,15 @@ class PriorRef(BaseModel):
     std_scale: float = Field(1.0, gt=0, description="samples > 1: the std map is multiplied "
                              "by this calibration factor (benchmarks/uncertainty.py fits one "
                              "per prior on training slices; 1: the samples' raw spread)")
-    std_aliasing: list[tuple[float, float] | tuple[float, float, Literal["equispaced",
-                                                                     "random"]]] = Field(
-        [], description="MRI, samples > 1: (sampled fraction, weight[, pattern]) points; "
-                        "the std map becomes sqrt(std^2 + w alias^2), alias the aliasing of "
-                        "the mean |A^H A m - m| and w interpolated at the scan's sampled "
-                        "fraction among the points of its sampling pattern (equispaced or "
-                        "random lines; points without one apply to both). "
-                        "benchmarks/uncertainty.py fits the points on training slices; "
-                        "empty: the samples' spread alone")
+    std_aliasing: list[tuple[float, float, float, Literal["equispaced", "random"] | None]] = (
+        Field([], description="MRI, samples > 1: (sampled fraction, weight[, scale][, "
+                              "pattern]) points; the std map becomes scale x sqrt(std^2 + w "
+                              "alias^2), alias the aliasing of the mean |A^H A m - m|, w and "
+                              "scale interpolated at the scan's sampled fraction among the "
+                              "points of its sampling pattern (equispaced or random lines; "
+                              "points without one apply to both; scale 1 where not given). "
+                              "benchmarks/uncertainty.py fits them on training slices; "
+                              "empty: the samples' spread alone"))
     std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
                                  "of the object whose std is above this share of the data "
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")
@@ -97,13 +97,12 @@ class PriorRef(BaseModel):
                               "prior learnt (pixel; from the scan's header; Fourier "
                               "resampling, the data consistency on the scan's grid)")
 
-    @model_validator(mode="after")
-    def _aliasing_points(self) -> PriorRef:
-        for f, w, *_ in self.std_aliasing:
-            if not (0 < f <= 1 and w >= 0):
-                raise ValueError(f"std_aliasing point {f}:{w}: the sampled fraction must be "
-                                 "in (0, 1] and the weight at least 0")
-        return self
+    @field_validator("std_aliasing", mode="before")
+    @classmethod
+    def _aliasing_points(cls, v: list) -> list:
+        from diffrecon.recon.uncertainty import aliasing_point
+
+        return [aliasing_point(p) for p in v]
 
     def sampler_config(self, method: str, slice_batch: int | None = None,
                        tv_lam: float | None = None) -> DDSConfig | DPSConfig | DDS3DConfig:

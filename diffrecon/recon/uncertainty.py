@@ -8,9 +8,10 @@ for CT in CT units), as PSNR's are, so they read the same for any intensity scal
 The spread misses what every sample shares: at high acceleration the samples carry the
 same folded copies of the anatomy, a bias no spread shows. For MRI the aliasing of the
 mean m, |A^H A m - m| (A the SENSE operator: zero where the sampling pins m down), ranks
-that error; :func:`with_aliasing` adds it with a weight per sampled fraction and sampling
-pattern (equispaced or random lines), fitted on training slices (benchmarks/uncertainty.py),
-since with equispaced lines at low acceleration the spread alone ranks the error better.
+that error; :func:`with_aliasing` adds it with a weight (and scales the map by a factor)
+per sampled fraction and sampling pattern (equispaced or random lines), fitted on training
+slices (benchmarks/uncertainty.py): with equispaced lines at low acceleration the spread
+alone ranks the error better, and each setting needs its own factor for its coverage.
 """
 
 from __future__ import annotations
@@ -54,23 +55,51 @@ def sampled_fraction(mask: Any, slices: int) -> Any:
     return m.expand(slices) if m.numel() == 1 else m
 
 
-def aliasing_weight(table: list[tuple], fraction: float, pattern: str | None = None) -> float:
-    """The weight of the aliasing term at a sampled ``fraction`` for a mask of ``pattern``
-    (recon.masks.sampling_pattern: equispaced or random): ``table`` holds (fraction, weight)
-    points for every pattern and (fraction, weight, pattern) points for one; the points
-    that apply are linearly interpolated, the end weights held beyond them; 0 where none
-    applies."""
-    pts = sorted((float(p[0]), float(p[1])) for p in table
-                 if len(p) == 2 or pattern is None or p[2] == pattern)
+PATTERNS = ("equispaced", "random")  # recon.masks.sampling_pattern's answers
+
+
+def aliasing_point(point: Any) -> tuple[float, float, float, str | None]:
+    """A calibration point (fraction, weight[, scale][, pattern]) as (fraction, weight,
+    scale, pattern): scale 1 and every pattern (None) where not given; a ValueError for
+    anything else."""
+    items = list(point)
+    if not 2 <= len(items) <= 4:
+        raise ValueError(f"std_aliasing point {point!r}: give fraction, weight[, scale]"
+                         "[, pattern]")
+    f, w, *rest = items
+    scale, pattern = 1.0, None
+    for item in rest:
+        if item is None or isinstance(item, str) and item in PATTERNS:
+            pattern = item
+        else:
+            scale = float(item)
+    f, w = float(f), float(w)
+    if not (0 < f <= 1 and w >= 0 and scale > 0):
+        raise ValueError(f"std_aliasing point {f:g}:{w:g}: the sampled fraction must be in "
+                         "(0, 1], the weight at least 0 and the scale above 0")
+    return f, w, scale, pattern
+
+
+def aliasing_weights(table: list, fraction: float, pattern: str | None = None
+                     ) -> tuple[float, float]:
+    """(weight, scale) of the std map at a sampled ``fraction`` for a mask of ``pattern``
+    (recon.masks.sampling_pattern): among ``table``'s points (:func:`aliasing_point`) those
+    without a pattern or of this one, linearly interpolated in the fraction, the end
+    points' values held beyond them; (0, 1), the spread alone, where none applies."""
+    pts = sorted(pt[:3] for pt in map(aliasing_point, table)
+                 if pt[3] is None or pattern is None or pt[3] == pattern)
     if not pts:
-        return 0.0
-    return float(np.interp(fraction, [f for f, _ in pts], [w for _, w in pts]))
+        return 0.0, 1.0
+    xs = [pt[0] for pt in pts]
+    return (float(np.interp(fraction, xs, [pt[1] for pt in pts])),
+            float(np.interp(fraction, xs, [pt[2] for pt in pts])))
 
 
-def with_aliasing(std: Any, alias: Any, weights: Any) -> Any:
-    """sqrt(std^2 + w alias^2), ``weights`` (S,) one per slice."""
-    w = weights.reshape(-1, *([1] * (std.ndim - 1))).to(std.dtype)
-    return (std.square() + w * alias.square()).sqrt()
+def with_aliasing(std: Any, alias: Any, weights: Any, scales: Any = None) -> Any:
+    """scale sqrt(std^2 + w alias^2), ``weights`` and ``scales`` (S,) one per slice."""
+    shape = (-1, *([1] * (std.ndim - 1)))
+    u = (std.square() + weights.reshape(shape).to(std.dtype) * alias.square()).sqrt()
+    return u if scales is None else u * scales.reshape(shape).to(std.dtype)
 
 
 def std_qa(image: Array, std: Array, threshold: float, data_range: float | None = None) -> dict:

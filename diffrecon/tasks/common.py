@@ -202,12 +202,12 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
 def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
                    table: list[tuple], slice_batch: int | None) -> torch.Tensor:
     """The std map with the aliasing term of the mean ``x`` (recon.uncertainty.with_aliasing),
-    its weight interpolated in ``table`` at each slice's sampled fraction and sampling
-    pattern (SENSE operators)."""
+    its weight and scale interpolated in ``table`` at each slice's sampled fraction and
+    sampling pattern (SENSE operators)."""
     from diffrecon.recon.masks import sampling_pattern
     from diffrecon.recon.uncertainty import (
         aliasing,
-        aliasing_weight,
+        aliasing_weights,
         sampled_fraction,
         with_aliasing,
     )
@@ -215,11 +215,11 @@ def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
     def batch(a: int, b: int) -> torch.Tensor:
         op = make_op(a, b)
         masks = op.mask.reshape(-1, *op.mask.shape[-2:])
-        w = torch.tensor([aliasing_weight(table, float(f),
-                                          sampling_pattern(masks[min(i, len(masks) - 1)]))
-                          for i, f in enumerate(sampled_fraction(op.mask, b - a))],
-                         device=x.device)
-        return with_aliasing(std[a:b], aliasing(op, x[a:b]), w)
+        ws = torch.tensor([aliasing_weights(table, float(f),
+                                            sampling_pattern(masks[min(i, len(masks) - 1)]))
+                           for i, f in enumerate(sampled_fraction(op.mask, b - a))],
+                          device=x.device)
+        return with_aliasing(std[a:b], aliasing(op, x[a:b]), ws[:, 0], ws[:, 1])
 
     return in_slice_batches(batch, x.shape[0], slice_batch, "the aliasing term")
 

@@ -655,9 +655,9 @@ def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
 
 
 def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monkeypatch):
-    """--std-aliasing 0.25:0,0.75:8 at a sampled fraction of 0.5 (every other line): the
-    map is --std-scale x sqrt(std^2 + 4 |A^H A m - m|^2), m the mean (numpy's FFT as the
-    reference for A^H A); MRI only: a CT run keeps the spread alone."""
+    """--std-aliasing 0.25:0:2,0.75:8:4 at a sampled fraction of 0.5 (every other line):
+    the map is --std-scale x 3 x sqrt(std^2 + 4 |A^H A m - m|^2), m the mean (numpy's FFT as
+    the reference for A^H A); MRI only: a CT run keeps the spread alone."""
     import torch
 
     from diffrecon.cli import _prior_ref, build_parser
@@ -674,12 +674,13 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
     args = build_parser().parse_args(
         ["run", "vol.h5", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
-         "--std-scale", "2.5", "--sampler-seed", "4", "--std-aliasing", "0.25:0,0.75:8"])
+         "--std-scale", "2.5", "--sampler-seed", "4", "--std-aliasing", "0.25:0:2,0.75:8:4"])
     ref = _prior_ref(args)
-    assert ref.std_aliasing == [(0.25, 0.0), (0.75, 8.0)]
+    assert ref.std_aliasing == [(0.25, 0.0, 2.0, None), (0.75, 8.0, 4.0, None)]
     both = build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-aliasing",
-                                      "0.5:8:equispaced,0.5:1:random"])
-    assert _prior_ref(both).std_aliasing == [(0.5, 8.0, "equispaced"), (0.5, 1.0, "random")]
+                                      "0.5:8:equispaced,0.5:1:1.5:random"])
+    assert _prior_ref(both).std_aliasing == [(0.5, 8.0, 1.0, "equispaced"),
+                                             (0.5, 1.0, 1.5, "random")]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-aliasing", "0.5"])
     half = torch.zeros(128, 128)
@@ -689,7 +690,7 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     x, std, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: Sense(ones[a:b], half), y,
                                         ref, torch.device("cpu"), "vol", 1, "mri", (128, 128))
     alias = np.abs(_np_normal(5 * p, half.numpy()) - 5 * p)
-    expect = 2.5 * np.sqrt(np.abs(p) ** 2 + 4 * alias ** 2)
+    expect = 2.5 * 3 * np.sqrt(np.abs(p) ** 2 + 4 * alias ** 2)
     assert np.allclose(std.numpy(), expect, rtol=1e-4, atol=1e-4)
     ct = ref.model_copy(update={"prior": "ct-axial-128"})
     _, std_ct, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: None, y, ct,
@@ -800,5 +801,5 @@ def test_the_std_settings_enter_the_cache_key_only_with_samples():
     assert "std_aliasing" not in k4["diffusion"]  # keys made before the aliasing term
     assert diffusion_settings(PriorRef(std_aliasing=[(0.2, 1.0)]), "dds") == one
     assert diffusion_settings(PriorRef(samples=4, std_aliasing=[(0.2, 1.0)]), "dds") != k4
-    with pytest.raises(ValueError, match="std_aliasing point 1.5:1.0: the sampled fraction"):
+    with pytest.raises(ValueError, match="std_aliasing point 1.5:1: the sampled fraction"):
         PriorRef(std_aliasing=[(1.5, 1.0)])

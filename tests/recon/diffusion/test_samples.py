@@ -150,7 +150,7 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     the weight is interpolated in sampled fraction and held beyond the table's ends."""
     from diffrecon.recon.uncertainty import (
         aliasing,
-        aliasing_weight,
+        aliasing_weights,
         sampled_fraction,
         with_aliasing,
     )
@@ -172,19 +172,24 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     per_slice = torch.stack([half, full])[:, None]
     assert torch.allclose(sampled_fraction(per_slice, 2), torch.tensor([0.5, 1.0]))
     assert torch.allclose(sampled_fraction(half, 3), torch.full((3,), 0.5))
-    table = [(0.3, 0.0), (0.1, 100.0)]
-    assert aliasing_weight(table, 0.2) == pytest.approx(50.0)
-    assert aliasing_weight(table, 0.05) == 100.0 and aliasing_weight(table, 0.6) == 0.0
-    assert aliasing_weight([], 0.1) == 0.0
+    table = [(0.3, 0.0), (0.1, 100.0, 3.0)]
+    assert aliasing_weights(table, 0.2) == pytest.approx((50.0, 2.0))
+    assert aliasing_weights(table, 0.05) == (100.0, 3.0)
+    assert aliasing_weights(table, 0.6) == (0.0, 1.0)
+    assert aliasing_weights([], 0.1) == (0.0, 1.0)
     # points of one sampling pattern apply only to it; points without one to both
-    mixed = [(0.25, 0.0, "equispaced"), (0.25, 2.0, "random"), (0.125, 30.0)]
-    assert aliasing_weight(mixed, 0.25, "equispaced") == 0.0
-    assert aliasing_weight(mixed, 0.25, "random") == 2.0
-    assert aliasing_weight(mixed, 0.1875, "random") == pytest.approx(16.0)
-    assert aliasing_weight([(0.25, 1.0, "random")], 0.25, "equispaced") == 0.0
+    mixed = [(0.25, 0.0, 2.0, "equispaced"), (0.25, 2.0, "random"), (0.125, 30.0)]
+    assert aliasing_weights(mixed, 0.25, "equispaced") == (0.0, 2.0)
+    assert aliasing_weights(mixed, 0.25, "random") == (2.0, 1.0)
+    assert aliasing_weights(mixed, 0.1875, "random") == pytest.approx((16.0, 1.0))
+    assert aliasing_weights([(0.25, 1.0, "random")], 0.25, "equispaced") == (0.0, 1.0)
+    with pytest.raises(ValueError, match="the scale above 0"):
+        aliasing_weights([(0.25, 1.0, 0.0)], 0.25)
     std, alias = torch.full((2, 4, 4), 3.0), torch.full((2, 4, 4), 2.0)
     u = with_aliasing(std, alias, torch.tensor([0.0, 4.0]))
     assert torch.allclose(u[0], std[0]) and torch.allclose(u[1], torch.full((4, 4), 5.0))
+    u = with_aliasing(std, alias, torch.tensor([0.0, 4.0]), torch.tensor([2.0, 0.5]))
+    assert torch.allclose(u[0], 2 * std[0]) and torch.allclose(u[1], torch.full((4, 4), 2.5))
 
 
 def test_sampling_pattern_tells_equispaced_from_random_lines():
