@@ -197,8 +197,11 @@ def lesion_scores(x: np.ndarray, truth: np.ndarray, les: np.ndarray, mirror: np.
     rmse = float(np.sqrt(np.mean((a[les] - truth[les]) ** 2)))
     contrast = float(a[les].mean() - a[mirror].mean())
     true_contrast = float(truth[les].mean() - truth[mirror].mean())
+    # the ratio is meaningless where the truth has no contrast (the glioma on T1): the
+    # absolute error, in units of the slice's maximum, reads for both
     return {"psnr_lesion": 20 * np.log10(float(truth.max()) / max(rmse, 1e-12)),
-            "contrast_ratio": contrast / true_contrast, "true_contrast": true_contrast}
+            "contrast_ratio": contrast / true_contrast, "true_contrast": true_contrast,
+            "contrast_error": abs(contrast - true_contrast) / float(truth.max())}
 
 
 def main() -> None:
