@@ -35,6 +35,22 @@ class SliceSet:
     images: np.ndarray  # (N, size, size) float32
     volumes: list[str] = field(default_factory=list)  # the volumes the slices come from
     slice_volume_index: list[int] = field(default_factory=list)
+    # the in-plane pixel sizes (mm) of the slices: lowest, highest; None for no slices
+    pixel_mm: tuple[float, float] | None = None
+
+
+def inplane_spacing(path: Path, orientation: str) -> tuple[float, float]:
+    """(rows, cols) pixel size in mm of ``orientation`` slices of a NIfTI volume, from its
+    header (the voxel axis along each RAS axis, as the slices are cut in RAS)."""
+    import nibabel as nib
+
+    affine = nib.load(str(path)).affine
+    ornt = nib.io_orientation(affine)
+    ras = np.zeros(3)
+    for i in range(3):
+        ras[int(ornt[i, 0])] = float(np.linalg.norm(affine[:3, i]))
+    rows, cols = inplane_axes(orientation)
+    return float(ras[rows]), float(ras[cols])
 
 
 def volume_slices(path: Path, modality: str, orientation: str, size: int,
@@ -74,14 +90,17 @@ def _resample_inplane(s: np.ndarray, affine: np.ndarray, orientation: str,
 def load_slices(files: list[Path], modality: str, orientation: str, size: int,
                 pixel_mm: float | None = None) -> SliceSet:
     """Training slices of ``files``; with ``pixel_mm`` resampled to that pixel size."""
-    chunks, names, index = [], [], []
+    chunks, names, index, pixels = [], [], [], []
     for i, f in enumerate(files):
         s = volume_slices(f, modality, orientation, size, pixel_mm=pixel_mm)
         chunks.append(s)
         names.append(f.name)
         index += [i] * len(s)
+        if len(s):
+            pixels += [pixel_mm] * 2 if pixel_mm else list(inplane_spacing(f, orientation))
     images = np.concatenate(chunks) if chunks else np.zeros((0, size, size), np.float32)
-    return SliceSet(images, names, index)
+    return SliceSet(images, names, index,
+                    (min(pixels), max(pixels)) if pixels else None)
 
 
 def split_by_volume(files: list[Path], val_fraction: float) -> tuple[list[Path], list[Path]]:

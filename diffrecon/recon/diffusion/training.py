@@ -112,7 +112,9 @@ class TrainConfig:
                                self.attention_levels, self.num_res_blocks,
                                head_channels=self.base_channels)
 
-    def prior_config(self) -> PriorConfig:
+    def prior_config(self, pixel_mm: tuple[float, float] | None = None) -> PriorConfig:
+        """The checkpoint's config; its pixel sizes: the pixel range trained with, else
+        ``pixel_mm`` (the training slices')."""
         mri = self.modality == "mri"
         return PriorConfig(
             name=self.name, modality=self.modality, architecture="monai-diffusion-unet",
@@ -121,7 +123,7 @@ class TrainConfig:
             orientation=self.orientation,
             normalisation=Normalisation(kind="complex" if mri else "ct-window"),
             weights_dtype=self.weights_dtype, prediction=self.prediction,
-            pixel_mm=None if self.pixel_range is None else tuple(self.pixel_range),
+            pixel_mm=tuple(self.pixel_range) if self.pixel_range is not None else pixel_mm,
         )
 
 
@@ -435,7 +437,7 @@ def train(
         r = TrainResult(step, losses, vloss, seconds, step * cfg.batch_size / max(seconds, 1e-9),
                         str(out_dir), None, len(train_set.images), len(val_set.images), n_params,
                         hardware_name(device), history)
-        save_prior(out_dir, ema, cfg.prior_config(),
+        save_prior(out_dir, ema, cfg.prior_config(getattr(train_set, "pixel_mm", None)),
                    render_card(cfg, r, train_set.volumes, val_set.volumes))
         r.samples_png = str(save_png(out_dir / "samples.png", sheet))
         return r

@@ -122,6 +122,7 @@ def test_train_flow_and_cli(prefect_harness, tmp_path, capsys):
     assert "step 4:" in text and "images/s" in text
     prior = load_prior(out)
     assert prior.config.modality == "ct" and prior.config.orientation == "coronal"
+    assert prior.config.pixel_mm == (2.0, 2.0)  # the training volumes' (for --grid pixel)
     assert "rotations" in (out / "card.md").read_text()
     assert (tmp_path / "priors" / ".tiny-ct.train" / "state.pt").exists()
     assert main(["prior", "list", "--dir", str(tmp_path / "priors")]) == 0
@@ -219,3 +220,18 @@ def test_jitter_flips_half_the_slices_and_bends_mri_contrast_by_a_gamma():
     plain = make_batch(data, 3, tiny_cfg(), VPSchedule())
     assert all(torch.equal(u, v) for u, v in zip(a, b))  # a function of (data, seed, step)
     assert not torch.equal(a[0], plain[0])
+
+
+def test_slices_record_the_pixel_sizes_they_have(tmp_path):
+    """A coronal slice of a 1 x 2 x 3 mm volume stored with flipped axes has 3 mm rows
+    (S) and 1 mm columns (R); resampled slices have the size they were resampled to."""
+    from diffrecon.io.training_slices import inplane_spacing, load_slices
+
+    vol = np.random.default_rng(0).random((10, 12, 14)).astype(np.float32) + 1
+    nib.save(nib.Nifti1Image(vol, np.diag([-1.0, 2.0, 3.0, 1.0])), str(tmp_path / "v.nii.gz"))
+    assert inplane_spacing(tmp_path / "v.nii.gz", "coronal") == (3.0, 1.0)
+    assert inplane_spacing(tmp_path / "v.nii.gz", "axial") == (2.0, 1.0)
+    assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16).pixel_mm == (1.0, 2.0)
+    assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16,
+                       pixel_mm=1.5).pixel_mm == (1.5, 1.5)
+
