@@ -39,9 +39,8 @@ from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
-from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.uncertainty import aliasing, aliasing_weights, with_aliasing
+from diffrecon.recon.uncertainty import aliasing_map
 from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -249,10 +248,7 @@ def main() -> None:
                         row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
                                                               / sd[s["mirror"]].mean())
                         if table:  # with the aliasing term, as --std-aliasing adds it
-                            w = aliasing_weights(table, float(mask.float().mean()),
-                                                 sampling_pattern(mask))
-                            u = with_aliasing(std, aliasing(op, mean), torch.tensor(w[:1]),
-                                              torch.tensor(w[1:]))[0].numpy()
+                            u = aliasing_map(op, mean, std, table)[0].numpy()
                             row["u_lesion_over_mirror"] = float(
                                 u[s["lesion"]].mean() / u[s["mirror"]].mean())
                     rows.append(row)

@@ -23,8 +23,8 @@ pattern (the table's scale), for CT one pooled over the view counts (std -> c st
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
         [--ct-views 8,16] [--max-k 16] [--out benchmarks/results/uncertainty.json]
 
-``--ct-views ''`` keeps the CT rows (and factor) already in ``--out`` (the aliasing term is
-MRI's; CT rows do not change with it).
+``--ct-views ''`` keeps the CT rows (and factor) already in ``--out``, ``--mri-settings ''``
+the MRI rows and fitted points (the aliasing term is MRI's; CT rows do not change with it).
 
 MRI: B1-quick test slices (8), the brain prior; CT: B3 slices of example_ct (every 16th)
 with the CT prior. Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the
@@ -50,7 +50,7 @@ from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import (
     aliasing,
-    aliasing_weights,
+    aliasing_map,
     calibration,
     object_support,
     sampled_fraction,
@@ -65,7 +65,9 @@ TRAIN_Z = (65, 85)  # training-split slices for the calibration factor
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # alias weights
 
 
-CACHE: Path | None = None  # --cache: samples kept on disk (the draws are deterministic)
+# --cache: samples kept on disk (the draws are deterministic for a prior and DDSConfig's
+# defaults: the key holds the prior's digest; clear the folder after changing the sampler)
+CACHE: Path | None = None
 
 
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
@@ -75,7 +77,7 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
-        key = f"{case.volume}_{case.z}_{accel}_{kind}_{k}"
+        key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}"
         run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out
@@ -117,12 +119,10 @@ def maps(run: tuple, k: int, table: list | None, w: float | None = None
     x, truth, op = run
     mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
     u = std
-    if op is not None and (table or w is not None):
-        scale = 1.0
-        if w is None:
-            w, scale = aliasing_weights(table, float(sampled_fraction(op.mask, 1)[0]),
-                                        sampling_pattern(op.mask))
-        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]), torch.tensor([scale]))
+    if op is not None and w is not None:
+        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]))
+    elif op is not None and table:
+        u = aliasing_map(op, mean, std, table)
     show = np.abs if op is not None else metrics.ct_window
     return show(mean[0].numpy()), truth, std[0].numpy(), u[0].numpy()
 
@@ -284,11 +284,17 @@ def main() -> None:
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_ct.png"))
-    elif out.exists():  # keep the CT rows already measured
+    if out.exists():  # keep the rows (and fits) of what was not rerun
         before = json.loads(out.read_text())
-        result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith("B3")]
-        if "ct" in before.get("factors", {}):
-            result["factors"]["ct"] = before["factors"]["ct"]
+        for ran, prefix, keys in ((views, "B3", ("factors",)), (settings, "B1", ("aliasing",))):
+            if ran:
+                continue
+            result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith(prefix)]
+            for key in keys:
+                if key == "factors" and "ct" in before.get("factors", {}):
+                    result["factors"]["ct"] = before["factors"]["ct"]
+                elif key in before:
+                    result[key] = before[key]
     result["seconds"] = time.perf_counter() - t_start
     out.write_text(json.dumps(result, indent=1))
 

@@ -29,22 +29,14 @@ _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
 
 
 def _points(text: str, flag: str) -> list[tuple]:
-    """'F:W[:S][:PATTERN],...' -> [(F, W[, S][, PATTERN]), ...] (an argparse type; the
-    config checks the values)."""
-    out: list[tuple] = []
-    for item in (i.strip() for i in text.split(",")):
-        parts = item.split(":")
-        try:
-            if item and 2 <= len(parts) <= 4:
-                out.append((float(parts[0]), float(parts[1]),
-                            *(p if p.isalpha() else float(p) for p in parts[2:])))
-                continue
-        except ValueError:
-            pass
-        raise argparse.ArgumentTypeError(
-            f"{flag} takes FRACTION:WEIGHT[:SCALE][:equispaced|random] points separated by "
-            f"commas (e.g. 0.125:30:1.9,0.25:0:2.3:equispaced), not {text!r}")
-    return out
+    """'F:W[:S][:PATTERN],...' -> the checked points (recon.uncertainty.aliasing_table; an
+    argparse type)."""
+    from diffrecon.recon.uncertainty import aliasing_table
+
+    try:
+        return aliasing_table([i.strip() for i in text.split(",") if i.strip()])
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
 
 
 def _quiet_prefect(verbose: bool) -> None:
@@ -594,7 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--augment", action="store_true",
                    help="small rotations and scalings (for small data sets, e.g. CT)")
     t.add_argument("--jitter", action="store_true",
-                   help="left-right flips and (MRI) gamma jitter 0.8-1.25")
+                   help="MRI: left-right flips (axial, coronal) and gamma jitter 0.8-1.25")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the data split, sampling and initialisation (default 0)")
     t.add_argument("--data-description", default="",

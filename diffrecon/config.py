@@ -100,9 +100,9 @@ class PriorRef(BaseModel):
     @field_validator("std_aliasing", mode="before")
     @classmethod
     def _aliasing_points(cls, v: list) -> list:
-        from diffrecon.recon.uncertainty import aliasing_point
+        from diffrecon.recon.uncertainty import aliasing_table
 
-        return [aliasing_point(p) for p in v]
+        return aliasing_table(v)
 
     def sampler_config(self, method: str, slice_batch: int | None = None,
                        tv_lam: float | None = None) -> DDSConfig | DPSConfig | DDS3DConfig:

@@ -72,6 +72,14 @@ class MRIAcquisition:
         return (fz / nz if fz else 1.0, fy / ny if fy else 1.0, fx / nx if fx else 1.0)
 
     @property
+    def pixel_mm(self) -> tuple[float, float] | None:
+        """(row, col) pixel size in mm from the header's field of view; None where the header
+        gives none (the affine then assumes 1 mm)."""
+        ny, nx = self.kspace.shape[-2:]
+        fx, fy, _ = self.fov_mm
+        return (float(fy) / ny, float(fx) / nx) if fx > 0 and fy > 0 else None
+
+    @property
     def affine(self) -> np.ndarray:
         return axial_affine(self.voxel_size_mm, self.kspace.shape[-2])
 

@@ -39,12 +39,15 @@ class SliceSet:
     pixel_mm: tuple[float, float] | None = None
 
 
-def inplane_spacing(path: Path, orientation: str) -> tuple[float, float]:
-    """(rows, cols) pixel size in mm of ``orientation`` slices of a NIfTI volume, from its
-    header (the voxel axis along each RAS axis, as the slices are cut in RAS)."""
+def inplane_spacing(path_or_affine: Path | np.ndarray, orientation: str
+                    ) -> tuple[float, float]:
+    """(rows, cols) pixel size in mm of ``orientation`` slices of a NIfTI volume (its path:
+    read from the header) or of a voxel -> RAS affine: the voxel axis along each RAS axis,
+    as the slices are cut in RAS."""
     import nibabel as nib
 
-    affine = nib.load(str(path)).affine
+    affine = (np.asarray(path_or_affine) if isinstance(path_or_affine, np.ndarray)
+              else nib.load(str(path_or_affine)).affine)
     ornt = nib.io_orientation(affine)
     ras = np.zeros(3)
     for i in range(3):
@@ -81,9 +84,8 @@ def _resample_inplane(s: np.ndarray, affine: np.ndarray, orientation: str,
                       pixel_mm: float) -> np.ndarray:
     from scipy.ndimage import zoom
 
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)  # RAS axes x, y, z
-    rows, cols = inplane_axes(orientation)
-    factors = (1.0, spacing[rows] / pixel_mm, spacing[cols] / pixel_mm)
+    rows, cols = inplane_spacing(np.asarray(affine), orientation)
+    factors = (1.0, rows / pixel_mm, cols / pixel_mm)
     return zoom(s, factors, order=1, grid_mode=True, mode="grid-constant", cval=float(s.min()))
 
 

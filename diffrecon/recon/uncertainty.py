@@ -59,25 +59,44 @@ PATTERNS = ("equispaced", "random")  # recon.masks.sampling_pattern's answers
 
 
 def aliasing_point(point: Any) -> tuple[float, float, float, str | None]:
-    """A calibration point (fraction, weight[, scale][, pattern]) as (fraction, weight,
-    scale, pattern): scale 1 and every pattern (None) where not given; a ValueError for
-    anything else."""
-    items = list(point)
+    """A calibration point, "F:W[:S][:PATTERN]" or (F, W[, S][, PATTERN]), as (fraction,
+    weight, scale, pattern): scale 1 and every pattern (None) where not given; a ValueError
+    naming the point for anything else (at most one scale and one pattern; finite values;
+    0 < F <= 1, W >= 0, S > 0)."""
+    items = point.split(":") if isinstance(point, str) else list(point)
+    bad = f"std_aliasing point {point!r}: "
     if not 2 <= len(items) <= 4:
-        raise ValueError(f"std_aliasing point {point!r}: give fraction, weight[, scale]"
-                         "[, pattern]")
-    f, w, *rest = items
-    scale, pattern = 1.0, None
-    for item in rest:
-        if item is None or isinstance(item, str) and item in PATTERNS:
-            pattern = item
+        raise ValueError(bad + "give FRACTION:WEIGHT[:SCALE][:equispaced|random]")
+    scales, patterns = [], []
+    for item in items[2:]:
+        if item is None or (isinstance(item, str) and item.strip() in PATTERNS):
+            patterns.append(item.strip() if isinstance(item, str) else None)
         else:
-            scale = float(item)
-    f, w = float(f), float(w)
-    if not (0 < f <= 1 and w >= 0 and scale > 0):
-        raise ValueError(f"std_aliasing point {f:g}:{w:g}: the sampled fraction must be in "
-                         "(0, 1], the weight at least 0 and the scale above 0")
-    return f, w, scale, pattern
+            scales.append(item)
+    try:
+        f, w, *scale = (float(v) for v in [*items[:2], *scales])
+    except (TypeError, ValueError):
+        raise ValueError(bad + f"numbers and a pattern ({' or '.join(PATTERNS)}) "
+                         "expected") from None
+    if len(scale) > 1 or len(patterns) > 1:
+        raise ValueError(bad + "at most one scale and one pattern")
+    sc = scale[0] if scale else 1.0
+    if not (np.isfinite([f, w, sc]).all() and 0 < f <= 1 and w >= 0 and sc > 0):
+        raise ValueError(bad + "the sampled fraction must be in (0, 1], the weight at "
+                         "least 0 and the scale above 0 (finite)")
+    return f, w, sc, patterns[0] if patterns else None
+
+
+def aliasing_table(points: list) -> list[tuple[float, float, float, str | None]]:
+    """Points (:func:`aliasing_point`), checked together: no two that apply to one pattern
+    at the same sampled fraction (which would be ambiguous)."""
+    table = [aliasing_point(p) for p in points]
+    for pattern in PATTERNS:
+        fractions = [t[0] for t in table if t[3] in (None, pattern)]
+        if len(set(fractions)) < len(fractions):
+            raise ValueError(f"std_aliasing: two points for {pattern} masks at one sampled "
+                             "fraction")
+    return table
 
 
 def aliasing_weights(table: list, fraction: float, pattern: str | None = None
@@ -86,7 +105,7 @@ def aliasing_weights(table: list, fraction: float, pattern: str | None = None
     (recon.masks.sampling_pattern): among ``table``'s points (:func:`aliasing_point`) those
     without a pattern or of this one, linearly interpolated in the fraction, the end
     points' values held beyond them; (0, 1), the spread alone, where none applies."""
-    pts = sorted(pt[:3] for pt in map(aliasing_point, table)
+    pts = sorted(pt[:3] for pt in aliasing_table(table)
                  if pt[3] is None or pattern is None or pt[3] == pattern)
     if not pts:
         return 0.0, 1.0
@@ -100,6 +119,25 @@ def with_aliasing(std: Any, alias: Any, weights: Any, scales: Any = None) -> Any
     shape = (-1, *([1] * (std.ndim - 1)))
     u = (std.square() + weights.reshape(shape).to(std.dtype) * alias.square()).sqrt()
     return u if scales is None else u * scales.reshape(shape).to(std.dtype)
+
+
+def aliasing_map(op: Any, mean: Any, std: Any, table: list) -> Any:
+    """The std map of ``--std-aliasing``: :func:`with_aliasing` of the mean's aliasing under
+    the SENSE-type ``op`` (its ``mask``: one (ky, kx) for every slice or (S, 1, ky, kx)),
+    weight and scale from ``table`` at each slice's sampled fraction and sampling pattern."""
+    import torch
+
+    from diffrecon.recon.masks import sampling_pattern
+
+    n = mean.shape[0]
+    masks = op.mask.reshape(-1, *op.mask.shape[-2:])
+    if len(masks) not in (1, n):
+        raise ValueError(f"{len(masks)} masks for {n} slices")
+    patterns = [sampling_pattern(m) for m in masks]
+    fractions = sampled_fraction(op.mask, n)
+    ws = torch.tensor([aliasing_weights(table, float(f), patterns[min(i, len(masks) - 1)])
+                       for i, f in enumerate(fractions)], device=std.device)
+    return with_aliasing(std, aliasing(op, mean), ws[:, 0], ws[:, 1])
 
 
 def std_qa(image: Array, std: Array, threshold: float, data_range: float | None = None) -> dict:

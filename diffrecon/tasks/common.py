@@ -201,27 +201,12 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
 
 def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
                    table: list[tuple], slice_batch: int | None) -> torch.Tensor:
-    """The std map with the aliasing term of the mean ``x`` (recon.uncertainty.with_aliasing),
-    its weight and scale interpolated in ``table`` at each slice's sampled fraction and
-    sampling pattern (SENSE operators)."""
-    from diffrecon.recon.masks import sampling_pattern
-    from diffrecon.recon.uncertainty import (
-        aliasing,
-        aliasing_weights,
-        sampled_fraction,
-        with_aliasing,
-    )
+    """The std map with the aliasing term of the mean ``x`` (recon.uncertainty.aliasing_map),
+    in slice batches."""
+    from diffrecon.recon.uncertainty import aliasing_map
 
-    def batch(a: int, b: int) -> torch.Tensor:
-        op = make_op(a, b)
-        masks = op.mask.reshape(-1, *op.mask.shape[-2:])
-        ws = torch.tensor([aliasing_weights(table, float(f),
-                                            sampling_pattern(masks[min(i, len(masks) - 1)]))
-                           for i, f in enumerate(sampled_fraction(op.mask, b - a))],
-                          device=x.device)
-        return with_aliasing(std[a:b], aliasing(op, x[a:b]), ws[:, 0], ws[:, 1])
-
-    return in_slice_batches(batch, x.shape[0], slice_batch, "the aliasing term")
+    return in_slice_batches(lambda a, b: aliasing_map(make_op(a, b), x[a:b], std[a:b], table),
+                            x.shape[0], slice_batch, "the aliasing term")
 
 
 def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,

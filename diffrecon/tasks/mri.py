@@ -34,6 +34,7 @@ class _KSpaceRefs(BaseModel):
     reference: ArrayRef | None = None
     reference_kind: str | None = None
     affine: list[list[float]]
+    pixel_mm: tuple[float, float] | None = None  # (row, col) from the header; None: unknown
 
 
 class ScanRef(_KSpaceRefs):
@@ -84,16 +85,11 @@ def load_scan(path: str, store_root: str, label: str | None = None,
         reference=ref,
         reference_kind=acq.reference_kind,
         affine=acq.affine.tolist(),
+        pixel_mm=acq.pixel_mm,
         fully_sampled=acq.fully_sampled,
         header=header,
         source_attrs=attrs,
     )
-
-
-def pixel_size(affine: list[list[float]]) -> tuple[float, float]:
-    """(row, column) pixel size in mm of a scan's (slice, row, column) -> RAS affine."""
-    a = np.asarray(affine, dtype=float)[:3]
-    return float(np.linalg.norm(a[:, 1])), float(np.linalg.norm(a[:, 2]))
 
 
 def _slices(mask: torch.Tensor, a: int, b: int) -> torch.Tensor:
@@ -176,7 +172,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
         return Measurement(
             name=scan.name, kspace=store.put(k.cpu().numpy()) if n_virtual else scan.kspace,
             mask=scan.mask, reference=reference,
-            reference_kind=reference_kind, affine=scan.affine,
+            reference_kind=reference_kind, affine=scan.affine, pixel_mm=scan.pixel_mm,
             setting=f"as acquired, {100 * sampled.mean():.1f} % of k-space, {kind}{cc}",
         )
     if reference is None:
@@ -197,6 +193,7 @@ def prepare_measurement(scan: ScanRef, spec: MaskSpec, store_root: str, device: 
         reference=reference,
         reference_kind=reference_kind,
         affine=scan.affine,
+        pixel_mm=scan.pixel_mm,
         setting=f"R={accel} {spec.kind}{cc}",
     )
 
@@ -252,7 +249,7 @@ def reconstruct(
             method, lambda a, b: Sense(s[a:b], _slices(mask, a, b)), k, config.diffusion,
             dev, what,
             config.slice_batch, "mri", tuple(k.shape[-2:]), tv_lam=config.tv_lam,
-            pixel_mm=pixel_size(meas.affine))
+            pixel_mm=meas.pixel_mm)
     else:  # slices a..b-1: independent in 2D
         x = in_slice_batches(lambda a, b: m.mri(k[a:b], s[a:b] if s is not None else None,
                                                 _slices(mask, a, b), config),

@@ -135,6 +135,12 @@ def test_dds_in_the_flow_records_prior_nfe_and_progress(prefect_harness, batch, 
     (rec2,) = reconstruct_scans([str(big)], on_prior)
     assert rec2.state == "done" and nib.load(rec2.output).shape[:2] == (90, 96)
     assert not np.allclose(nib.load(rec.output).get_fdata(), nib.load(rec2.output).get_fdata())
+    # --grid pixel needs the prior's pixel size: this one does not record it
+    on_pixel = other.model_copy(update={
+        "out_dir": str(tmp_path / "o4"),
+        "diffusion": PriorRef(prior=str(prior_dir), nfe=3, grid="pixel")})
+    (rec3,) = reconstruct_scans([str(big)], on_pixel)
+    assert rec3.state == "failed" and "does not record the pixel size" in rec3.error
 
 
 def test_ct_volume_through_the_flow_writes_hu(prefect_harness, tmp_path):
@@ -711,7 +717,6 @@ def test_grid_pixel_samples_at_the_pixel_size_the_prior_learnt(monkeypatch):
     from diffrecon.recon.diffusion import run
     from diffrecon.recon.operators import Sense
     from diffrecon.tasks import common
-    from diffrecon.tasks.mri import pixel_size
 
     grids = []
 
@@ -734,10 +739,15 @@ def test_grid_pixel_samples_at_the_pixel_size_the_prior_learnt(monkeypatch):
         x, *_ = common.run_diffusion("dds", make_op, y, ref, torch.device("cpu"), "s", None,
                                      "mri", shape, pixel_mm=pixel)
         assert grids[-1] == expect and tuple(x.shape) == (1, *shape)
-    # the affine of a scan read from disk: (slice, row, column) -> RAS
-    from diffrecon.io.records import axial_affine
+    # a scan read from disk: its pixel size from the header's field of view, None without
+    from dataclasses import replace
 
-    assert pixel_size(axial_affine((3.0, 1.5, 2.5), 64).tolist()) == (1.5, 2.5)
+    from tests.conftest import make_acquisition
+
+    acq = make_acquisition(n_slices=1, n_coils=2, ny=40, nx=30, seed=0)
+    assert acq.pixel_mm == (2.0, 2.0)
+    assert replace(acq, fov_mm=(60.0, 120.0, 3.0)).pixel_mm == (3.0, 2.0)
+    assert replace(acq, fov_mm=(0.0, 0.0, 0.0)).pixel_mm is None
     unknown = SimpleNamespace(name="old-prior", config=SimpleNamespace(pixel_mm=None))
     with pytest.raises(ValueError, match="prior old-prior does not record the pixel size"):
         run.pixel_grid(unknown, (64, 64), (2.0, 2.0))
@@ -801,5 +811,5 @@ def test_the_std_settings_enter_the_cache_key_only_with_samples():
     assert "std_aliasing" not in k4["diffusion"]  # keys made before the aliasing term
     assert diffusion_settings(PriorRef(std_aliasing=[(0.2, 1.0)]), "dds") == one
     assert diffusion_settings(PriorRef(samples=4, std_aliasing=[(0.2, 1.0)]), "dds") != k4
-    with pytest.raises(ValueError, match="std_aliasing point 1.5:1: the sampled fraction"):
+    with pytest.raises(ValueError, match=r"std_aliasing point \(1.5, 1.0\): the sampled"):
         PriorRef(std_aliasing=[(1.5, 1.0)])

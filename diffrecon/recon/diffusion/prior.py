@@ -6,7 +6,7 @@ from contextlib import nullcontext
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diffrecon.common import units
 from diffrecon.recon.diffusion.schedule import VPSchedule
@@ -50,6 +50,13 @@ class PriorConfig(BaseModel):
     # the pixel sizes (mm, lowest and highest) of the images the prior learnt; None: not
     # recorded. `--grid pixel` resamples a scan to a pixel size in this range.
     pixel_mm: tuple[float, float] | None = None
+
+    @field_validator("pixel_mm")
+    @classmethod
+    def _pixel_range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1]:
+            raise ValueError(f"pixel_mm {list(v)}: give [lowest, highest] mm, both above 0")
+        return v
 
 
 def hu_to_unit(hu: torch.Tensor, norm: Normalisation | None = None) -> torch.Tensor:

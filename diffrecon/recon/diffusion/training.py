@@ -58,8 +58,8 @@ class TrainConfig:
     seed: int = 0
     amp: bool = True
     augment: bool = False
-    # left-right flips (both modalities) and, for MRI, gamma jitter x -> x ** g with log g
-    # uniform in +-log(1.25) (contrast varies between scanners and sequences; CT's HU do not)
+    # MRI: left-right flips (axial, coronal) and gamma jitter x -> x ** g with log g uniform
+    # in +-log(1.25) (contrast varies between scanners and sequences); nothing for CT
     jitter: bool = False
     n_samples: int = 16
     sample_steps: int = 50
@@ -178,16 +178,21 @@ def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return _resample(x, ang, 1 / scale, x.shape[-1])
 
 
-def _jitter(x: torch.Tensor, g: torch.Generator, modality: str) -> torch.Tensor:
-    """Left-right flips of half the slices; MRI also gamma x -> x ** g, log g uniform in
-    +-log(1.25) (intensities stay in [0, 1], 0 and 1 fixed)."""
+def _jitter(x: torch.Tensor, g: torch.Generator, modality: str, orientation: str
+            ) -> torch.Tensor:
+    """MRI only: left-right flips of half the slices (axial and coronal slices, whose
+    columns run left-right; a sagittal flip would put the face at the back) and gamma
+    x -> x ** g, log g uniform in +-log(1.25) (intensities stay in [0, 1], 0 and 1 fixed).
+    CT is returned as it is: a mirrored body has its organs on the wrong side, and HU do
+    not vary between scanners as MR contrast does."""
+    if modality != "mri":
+        return x
     n = x.shape[0]
     flip = torch.rand(n, generator=g) < 0.5
-    x = torch.where(flip[:, None, None], x.flip(-1), x)
-    if modality == "mri":
-        gamma = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(1.25))
-        x = x.clamp(min=0) ** gamma[:, None, None].to(x.dtype)
-    return x
+    if orientation in ("axial", "coronal"):
+        x = torch.where(flip[:, None, None], x.flip(-1), x)
+    gamma = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(1.25))
+    return x.clamp(min=0) ** gamma[:, None, None].to(x.dtype)
 
 
 def _pixel_zoom(pixel: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
@@ -237,7 +242,7 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
     elif cfg.augment:
         x = _augment(x, g)
     if cfg.jitter:
-        x = _jitter(x, g, cfg.modality)
+        x = _jitter(x, g, cfg.modality, cfg.orientation)
     x0 = to_model_batch(x, cfg.modality, g)
     t = torch.randint(schedule.num_steps, (cfg.batch_size,), generator=g)
     noise = torch.randn(x0.shape, generator=g)
@@ -305,8 +310,9 @@ def _augmentation_text(cfg: TrainConfig) -> str:
             f"pixel sizes uniform in {lo:g}-{hi:g} mm (validation at {hi:g} mm)"]
     elif cfg.augment:
         parts.append("rotations +-10 deg, scalings 0.9-1.1")
-    if cfg.jitter:
-        parts.append("left-right flips" + (", gamma 0.8-1.25" if cfg.modality == "mri" else ""))
+    if cfg.jitter and cfg.modality == "mri":
+        parts.append(("left-right flips, " if cfg.orientation in ("axial", "coronal") else "")
+                     + "gamma 0.8-1.25")
     return ", ".join(parts) or "none"
 
 

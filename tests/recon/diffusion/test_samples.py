@@ -150,6 +150,8 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     the weight is interpolated in sampled fraction and held beyond the table's ends."""
     from diffrecon.recon.uncertainty import (
         aliasing,
+        aliasing_point,
+        aliasing_table,
         aliasing_weights,
         sampled_fraction,
         with_aliasing,
@@ -185,6 +187,17 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     assert aliasing_weights([(0.25, 1.0, "random")], 0.25, "equispaced") == (0.0, 1.0)
     with pytest.raises(ValueError, match="the scale above 0"):
         aliasing_weights([(0.25, 1.0, 0.0)], 0.25)
+    # the one parser of points, strings or tuples, and the table's consistency
+    assert aliasing_point("0.25:3:0.5:random") == (0.25, 3.0, 0.5, "random")
+    assert aliasing_point("0.25:3:random") == aliasing_point((0.25, 3.0, 1.0, "random"))
+    for bad, why in (("0.25:3:rand", "numbers and a pattern"), ("0.5", "give FRACTION"),
+                     ("0.5:1:2:3", "at most one scale"), ("0.5:inf", "finite"),
+                     ("0.5:1:random:equispaced", "at most one scale and one pattern")):
+        with pytest.raises(ValueError, match=why):
+            aliasing_point(bad)
+    with pytest.raises(ValueError, match="two points for random masks at one sampled"):
+        aliasing_table(["0.25:0", "0.25:3:random"])
+    assert len(aliasing_table(["0.25:0:equispaced", "0.25:3:random"])) == 2
     std, alias = torch.full((2, 4, 4), 3.0), torch.full((2, 4, 4), 2.0)
     u = with_aliasing(std, alias, torch.tensor([0.0, 4.0]))
     assert torch.allclose(u[0], std[0]) and torch.allclose(u[1], torch.full((4, 4), 5.0))
@@ -209,3 +222,31 @@ def test_sampling_pattern_tells_equispaced_from_random_lines():
     r8 = [sampling_pattern(expand_mask(mask_1d("random", 128, 8, s), 8)) for s in range(200)]
     assert r8.count("equispaced") <= 2
     assert sampling_pattern(poisson_2d((128, 96), 6, 0)) == "random"
+
+
+def test_the_aliasing_map_takes_each_slices_fraction_and_pattern():
+    """Per-slice masks of one scan: slice 0 equispaced (every other line), slice 1 random
+    lines of the same fraction: each gets its own pattern's weight and scale."""
+    from diffrecon.recon.masks import sampling_pattern
+    from diffrecon.recon.uncertainty import aliasing, aliasing_map, with_aliasing
+
+    rng = np.random.default_rng(4)
+    eq = torch.zeros(32, 32)
+    eq[::2] = 1
+    lines = np.sort(np.concatenate([np.arange(13, 19), rng.choice(
+        np.r_[0:13, 19:32], 10, replace=False)]))
+    rnd = torch.zeros(32, 32)
+    rnd[lines] = 1
+    assert (sampling_pattern(eq), sampling_pattern(rnd)) == ("equispaced", "random")
+    op = Sense(torch.ones(2, 1, 32, 32, dtype=torch.complex64),
+               torch.stack([eq, rnd])[:, None])
+    mean = torch.from_numpy(rng.standard_normal((2, 32, 32))).to(torch.complex64)
+    std = torch.rand(2, 32, 32)
+    table = [(0.5, 0.0, 2.0, "equispaced"), (0.5, 5.0, 0.5, "random")]
+    got = aliasing_map(op, mean, std, table)
+    want = with_aliasing(std, aliasing(op, mean), torch.tensor([0.0, 5.0]),
+                         torch.tensor([2.0, 0.5]))
+    assert torch.allclose(got, want) and torch.allclose(got[0], 2 * std[0])
+    with pytest.raises(ValueError, match="2 masks for 3 slices"):
+        aliasing_map(op, torch.zeros(3, 32, 32), torch.zeros(3, 32, 32), table)
+

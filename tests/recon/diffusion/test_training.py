@@ -196,25 +196,25 @@ def test_v_prediction_with_min_snr_trains_and_samples_as_epsilon(slices, tmp_pat
 
 
 def test_jitter_flips_half_the_slices_and_bends_mri_contrast_by_a_gamma():
-    """Each jittered slice is the ramp or its left-right mirror raised to one gamma in
-    [0.8, 1.25] (MRI); CT slices are only mirrored (their HU keep their values)."""
+    """Each jittered axial MRI slice is the ramp or its left-right mirror raised to one gamma
+    in [0.8, 1.25]; sagittal slices are never mirrored (their columns run front to back);
+    CT slices are returned as they are."""
     from diffrecon.recon.diffusion.training import _jitter
 
     ramp = torch.linspace(0.05, 0.95, 16)[None, None].expand(64, 16, 16).clone()
-    out = _jitter(ramp, torch.Generator().manual_seed(1), "mri")
-    flipped = 0
-    for s in range(64):
-        row = out[s, 0]
-        mirrored = bool(row[0] > row[-1])
-        flipped += mirrored
-        src = ramp[s, 0].flip(0) if mirrored else ramp[s, 0]
-        g = torch.log(row) / torch.log(src)
-        assert float(g.max() - g.min()) < 1e-4
-        assert 0.8 - 1e-6 <= float(g.mean()) <= 1.25 + 1e-6
-    assert 20 <= flipped <= 44
-    ct = _jitter(ramp, torch.Generator().manual_seed(1), "ct")
-    assert all(torch.equal(ct[s], ramp[s]) or torch.equal(ct[s], ramp[s].flip(-1))
-               for s in range(64))
+    for orientation in ("axial", "sagittal"):
+        out = _jitter(ramp, torch.Generator().manual_seed(1), "mri", orientation)
+        flipped = 0
+        for s in range(64):
+            row = out[s, 0]
+            mirrored = bool(row[0] > row[-1])
+            flipped += mirrored
+            src = ramp[s, 0].flip(0) if mirrored else ramp[s, 0]
+            g = torch.log(row) / torch.log(src)
+            assert float(g.max() - g.min()) < 1e-4
+            assert 0.8 - 1e-6 <= float(g.mean()) <= 1.25 + 1e-6
+        assert (20 <= flipped <= 44) if orientation == "axial" else flipped == 0
+    assert torch.equal(_jitter(ramp, torch.Generator().manual_seed(1), "ct", "axial"), ramp)
     data = torch.rand(6, 16, 16)
     a, b = (make_batch(data, 3, tiny_cfg(jitter=True), VPSchedule()) for _ in range(2))
     plain = make_batch(data, 3, tiny_cfg(), VPSchedule())
@@ -234,4 +234,3 @@ def test_slices_record_the_pixel_sizes_they_have(tmp_path):
     assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16).pixel_mm == (1.0, 2.0)
     assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16,
                        pixel_mm=1.5).pixel_mm == (1.5, 1.5)
-
