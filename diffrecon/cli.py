@@ -13,6 +13,21 @@ if TYPE_CHECKING:
 
 DEMO_PRIOR = "brain-t1-axial-128"
 
+def _points(text: str) -> list[tuple]:
+    """'F:W[:S][:PATTERN],...' -> the points as the config checks them (PriorRef's
+    std_aliasing; an argparse type, so a bad point is a usage error)."""
+    from pydantic import ValidationError
+
+    from diffrecon.config import PriorRef
+
+    try:
+        return PriorRef(std_aliasing=[i.strip() for i in text.split(",") if i.strip()]
+                        ).std_aliasing
+    except ValidationError as exc:
+        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise argparse.ArgumentTypeError(why) from None
+
+
 # the sampler flags of `run` and the PriorRef fields they set (defaults and help come from
 # PriorRef, whose defaults come from the samplers' settings: each default lives in one place)
 _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float),
@@ -24,19 +39,8 @@ _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float)
                   ("--tv-iters", "tv_iters", int), ("--grid", "grid", str),
                   ("--samples", "samples", int), ("--std-scale", "std_scale", float),
                   ("--std-threshold", "std_threshold", float),
-                  ("--std-aliasing", "std_aliasing", lambda v: _points(v, "--std-aliasing")))
+                  ("--std-aliasing", "std_aliasing", _points))
 _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
-
-
-def _points(text: str, flag: str) -> list[tuple]:
-    """'F:W[:S][:PATTERN],...' -> the checked points (recon.uncertainty.aliasing_table; an
-    argparse type)."""
-    from diffrecon.recon.uncertainty import aliasing_table
-
-    try:
-        return aliasing_table([i.strip() for i in text.split(",") if i.strip()])
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{flag}: {exc}") from None
 
 
 def _quiet_prefect(verbose: bool) -> None:
