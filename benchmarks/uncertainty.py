@@ -235,7 +235,7 @@ def main() -> None:
 
     settings = [s.split("/") for s in args.mri_settings.split(",") if s]
     if settings:
-        figure: list = []  # the first test slice of each setting: truth, mean, std, c u
+        figure: list = []  # the first test slice of each setting: truth, mean, std, u
         prior = resolve_prior("brain-t1-axial-128")
         coil_maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
         train_vols, _ = ixi_split(MRI / "ixi_t1")
@@ -245,8 +245,7 @@ def main() -> None:
         for a, kind in settings:
             for r in mri_samples(train, int(a), kind, prior, args.fit_k):
                 groups.setdefault((int(a), sampling_pattern(r[2].mask)), []).append(r)
-        table = fit_weights(groups, args.fit_k)
-        factor = 1.0  # the scales are the table's, per point
+        table = fit_weights(groups, args.fit_k)  # its points carry the scales
         result["aliasing"] = table
         print(f"MRI: --std-aliasing "
               f"{','.join(f'{f}:{w:g}:{c:g}:{p}' for f, w, c, p in table)} "
@@ -254,10 +253,10 @@ def main() -> None:
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
             mean, truth, std, u = maps(runs[0], max(ks), table)
-            figure.append((f"R={a} {kind}", truth, mean, std, factor * u))
+            figure.append((f"R={a} {kind}", truth, mean, std, u))
             for k in ks:
                 row = {"benchmark": f"B1-quick ({len(test)} slices)", "setting":
-                       f"R={a} {kind}", "k": k, **score(runs, k, factor, table)}
+                       f"R={a} {kind}", "k": k, **score(runs, k, 1.0, table)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_mri.png"))
@@ -286,15 +285,14 @@ def main() -> None:
         sheet(figure, out.with_name(out.stem + "_ct.png"))
     if out.exists():  # keep the rows (and fits) of what was not rerun
         before = json.loads(out.read_text())
-        for ran, prefix, keys in ((views, "B3", ("factors",)), (settings, "B1", ("aliasing",))):
-            if ran:
-                continue
-            result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith(prefix)]
-            for key in keys:
-                if key == "factors" and "ct" in before.get("factors", {}):
-                    result["factors"]["ct"] = before["factors"]["ct"]
-                elif key in before:
-                    result[key] = before[key]
+        if not settings:
+            result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith("B1")]
+            if "aliasing" in before:
+                result["aliasing"] = before["aliasing"]
+        if not views:
+            result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith("B3")]
+            if "ct" in before.get("factors", {}):
+                result["factors"]["ct"] = before["factors"]["ct"]
     result["seconds"] = time.perf_counter() - t_start
     out.write_text(json.dumps(result, indent=1))
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
 DEMO_PRIOR = "brain-t1-axial-128"
 
+
 def _points(text: str) -> list[tuple]:
     """'F:W[:S][:PATTERN],...' -> the points as the config checks them (PriorRef's
     std_aliasing; an argparse type, so a bad point is a usage error)."""
