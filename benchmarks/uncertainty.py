@@ -8,7 +8,9 @@ recon.uncertainty.calibration: per slice Spearman's rho of the 5 x 5 local means
 error over the mean std; plus the PSNR of the K-sample mean and of one sample.
 
 MRI also gets the aliasing term (recon.uncertainty.with_aliasing): u = sqrt(std^2 +
-w alias^2), alias = |A^H A m - m| of the mean m, with one weight w per acceleration and
+w alias^2), alias^2 = |A^H A m - m|^2 of the mean m averaged over a Gaussian of
+ALIAS_SIGMA pixels (its width chosen on the training slices too: the "alias_sigma" study
+in the JSON), with one weight w per acceleration and
 sampling pattern, chosen on training-split slices only (IXI's training volumes) as the
 smallest weight of a grid within 0.005 of the highest mean Spearman there; the (sampled
 fraction, weight, scale, pattern) points are what ``--std-aliasing`` takes. Rows report
@@ -49,6 +51,7 @@ from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
 from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import (
+    ALIAS_SIGMA,
     aliasing,
     aliasing_map,
     calibration,
@@ -63,6 +66,7 @@ MRI = SHARED / "mri"
 CT = SHARED / "ct" / "totalsegmentator"
 TRAIN_Z = (65, 85)  # training-split slices for the calibration factor
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # alias weights
+SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing energy's mean
 
 
 # --cache: samples kept on disk (the draws are deterministic for a prior and DDSConfig's
@@ -110,17 +114,17 @@ def _draw(prior, make_op, y, k: int) -> np.ndarray:
     return draw_samples([prior], DDSConfig(), make_op, y, samples=k)[0][0].numpy()
 
 
-def maps(run: tuple, k: int, table: list | None, w: float | None = None
-         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def maps(run: tuple, k: int, table: list | None, w: float | None = None,
+         sigma: float = ALIAS_SIGMA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(shown mean, truth, std, u) of the first k samples of one slice: u is the std map as
     ``--std-aliasing`` makes it, with weight and scale interpolated in ``table`` at the
-    slice's sampled fraction and pattern, or with weight ``w`` and scale 1 (u = std for CT,
-    or with neither)."""
+    slice's sampled fraction and pattern, or with weight ``w``, scale 1 and the aliasing
+    energy's local mean over ``sigma`` pixels (u = std for CT, or with neither)."""
     x, truth, op = run
     mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
     u = std
     if op is not None and w is not None:
-        u = with_aliasing(std, aliasing(op, mean), torch.tensor([w]))
+        u = with_aliasing(std, aliasing(op, mean, sigma), torch.tensor([w]))
     elif op is not None and table:
         u = aliasing_map(op, mean, std, table)
     show = np.abs if op is not None else metrics.ct_window
@@ -175,6 +179,35 @@ def sheet(items: list[tuple], path: Path) -> None:
     im.save(path)
 
 
+def best_weight(runs: list[tuple], k: int, sigma: float = ALIAS_SIGMA
+                ) -> tuple[float, dict[float, float]]:
+    """The weight of WEIGHTS for the aliasing term of ``runs`` (training slices): the
+    smallest within 0.005 of the highest mean Spearman of |error| and u (the spread keeps
+    its say where larger weights gain nothing), and the mean Spearman per weight."""
+    rho = {}
+    for w in WEIGHTS:
+        scored = []
+        for r in runs:
+            mean, truth, _, u = maps(r, k, None, w, sigma)
+            scored.append(calibration(mean, u, truth)["spearman"])
+        rho[w] = float(np.mean(scored))
+    top = max(rho.values())
+    return min(w for w in WEIGHTS if rho[w] >= top - 0.005), rho
+
+
+def sigma_study(groups: dict[tuple[int, str], list[tuple]], k: int) -> dict[str, float]:
+    """Per width of SIGMAS, the mean over the groups (acceleration, pattern) of the
+    training slices' Spearman at each group's best weight: how recon.uncertainty's
+    ALIAS_SIGMA was chosen (the smallest within 0.005 of the best)."""
+    out = {}
+    for sigma in SIGMAS:
+        out[str(sigma)] = round(float(np.mean([
+            max(best_weight(runs, k, sigma)[1].values()) for runs in groups.values()])), 4)
+        print(f"aliasing energy over sigma {sigma} px: mean Spearman on training slices "
+              f"{out[str(sigma)]:.3f}", flush=True)
+    return out
+
+
 def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tuple]:
     """Per acceleration and sampling pattern (recon.masks.sampling_pattern of each training
     slice's mask, as the product tells them apart): the weight of WEIGHTS with the highest
@@ -182,17 +215,7 @@ def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tupl
     (:func:`fit_factor`); returned as (mean sampled fraction, weight, scale, pattern)."""
     table = []
     for (accel, kind), runs in sorted(groups.items()):
-        rho = {}
-        for w in WEIGHTS:
-            scored = []
-            for r in runs:
-                mean, truth, _, u = maps(r, k, None, w)
-                scored.append(calibration(mean, u, truth)["spearman"])
-            rho[w] = float(np.mean(scored))
-        # the smallest weight within 0.005 of the best: the spread keeps its say where
-        # larger weights gain nothing
-        top = max(rho.values())
-        best = min(w for w in WEIGHTS if rho[w] >= top - 0.005)
+        best, rho = best_weight(runs, k)
         frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
         scale = fit_factor(runs, k, None, best)
         print(f"R={accel} {kind}: sampled fraction {frac:.3f}, Spearman on training slices "
@@ -245,6 +268,7 @@ def main() -> None:
         for a, kind in settings:
             for r in mri_samples(train, int(a), kind, prior, args.fit_k):
                 groups.setdefault((int(a), sampling_pattern(r[2].mask)), []).append(r)
+        result["alias_sigma"] = {"chosen": ALIAS_SIGMA, **sigma_study(groups, args.fit_k)}
         table = fit_weights(groups, args.fit_k)  # its points carry the scales
         result["aliasing"] = table
         print(f"MRI: --std-aliasing "

@@ -662,9 +662,11 @@ def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
 
 def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monkeypatch):
     """--std-aliasing 0.25:0:2,0.75:8:4 at a sampled fraction of 0.5 (every other line):
-    the map is --std-scale x 3 x sqrt(std^2 + 4 |A^H A m - m|^2), m the mean (numpy's FFT as
-    the reference for A^H A); MRI only: a CT run keeps the spread alone."""
+    the map is --std-scale x 3 x sqrt(std^2 + 4 G * |A^H A m - m|^2), m the mean, G the
+    Gaussian local mean (numpy's FFT and scipy's filter as the references); MRI only: a CT
+    run keeps the spread alone."""
     import torch
+    from scipy.ndimage import gaussian_filter
 
     from diffrecon.cli import _prior_ref, build_parser
     from diffrecon.recon.diffusion import run
@@ -695,8 +697,11 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     y = torch.zeros(2, 1, 128, 128, dtype=torch.complex64)
     x, std, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: Sense(ones[a:b], half), y,
                                         ref, torch.device("cpu"), "vol", 1, "mri", (128, 128))
-    alias = np.abs(_np_normal(5 * p, half.numpy()) - 5 * p)
-    expect = 2.5 * 3 * np.sqrt(np.abs(p) ** 2 + 4 * alias ** 2)
+    from diffrecon.recon.uncertainty import ALIAS_SIGMA
+
+    alias2 = np.abs(_np_normal(5 * p, half.numpy()) - 5 * p) ** 2
+    alias2 = np.stack([gaussian_filter(a, ALIAS_SIGMA, mode="nearest") for a in alias2])
+    expect = 2.5 * 3 * np.sqrt(np.abs(p) ** 2 + 4 * alias2)
     assert np.allclose(std.numpy(), expect, rtol=1e-4, atol=1e-4)
     ct = ref.model_copy(update={"prior": "ct-axial-128"})
     _, std_ct, _, _ = common.run_diffusion("dds-3d-tv", lambda a, b: None, y, ct,

@@ -146,9 +146,13 @@ def _np_normal(m: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     """|A^H A m - m| is 0 for full sampling and, for every other line, half the difference
-    between m and its copy shifted by half the field of view (numpy's FFT as reference);
+    between m and its copy shifted by half the field of view (numpy's FFT as reference),
+    by default its square averaged over a Gaussian (scipy's as reference);
     the weight is interpolated in sampled fraction and held beyond the table's ends."""
+    from scipy.ndimage import gaussian_filter
+
     from diffrecon.recon.uncertainty import (
+        ALIAS_SIGMA,
         aliasing,
         aliasing_point,
         aliasing_table,
@@ -165,11 +169,16 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     assert aliasing(Sense(ones, full), x).abs().max() < 1e-5
     half = torch.zeros(32, 32)
     half[::2] = 1
-    got = aliasing(Sense(ones, half), x).numpy()
+    got = aliasing(Sense(ones, half), x, sigma=0).numpy()
     ref = np.abs(_np_normal(m, half.numpy()) - m)
     assert np.allclose(got, ref, atol=1e-5)
     # the same as |m - roll(m, N/2)| / 2: the folded copy
     assert np.allclose(got, np.abs(m - np.roll(m, 16, axis=1)) / 2, atol=1e-5)
+    # by default its energy's local mean over a Gaussian (scipy's, edges continued)
+    smooth = aliasing(Sense(ones, half), x).numpy()
+    want = np.sqrt(np.stack([gaussian_filter(g ** 2, ALIAS_SIGMA, mode="nearest")
+                             for g in ref]))
+    assert ALIAS_SIGMA > 0 and np.allclose(smooth, want, rtol=1e-4, atol=1e-6)
 
     per_slice = torch.stack([half, full])[:, None]
     assert torch.allclose(sampled_fraction(per_slice, 2), torch.tensor([0.5, 1.0]))
