@@ -12,7 +12,8 @@ validation loss (comparable across parameterisations), and DDS at R=4 and R=8 eq
 
 Candidates: baseline (epsilon, uniform weights: today's recipe), v-minsnr (v prediction,
 min-SNR-5), minsnr (epsilon, min-SNR-5), augment (today's + rotations and scalings), jitter
-(today's + left-right flips and gamma jitter). Rows of candidates not rerun stay in --out
+(today's + left-right flips and gamma jitter), patch (64 x 64 crops, 4 per image, on 3 of 4
+steps). Rows of candidates not rerun stay in --out
 (compare only rows run at the same --minutes).
 """
 
@@ -37,6 +38,7 @@ CANDIDATES = {
     "minsnr": {"min_snr": 5.0},
     "augment": {"augment": True},
     "jitter": {"jitter": True},
+    "patch": {"patch": 64},
 }
 
 

@@ -342,7 +342,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         name=args.name or out.name, modality=args.modality, orientation=args.orientation,
         size=args.size, steps=args.steps, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, augment=args.augment,
-        jitter=args.jitter,
+        jitter=args.jitter, patch=args.patch, patch_full=args.patch_full,
         base_channels=args.base_channels,
         channel_mult=tuple(int(m) for m in args.channel_mult.split(",")),
         n_samples=args.samples, network_note=args.network_note,
@@ -592,6 +592,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="small rotations and scalings (for small data sets, e.g. CT)")
     t.add_argument("--jitter", action="store_true",
                    help="MRI: left-right flips (axial, coronal) and gamma jitter 0.8-1.25")
+    t.add_argument("--patch", type=int, default=None, metavar="P",
+                   help="patch training: P x P crops ((size/P)^2 per image) on most steps")
+    t.add_argument("--patch-full", type=float, default=0.25, metavar="F",
+                   help="with --patch: the share of steps on whole images (default 0.25)")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the data split, sampling and initialisation (default 0)")
     t.add_argument("--data-description", default="",

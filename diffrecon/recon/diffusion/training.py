@@ -89,6 +89,23 @@ class TrainConfig:
     prediction: str = "epsilon"
     # min-SNR-gamma loss weighting (e.g. 5); None: every timestep's squared error weighs 1
     min_snr: float | None = None
+    # patch training: on a share 1 - patch_full of the steps the batch is random patch x
+    # patch crops, (size / patch)^2 as many as whole images (the same pixels per step: about
+    # the same compute, more distinct image content), the others whole images; the network,
+    # fully convolutional, is applied to whole images as always. None: whole images only
+    patch: int | None = None
+    patch_full: float = 0.25
+
+    def __post_init__(self) -> None:
+        if self.patch is not None:
+            step = 2 ** (len(self.channel_mult) - 1)
+            if not (step <= self.patch < self.size and self.patch % step == 0):
+                raise ValueError(f"patch {self.patch}: a multiple of {step} (the network "
+                                 f"halves it {len(self.channel_mult) - 1} times) below the "
+                                 f"image size {self.size}")
+            if not 0 <= self.patch_full < 1:
+                raise ValueError(f"patch_full {self.patch_full:g}: the share of whole-image "
+                                 "steps must be in [0, 1)")
 
     @property
     def channels(self) -> int:
@@ -243,10 +260,36 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
         x = _augment(x, g)
     if cfg.jitter:
         x = _jitter(x, g, cfg.modality, cfg.orientation)
+    if cfg.patch is not None:
+        x = _patches(data, x, g, cfg)
     x0 = to_model_batch(x, cfg.modality, g)
-    t = torch.randint(schedule.num_steps, (cfg.batch_size,), generator=g)
+    t = torch.randint(schedule.num_steps, (len(x0),), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     return schedule.q_sample(x0, t, noise), t, noise
+
+
+def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
+             ) -> torch.Tensor:
+    """Patch training's batch: on a share ``patch_full`` of the steps the whole images ``x``,
+    else (size / patch)^2 times as many slices (the batch's and further ones, through the
+    same augmentation) each cropped at a random position to patch x patch."""
+    if torch.rand(1, generator=g).item() < cfg.patch_full:
+        return x
+    n = len(x) * (cfg.size // cfg.patch) ** 2
+    more = data[torch.randint(len(data), (n - len(x),), generator=g)]
+    if cfg.pixel_range is not None:
+        more = _pixel_augment(more, g, cfg)
+    elif cfg.augment:
+        more = _augment(more, g)
+    if cfg.jitter:
+        more = _jitter(more, g, cfg.modality, cfg.orientation)
+    x = torch.cat([x, more])
+    top = torch.randint(cfg.size - cfg.patch + 1, (n,), generator=g)
+    left = torch.randint(cfg.size - cfg.patch + 1, (n,), generator=g)
+    r = torch.arange(cfg.patch)
+    rows = (top[:, None] + r)[:, :, None].expand(n, cfg.patch, cfg.patch)
+    cols = (left[:, None] + r)[:, None, :].expand(n, cfg.patch, cfg.patch)
+    return x[torch.arange(n)[:, None, None], rows, cols]
 
 
 def diffusion_loss(schedule: VPSchedule, cfg: TrainConfig, pred: torch.Tensor,
@@ -296,7 +339,8 @@ def _config_key(cfg: TrainConfig) -> str:
         d.pop(k)
     # keys of configurations older than these fields stay valid
     for k, default in (("init_from", None), ("pixel_range", None), ("prediction", "epsilon"),
-                       ("min_snr", None), ("jitter", False)):
+                       ("min_snr", None), ("jitter", False), ("patch", None),
+                       ("patch_full", 0.25)):
         if d[k] == default:
             d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
@@ -313,6 +357,9 @@ def _augmentation_text(cfg: TrainConfig) -> str:
     if cfg.jitter and cfg.modality == "mri":
         parts.append(("left-right flips, " if cfg.orientation in ("axial", "coronal") else "")
                      + "gamma 0.8-1.25")
+    if cfg.patch is not None:
+        parts.append(f"{cfg.patch} x {cfg.patch} patches on {100 * (1 - cfg.patch_full):.0f} % "
+                     "of the steps")
     return ", ".join(parts) or "none"
 
 

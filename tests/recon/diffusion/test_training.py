@@ -234,3 +234,38 @@ def test_slices_record_the_pixel_sizes_they_have(tmp_path):
     assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16).pixel_mm == (1.0, 2.0)
     assert load_slices([tmp_path / "v.nii.gz"], "mri", "axial", 16,
                        pixel_mm=1.5).pixel_mm == (1.5, 1.5)
+
+
+def test_patch_training_crops_slices_and_applies_the_network_to_whole_images(slices, tmp_path):
+    """--patch 8 on 16 x 16 slices: a crop step holds (16 / 8)^2 = 4 times the batch, each
+    crop an 8 x 8 window of one training slice; a whole-image step the batch as it is; both
+    a function of (seed, step); the trained prior works on whole 16 x 16 images and its card
+    says how it was trained; bad sizes and shares are refused with the reason."""
+    from diffrecon.recon.diffusion.training import _patches
+
+    data = torch.arange(6 * 16 * 16, dtype=torch.float32).reshape(6, 16, 16)
+    crops = _patches(data, data[:4], torch.Generator().manual_seed(0),
+                     tiny_cfg(patch=8, patch_full=0.0))
+    assert crops.shape == (16, 8, 8)
+    for c in crops:  # each crop is a window of one slice: its corner says which
+        z, rest = divmod(int(c[0, 0]), 256)
+        top, left = divmod(rest, 16)
+        assert torch.equal(c, data[z, top:top + 8, left:left + 8])
+    whole = _patches(data, data[:4], torch.Generator().manual_seed(0),
+                     tiny_cfg(patch=8, patch_full=0.999))
+    assert torch.equal(whole, data[:4])
+    cfg = tiny_cfg(patch=8, patch_full=0.5)
+    shapes = {make_batch(slices[0].images, s, cfg, VPSchedule())[0].shape for s in range(12)}
+    assert shapes == {(16, 2, 8, 8), (4, 2, 16, 16)}
+    a, b = (make_batch(slices[0].images, 3, cfg, VPSchedule()) for _ in range(2))
+    assert all(torch.equal(u, v) for u, v in zip(a, b))
+    r = train(*slices, tiny_cfg(patch=8, steps=8, checkpoint_every=8), tmp_path / "prior",
+              tmp_path / "work")
+    assert r.val_loss is not None and np.isfinite(r.val_loss)
+    prior = load_prior(tmp_path / "prior")
+    assert prior.config.image_size == 16
+    assert "8 x 8 patches on 75 % of the steps" in (tmp_path / "prior" / "card.md").read_text()
+    for bad, why in ((dict(patch=7), "a multiple of 2"), (dict(patch=16), "below the image"),
+                     (dict(patch=8, patch_full=1.0), r"must be in \[0, 1\)")):
+        with pytest.raises(ValueError, match=why):
+            tiny_cfg(**bad)
