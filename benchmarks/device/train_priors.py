@@ -56,6 +56,14 @@ def main() -> None:
                     help="pixel-size augmentation (CT: 1.5 3.0 covers the training volumes' "
                     "1.5 mm and the test volume's 3 mm)")
     ap.add_argument("--checkpoint-every", type=int, default=10**7)
+    # the recipe (issue "Priors that win"; train_priors.sh passes $TRAIN_ARGS through)
+    ap.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                    help="rotations and scalings (default: the set's, on for CT)")
+    ap.add_argument("--jitter", action="store_true", help="MRI: flips and gamma jitter")
+    ap.add_argument("--patch", type=int, default=None, help="patch training: crop size")
+    ap.add_argument("--patch-full", type=float, default=0.25)
+    ap.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon")
+    ap.add_argument("--min-snr", type=float, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -72,7 +80,10 @@ def main() -> None:
             name=spec["name"], modality=spec["modality"], orientation=spec["orientation"],
             steps=10**7, batch_size=args.batch, lr=args.lr,
             checkpoint_every=args.checkpoint_every,
-            augment=spec["augment"], data_description=spec["description"],
+            augment=spec["augment"] if args.augment is None else args.augment,
+            jitter=args.jitter, patch=args.patch, patch_full=args.patch_full,
+            prediction=args.prediction, min_snr=args.min_snr,
+            data_description=spec["description"],
             data_licence=spec["licence"], network_note=NOTE,
             max_seconds=args.minutes * 60, n_samples=16, sample_steps=50,
             init_from=str(Path(args.init_from) / spec["name"]) if args.init_from else None,

@@ -4,7 +4,9 @@
 # file and one log per prior in $OUT. Measured on an H200 (2026-11-27): two brain processes
 # at 776 images/s each with the GPU 93-98 % busy (one process alone was not timed);
 # MINUTES=5.4 brain: 361 s in all; MINUTES=3.2 ct: 219 s.
-# Prepare with prepare.sh first.
+# Prepare with prepare.sh first. TRAIN_ARGS adds recipe options of train_priors.py, e.g.
+# TRAIN_ARGS="--augment --patch 64" (issue "Priors that win": measured on the CPU in
+# benchmarks/results/recipe_study*.json).
 set -euo pipefail
 SET=${1:-brain}
 OUT=${OUT:-/tmp/out}
@@ -22,7 +24,7 @@ pids=()
 for name in $NAMES; do
   python3 benchmarks/device/train_priors.py --set "$SET" --only "$name" --data .devdata \
     --out "$OUT" --minutes "${MINUTES:-3.1}" --threads 6 --work "/tmp/train-$name" \
-    > "$OUT/$name.log" 2>&1 &
+    ${TRAIN_ARGS:-} > "$OUT/$name.log" 2>&1 &
   pids+=($!)
 done
 ( while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) &
