@@ -13,7 +13,7 @@ validation loss (comparable across parameterisations), and DDS at R=4 and R=8 eq
 Candidates: baseline (epsilon, uniform weights: today's recipe), v-minsnr (v prediction,
 min-SNR-5), minsnr (epsilon, min-SNR-5), augment (today's + rotations and scalings), jitter
 (today's + left-right flips and gamma jitter), patch (64 x 64 crops, 4 per image, on 3 of 4
-steps). Rows of candidates not rerun stay in --out
+steps), patch-augment (both), patch32 (32 x 32 crops, 16 per image). Rows of candidates not rerun stay in --out
 (compare only rows run at the same --minutes).
 """
 
@@ -39,6 +39,8 @@ CANDIDATES = {
     "augment": {"augment": True},
     "jitter": {"jitter": True},
     "patch": {"patch": 64},
+    "patch-augment": {"patch": 64, "augment": True},
+    "patch32": {"patch": 32},
 }
 
 
