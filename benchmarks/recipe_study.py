@@ -13,8 +13,8 @@ validation loss (comparable across parameterisations), and DDS at R=4 and R=8 eq
 Candidates: baseline (epsilon, uniform weights: today's recipe), v-minsnr (v prediction,
 min-SNR-5), minsnr (epsilon, min-SNR-5), augment (today's + rotations and scalings), jitter
 (today's + left-right flips and gamma jitter), patch (64 x 64 crops, 4 per image, on 3 of 4
-steps), patch-augment (both), patch32 (32 x 32 crops, 16 per image). Rows of candidates not rerun stay in --out
-(compare only rows run at the same --minutes).
+steps), patch-augment (both), patch32 (32 x 32 crops, 16 per image). Rows of candidates
+not rerun stay in --out (compare only rows run at the same --minutes).
 """
 
 from __future__ import annotations
