@@ -252,20 +252,25 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
     """(x_t, t, noise) of one training step, a pure function of (data, seed, step)."""
     data = torch.as_tensor(data)
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-    idx = torch.randint(len(data), (cfg.batch_size,), generator=g)
-    x = data[idx]
-    if cfg.pixel_range is not None:
-        x = _pixel_augment(x, g, cfg)
-    elif cfg.augment:
-        x = _augment(x, g)
-    if cfg.jitter:
-        x = _jitter(x, g, cfg.modality, cfg.orientation)
+    x = _draw(data, cfg.batch_size, g, cfg)
     if cfg.patch is not None:
         x = _patches(data, x, g, cfg)
     x0 = to_model_batch(x, cfg.modality, g)
     t = torch.randint(schedule.num_steps, (len(x0),), generator=g)
     noise = torch.randn(x0.shape, generator=g)
     return schedule.q_sample(x0, t, noise), t, noise
+
+
+def _draw(data: torch.Tensor, n: int, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
+    """``n`` training slices drawn at random, through the config's augmentations."""
+    x = data[torch.randint(len(data), (n,), generator=g)]
+    if cfg.pixel_range is not None:
+        x = _pixel_augment(x, g, cfg)
+    elif cfg.augment:
+        x = _augment(x, g)
+    if cfg.jitter:
+        x = _jitter(x, g, cfg.modality, cfg.orientation)
+    return x
 
 
 def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
@@ -275,21 +280,11 @@ def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: Train
     same augmentation) each cropped at a random position to patch x patch."""
     if torch.rand(1, generator=g).item() < cfg.patch_full:
         return x
-    n = len(x) * (cfg.size // cfg.patch) ** 2
-    more = data[torch.randint(len(data), (n - len(x),), generator=g)]
-    if cfg.pixel_range is not None:
-        more = _pixel_augment(more, g, cfg)
-    elif cfg.augment:
-        more = _augment(more, g)
-    if cfg.jitter:
-        more = _jitter(more, g, cfg.modality, cfg.orientation)
-    x = torch.cat([x, more])
-    top = torch.randint(cfg.size - cfg.patch + 1, (n,), generator=g)
-    left = torch.randint(cfg.size - cfg.patch + 1, (n,), generator=g)
-    r = torch.arange(cfg.patch)
-    rows = (top[:, None] + r)[:, :, None].expand(n, cfg.patch, cfg.patch)
-    cols = (left[:, None] + r)[:, None, :].expand(n, cfg.patch, cfg.patch)
-    return x[torch.arange(n)[:, None, None], rows, cols]
+    n, p = len(x) * (cfg.size // cfg.patch) ** 2, cfg.patch
+    x = torch.cat([x, _draw(data, n - len(x), g, cfg)])
+    top = torch.randint(cfg.size - p + 1, (n,), generator=g).tolist()
+    left = torch.randint(cfg.size - p + 1, (n,), generator=g).tolist()
+    return torch.stack([x[i, a:a + p, b:b + p] for i, (a, b) in enumerate(zip(top, left))])
 
 
 def diffusion_loss(schedule: VPSchedule, cfg: TrainConfig, pred: torch.Tensor,
