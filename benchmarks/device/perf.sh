@@ -9,13 +9,14 @@
 #            ours on the device's CPU (numba, when installed there)
 #   samples  --samples 8 against one sample, 4 slices at 320 x 320 (target <= 3x; the
 #            one-sample run fills 4 of 16 batch slots, so the ratio flatters a full scan)
-# Prepare with `bash benchmarks/device/prepare.sh` (wheels into .whl, astra-toolbox among
-# them), then call the device tool with carry [".whl"] and: bash benchmarks/device/perf.sh
+# Prepare with `bash benchmarks/device/prepare.sh` (wheels into .whl and .whlx, astra-toolbox
+# among them), then call the device tool with carry [".whl", ".whlx"] and:
+#   bash benchmarks/device/perf.sh
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl || exit 1
+  --target /tmp/site .whl/*.whl .whlx/*.whl || exit 1
 # sigpy (imported by the coil-map module's sigpy option) runs on the CPU: hide cupy/mpi4py
 mkdir -p /tmp/stubs/cupy /tmp/stubs/mpi4py
 echo 'raise ImportError("hidden from sigpy")' > /tmp/stubs/cupy/__init__.py

@@ -22,7 +22,8 @@ from diffrecon.recon.diffusion.training import TrainConfig, hardware_name, train
 IXI = ("IXI T1 (Hammersmith Hospital, Philips 3T): the first 26 volumes of "
        "../shared/data/mri/ixi_t1 by name, the training split of BENCHMARKS.md")
 CT = ("CT training files of BENCHMARKS.md: TotalSegmentator pulmonary_ct_cropped and "
-      "aorta_ct_cropped, the LIDC-IDRI 0314 whole chest (275 slices at 1 mm, 1.56 mm pixels), "
+      "aorta_ct_cropped, the LIDC-IDRI 0314 whole chest (275 slices at 1 mm, 1.56 mm pixels; "
+      "on the GPU machine pairs of slices averaged to 2 mm, see prepare_ct.py), "
       "the TotalSegmentator 20-slice DICOM series (validation) and the two lungmask slices "
       "(the DICOM series block-averaged in-plane to about 2.5-3 mm); example_ct never trains")
 NOTE = ("channels 16-32-64-128 with attention at 16x16: 2.7 M parameters, 5.1 MB in fp16 "

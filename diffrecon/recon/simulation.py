@@ -10,12 +10,15 @@ from diffrecon.recon.fft import fft2c
 
 
 def smooth_phase_from(coeffs: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """exp(i pi (a u + b v + c u v)) for coefficient rows (..., 3) -> (..., H, W) complex64.
+    """exp(i pi (a u + b v + c u v)) for coefficient rows (..., 3) -> (..., H, W) complex64,
+    on the coefficients' device.
 
     The grid is B1's: ``v, u = meshgrid(linspace(-1, 1, H), linspace(-1, 1, W), "ij")``.
     """
-    v, u = torch.meshgrid(torch.linspace(-1, 1, shape[0], dtype=torch.float64),
-                          torch.linspace(-1, 1, shape[1], dtype=torch.float64), indexing="ij")
+    dev = coeffs.device
+    v, u = torch.meshgrid(torch.linspace(-1, 1, shape[0], dtype=torch.float64, device=dev),
+                          torch.linspace(-1, 1, shape[1], dtype=torch.float64, device=dev),
+                          indexing="ij")
     c = coeffs.to(torch.float64)[..., None, None]
     arg = torch.pi * (c[..., 0, :, :] * u + c[..., 1, :, :] * v + c[..., 2, :, :] * u * v)
     return torch.polar(torch.ones_like(arg), arg).to(torch.complex64)

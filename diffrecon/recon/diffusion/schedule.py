@@ -22,6 +22,7 @@ class VPSchedule:
         betas = torch.linspace(beta_start, beta_end, num_steps, dtype=torch.float64)
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+        self._abar_on: dict[torch.device, torch.Tensor] = {}
 
     def to_dict(self) -> dict:
         return {"kind": "vp-linear", "beta_start": self.beta_start, "beta_end": self.beta_end,
@@ -35,7 +36,10 @@ class VPSchedule:
 
     def abar(self, t: torch.Tensor, like: torch.Tensor | None = None) -> torch.Tensor:
         """abar_t for integer timesteps t (N,), shaped (N, 1, 1, ...) to broadcast with ``like``."""
-        a = self.alphas_cumprod.to(t.device)[t.long()]
+        table = self._abar_on.get(t.device)
+        if table is None:  # one copy per device: no host-to-GPU copy (a sync) per call
+            table = self._abar_on.setdefault(t.device, self.alphas_cumprod.to(t.device))
+        a = table[t.long()]
         if like is not None:
             a = a.reshape(-1, *([1] * (like.ndim - 1))).to(like.dtype)
         return a

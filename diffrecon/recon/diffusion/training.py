@@ -178,20 +178,20 @@ def _resample(x: torch.Tensor, angle: torch.Tensor, zoom: torch.Tensor,
               size: int) -> torch.Tensor:
     """(N, H, W) -> (N, size, size): rotate by ``angle`` (radians) and sample the source's
     central ``zoom`` fraction of its field of view (bilinear, 0 outside)."""
-    n = x.shape[0]
+    zero = torch.zeros_like(angle)
     cos, sin = torch.cos(angle) * zoom, torch.sin(angle) * zoom
-    theta = torch.stack([torch.stack([cos, -sin, torch.zeros(n)], -1),
-                         torch.stack([sin, cos, torch.zeros(n)], -1)], 1)
-    grid = F.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    theta = torch.stack([torch.stack([cos, -sin, zero], -1),
+                         torch.stack([sin, cos, zero], -1)], 1)
+    grid = F.affine_grid(theta, (x.shape[0], 1, size, size), align_corners=False)
     return F.grid_sample(x[:, None], grid, mode="bilinear", padding_mode="zeros",
                          align_corners=False)[:, 0]
 
 
 def _augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     """Small rotations (+-10 deg) and scalings (0.9-1.1) that keep intensities; pads with 0."""
-    n = x.shape[0]
-    ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(10)
-    scale = 0.9 + 0.2 * torch.rand(n, generator=g)
+    n, dev = x.shape[0], g.device
+    ang = (torch.rand(n, generator=g, device=dev) * 2 - 1) * math.radians(10)
+    scale = 0.9 + 0.2 * torch.rand(n, generator=g, device=dev)
     return _resample(x, ang, 1 / scale, x.shape[-1])
 
 
@@ -204,11 +204,11 @@ def _jitter(x: torch.Tensor, g: torch.Generator, modality: str, orientation: str
     not vary between scanners as MR contrast does."""
     if modality != "mri":
         return x
-    n = x.shape[0]
-    flip = torch.rand(n, generator=g) < 0.5
+    n, dev = x.shape[0], g.device
+    flip = torch.rand(n, generator=g, device=dev) < 0.5
     if orientation in ("axial", "coronal"):
         x = torch.where(flip[:, None, None], x.flip(-1), x)
-    gamma = torch.exp((torch.rand(n, generator=g) * 2 - 1) * math.log(1.25))
+    gamma = torch.exp((torch.rand(n, generator=g, device=dev) * 2 - 1) * math.log(1.25))
     return x.clamp(min=0) ** gamma[:, None, None].to(x.dtype)
 
 
@@ -220,11 +220,11 @@ def _pixel_zoom(pixel: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
 
 def _pixel_augment(x: torch.Tensor, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     """Rotations +-10 deg and pixel sizes uniform in cfg.pixel_range: (N, 2S, 2S) -> (N, S, S)."""
-    n = x.shape[0]
-    ang = (torch.rand(n, generator=g) * 2 - 1) * math.radians(10) if cfg.augment \
-        else torch.zeros(n)
+    n, dev = x.shape[0], g.device
+    ang = (torch.rand(n, generator=g, device=dev) * 2 - 1) * math.radians(10) if cfg.augment \
+        else torch.zeros(n, device=dev)
     lo, hi = cfg.pixel_range
-    pixel = lo + (hi - lo) * torch.rand(n, generator=g)
+    pixel = lo + (hi - lo) * torch.rand(n, generator=g, device=dev)
     return _resample(x, ang, _pixel_zoom(pixel, cfg), cfg.size)
 
 
@@ -241,7 +241,8 @@ def to_model_batch(x: torch.Tensor, modality: str, g: torch.Generator) -> torch.
     """Slices (N, H, W) -> model-space batch: MRI with a random smooth phase (real, imag),
     CT as 2 x - 1."""
     if modality == "mri":
-        coeffs = torch.rand(x.shape[0], 3, generator=g, dtype=torch.float64) - 0.5
+        coeffs = torch.rand(x.shape[0], 3, generator=g, dtype=torch.float64,
+                            device=g.device) - 0.5
         z = x * smooth_phase_from(coeffs, tuple(x.shape[-2:]))
         return torch.stack([z.real, z.imag], dim=1).float()
     return (2 * x - 1)[:, None].float()
@@ -249,21 +250,26 @@ def to_model_batch(x: torch.Tensor, modality: str, g: torch.Generator) -> torch.
 
 def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSchedule
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, t, noise) of one training step, a pure function of (data, seed, step)."""
+    """(x_t, t, noise) of one training step, a pure function of (data, seed, step), made on
+    the data's device: on a GPU by a generator there (other numbers than on the CPU, the
+    same distribution), with the one host decision (patches or whole images) drawn on the
+    CPU so that nothing waits for the GPU."""
     data = torch.as_tensor(data)
-    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    seed = cfg.seed * 1_000_003 + step
+    g = torch.Generator(device=data.device).manual_seed(seed)
+    host = g if data.device.type == "cpu" else torch.Generator().manual_seed(seed)
     x = _draw(data, cfg.batch_size, g, cfg)
     if cfg.patch is not None:
-        x = _patches(data, x, g, cfg)
+        x = _patches(data, x, g, cfg, host)
     x0 = to_model_batch(x, cfg.modality, g)
-    t = torch.randint(schedule.num_steps, (len(x0),), generator=g)
-    noise = torch.randn(x0.shape, generator=g)
+    t = torch.randint(schedule.num_steps, (len(x0),), generator=g, device=data.device)
+    noise = torch.randn(x0.shape, generator=g, device=data.device)
     return schedule.q_sample(x0, t, noise), t, noise
 
 
 def _draw(data: torch.Tensor, n: int, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
     """``n`` training slices drawn at random, through the config's augmentations."""
-    x = data[torch.randint(len(data), (n,), generator=g)]
+    x = data[torch.randint(len(data), (n,), generator=g, device=g.device)]
     if cfg.pixel_range is not None:
         x = _pixel_augment(x, g, cfg)
     elif cfg.augment:
@@ -273,18 +279,21 @@ def _draw(data: torch.Tensor, n: int, g: torch.Generator, cfg: TrainConfig) -> t
     return x
 
 
-def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig
-             ) -> torch.Tensor:
+def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig,
+             host: torch.Generator | None = None) -> torch.Tensor:
     """Patch training's batch: on a share ``patch_full`` of the steps the whole images ``x``,
     else (size / patch)^2 times as many slices (the batch's and further ones, through the
-    same augmentation) each cropped at a random position to patch x patch."""
-    if torch.rand(1, generator=g).item() < cfg.patch_full:
+    same augmentation) each cropped at a random position to patch x patch. The choice is
+    drawn from ``host`` (a CPU generator; default ``g``)."""
+    if torch.rand(1, generator=host or g).item() < cfg.patch_full:
         return x
     n, p = len(x) * (cfg.size // cfg.patch) ** 2, cfg.patch
     x = torch.cat([x, _draw(data, n - len(x), g, cfg)])
-    top = torch.randint(cfg.size - p + 1, (n,), generator=g).tolist()
-    left = torch.randint(cfg.size - p + 1, (n,), generator=g).tolist()
-    return torch.stack([x[i, a:a + p, b:b + p] for i, (a, b) in enumerate(zip(top, left))])
+    top = torch.randint(cfg.size - p + 1, (n,), generator=g, device=g.device)
+    left = torch.randint(cfg.size - p + 1, (n,), generator=g, device=g.device)
+    span = torch.arange(p, device=x.device)
+    rows, cols = (top[:, None] + span)[:, :, None], (left[:, None] + span)[:, None, :]
+    return x[torch.arange(n, device=x.device)[:, None, None], rows, cols]
 
 
 def diffusion_loss(schedule: VPSchedule, cfg: TrainConfig, pred: torch.Tensor,
@@ -432,8 +441,12 @@ def train(
 ) -> TrainResult:
     """Train (or resume training) a prior; returns figures for the card and the caller.
 
-    ``prefetch`` (default: on a GPU) draws batches ahead on a CPU thread and reads the
-    loss back every ``log_every`` steps instead of every step."""
+    On a GPU the training slices stay on it and each batch is drawn there (augmentation,
+    crops, phase and noise: the CPU drew about 12 batches of 64 a second, which held the
+    GPU back), and the loss is read back every ``log_every`` steps instead of every step;
+    if a batch cannot be made on the GPU, batches are drawn on the CPU as before.
+    ``prefetch`` (default: on a GPU, where batches are drawn on the CPU) draws CPU batches
+    ahead on two threads."""
     from diffrecon.common.previews import grid, save_png
     from diffrecon.recon.diffusion.sampling import sample_unconditional
 
@@ -491,14 +504,26 @@ def train(
         return r
 
     net.train()
-    # On a GPU the next batches are drawn on a CPU thread while the network trains, and the
-    # loss is read back every log_every steps, so the GPU never waits on the CPU per step.
-    # Batches are a function of (seed, step) either way, so results do not depend on this.
-    prefetching = device.type == "cuda" if prefetch is None else prefetch
+    # Batches are a function of (seed, step) on each device, so results do not depend on
+    # prefetching; on a GPU the loss is read back every log_every steps so that the GPU
+    # never waits on the CPU per step.
+    on_gpu = device.type == "cuda"
+    gpu_data = None
+    if on_gpu and prefetch is None:
+        try:
+            gpu_data = data.to(device)
+            for k in range(8):  # whole-image and patch batches alike
+                make_batch(gpu_data, step + k, cfg, schedule)
+        except RuntimeError as e:  # e.g. out of memory: draw on the CPU as before
+            print(f"batches drawn on the CPU: {e}", flush=True)
+            gpu_data = None
+    prefetching = (on_gpu and gpu_data is None) if prefetch is None else prefetch
     pool = ThreadPoolExecutor(max_workers=2) if prefetching else None
     ahead: dict[int, Future] = {}
 
     def next_batch(s: int):
+        if gpu_data is not None:
+            return make_batch(gpu_data, s, cfg, schedule)
         if pool is None:
             return make_batch(data, s, cfg, schedule)
         for k in range(s, min(s + 3, cfg.steps)):
@@ -534,7 +559,7 @@ def train(
                     be.copy_(b)
             step += 1
             unread.append(loss.detach())
-            if not prefetching or step % cfg.log_every == 0 or step == cfg.steps:
+            if not on_gpu or step % cfg.log_every == 0 or step == cfg.steps:
                 read_losses()  # on a GPU this waits for the queued steps
             seconds += time.perf_counter() - t0
             if callback is not None and (step % cfg.log_every == 0 or step == cfg.steps):
