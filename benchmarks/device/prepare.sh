@@ -32,10 +32,11 @@ dl() {  # dl FOLDER NAME==VERSION...
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 -d "$@"
 }
-# .whl: what every device script needs (8 MB); .whlx: the speed benchmark's extras (19 MB),
+# .whl: what every device script needs (8 MB); .whlx: the speed benchmark's extras (30 MB),
 # carried only by perf.sh, so that training's data fit beside the repository in 64 MiB
 dl .whl monai==1.6.1 nibabel==5.4.2 pydantic==2.14.4 annotated-types typing-inspection \
    "pydantic-core==$(.venv/bin/python -c 'import pydantic_core; print(pydantic_core.__version__)')"
-dl .whlx sigpy==0.1.27 PyWavelets==1.9.0 astra-toolbox==2.5.0
+dl .whlx sigpy==0.1.27 PyWavelets==1.9.0 astra-toolbox==2.5.0 \
+   "nilearn==$(.venv/bin/python -c 'import nilearn; print(nilearn.__version__)')"
 rm -f .whl/sigpy-* .whl/pywavelets-* .whl/astra_toolbox-*   # from an older layout
 du -sh .devdata .devb4 .whl .whlx
