@@ -54,7 +54,8 @@ def _sync() -> None:
 def ct_part(dev: torch.device, repeats: int) -> list[dict]:
     try:
         import astra
-    except ImportError:
+    except ImportError as e:  # say why: on the GPU machine the wheel did not import (2026-12-04)
+        print(f"astra-toolbox not importable: {e}", flush=True)
         astra = None
     try:
         import numba  # noqa: F401
@@ -139,8 +140,8 @@ def espirit_part(dev: torch.device, repeats: int) -> list[dict]:
     return rows
 
 
-def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops: float
-             ) -> dict:
+def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops: float,
+             compile_: bool = False) -> dict:
     from dds_throughput import adm_config, build, run  # benchmarks/device/dds_throughput.py
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -153,12 +154,13 @@ def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops:
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
         net(x, t)
     flops = fc.get_total_flops()
-    prior = build(size, channels, dev, dev.type == "cuda", False)
+    prior = build(size, channels, dev, dev.type == "cuda", compile_)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     rate = run(prior, slices, batch, size, 15, 50, dev)
     bound = peak_tflops * 1e12 / (flops * 50)
     out = {"size": size, "channels": channels, "nfe": 50, "coils": 15, "batch": batch,
+           "compile": compile_,
            "slices_per_s": round(rate, 3), "network_gflop_per_forward": round(flops / 1e9, 1),
            "peak_tflops": peak_tflops, "flop_bound_slices_per_s": round(bound, 2),
            "share_of_bound": round(rate / bound, 3), "target_slices_per_s": 3.3,
@@ -219,6 +221,8 @@ def main() -> None:
     ap.add_argument("--dds-size", type=int, default=320)
     ap.add_argument("--dds-slices", type=int, default=32)
     ap.add_argument("--dds-batch", type=int, default=16)
+    ap.add_argument("--dds-compile", action="store_true",
+                    help="torch.compile the network (compile time in the warm-up, untimed)")
     ap.add_argument("--peak-tflops", type=float, default=790.0,
                     help="the device's dense bf16 rate for the FLOP bound (H200: about 790)")
     ap.add_argument("--out", default="benchmarks/results/perf.json")
@@ -234,7 +238,7 @@ def main() -> None:
         run_info["espirit"] = espirit_part(dev, args.repeats)
     if "dds" in parts and (dev.type == "cuda" or args.dds_size < 320):
         run_info["dds"] = dds_part(dev, args.dds_size, args.dds_slices, args.dds_batch,
-                                   args.peak_tflops)
+                                   args.peak_tflops, args.dds_compile)
     if "samples" in parts:
         run_info["samples"] = samples_part(dev, args.samples_k, args.samples_slices,
                                            args.dds_batch)

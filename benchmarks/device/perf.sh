@@ -2,8 +2,9 @@
 # On the device machine (one H200): the GPU side of the speed issue in one run, at most
 # 8 minutes, printing one JSON line per figure and writing $OUT/perf.json (the "cuda" key;
 # merge it into benchmarks/results/perf.json here). Parts, each cut at its share of time:
-#   dds      DDS at 320 x 320, official ADM MRI configuration, bf16, batched, 50 NFE,
-#            15 coils: slices/s against the FLOP bound (target >= 3.3 slices/s), peak memory
+#   dds      DDS at 320 x 320, official ADM MRI configuration, bf16, batched, compiled
+#            (torch.compile; 2026-12-04 uncompiled: 1.04 slices/s), 50 NFE, 15 coils:
+#            slices/s against the FLOP bound (target >= 3.3 slices/s), peak memory
 #   espirit  ESPIRiT on a 35-slice 15-coil 320 x 320 volume on the GPU (target < 5 s)
 #   ct       the CT projectors on CUDA (torch backend) against astra's CPU projectors and
 #            ours on the device's CPU (numba, when installed there)
@@ -29,7 +30,7 @@ part() {  # part SECONDS NAME ARGS...
   timeout "$1" python3 benchmarks/perf.py --device cuda --out "$OUT/perf.json" --parts "$2" \
     "${@:3}" 2>&1 | tee -a "$OUT/perf.log" || echo "part $2 ended: rc $?" | tee -a "$OUT/perf.log"
 }
-part 200 dds --dds-slices 48 --dds-batch 16
+part 200 dds --dds-slices 48 --dds-batch 16 --dds-compile
 part 70 espirit --repeats 3
 part 120 ct --repeats 2
 part 90 samples --samples-slices 4 --dds-batch 16
