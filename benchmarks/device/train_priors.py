@@ -65,6 +65,10 @@ def main() -> None:
     ap.add_argument("--patch-full", type=float, default=0.25)
     ap.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon")
     ap.add_argument("--min-snr", type=float, default=None)
+    ap.add_argument("--channels-last", action="store_true", help="network and batches in "
+                    "channels-last order (GPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the training "
+                    "forward (GPU; compile time counts in the budget)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -96,7 +100,7 @@ def main() -> None:
               f"{len(val_set.images)} validation slices", flush=True)
         out = Path(args.work) / spec["name"]
         r = train(train_set, val_set, cfg, out, Path(args.work) / f".{spec['name']}.state",
-                  device=dev)
+                  device=dev, channels_last=args.channels_last, compile_net=args.compile)
         with tarfile.open(Path(args.out) / f"{spec['name']}.tar", "w") as tar:
             tar.add(out, arcname=spec["name"])
         print(f"{spec['name']}: {r.step} steps, {r.images_per_second:.0f} images/s, "
