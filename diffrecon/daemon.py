@@ -170,10 +170,16 @@ class _Interrupts:
                 pass
         except OSError:
             pass
-        with self.lock:
-            if self.current is conn:  # its own command only, never the next one
+        # again every half second until the command ends: an interrupt that lands inside
+        # Prefect's engine can be absorbed there and the command run on to its end (seen
+        # once in CI: the gone client's DDS result was written)
+        while True:
+            with self.lock:
+                if self.current is not conn:  # its own command only, never the next one
+                    return
                 self.pending = True
                 _thread.interrupt_main()
+            time.sleep(0.5)
 
 
 class _Stop(BaseException):
@@ -201,7 +207,10 @@ def _warm() -> None:
             importlib.import_module(mod.name)
         except ImportError:  # an optional extra not installed here (dask_cuda, ...)
             pass
-    for name in ("prefect.flow_engine", "prefect.task_engine"):
+    # MONAI's networks too (the priors build them): a gone client's interrupt that landed
+    # in their first import left the module half-initialised, and every later DDS in this
+    # daemon failed with "partially initialized module 'monai.networks.nets'"
+    for name in ("prefect.flow_engine", "prefect.task_engine", "monai.networks.nets"):
         importlib.import_module(name)
     import torch
     from prefect.client.orchestration import get_client

@@ -85,6 +85,11 @@ def test_daemon_runs_each_clients_command_as_the_client_would(daemon, tmp_path):
     after = _client(run[:-1] + ["o5"], env, work)
     assert after.returncode == 0, after.stderr
     assert not (work / "long" / "long_dds.nii.gz").exists()
+    # and the interrupted scan reconstructs in full afterwards: nothing was left half-done
+    # in the daemon (an interrupt in MONAI's first import used to break every later DDS)
+    rerun = _client(["run", "long.h5", "--method", "dds", "--out", "long2"], env, work)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (work / "long2" / "long_dds.nii.gz").exists()
 
     # what is not a diffrecon request is ignored; the daemon serves on
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as raw:
@@ -95,7 +100,7 @@ def test_daemon_runs_each_clients_command_as_the_client_would(daemon, tmp_path):
     assert "a malformed request was ignored" in log.read_text()
     ends = [ln for ln in log.read_text().splitlines() if "a command ended" in ln]
     assert [e.split("exit code ")[1].split()[0] for e in ends] == \
-        ["0", "1", "0", "2", "0", "130", "0", "0"], ends
+        ["0", "1", "0", "2", "0", "130", "0", "0", "0"], ends
     assert "(interrupted)" in ends[5]
     assert "s.h5" not in log.read_text()  # no file names (patients) in the daemon's log
 
