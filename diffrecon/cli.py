@@ -343,7 +343,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         size=args.size, steps=args.steps, batch_size=args.batch, lr=args.lr,
         checkpoint_every=args.checkpoint_every, seed=args.seed, augment=args.augment,
         jitter=args.jitter, patch=args.patch, patch_full=args.patch_full,
-        base_channels=args.base_channels,
+        positions=args.positions, base_channels=args.base_channels,
         channel_mult=tuple(int(m) for m in args.channel_mult.split(",")),
         n_samples=args.samples, network_note=args.network_note,
         sample_steps=args.sample_steps, data_description=args.data_description,
@@ -596,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="patch training: P x P crops ((size/P)^2 per image) on most steps")
     t.add_argument("--patch-full", type=float, default=0.25, metavar="F",
                    help="with --patch: the share of steps on whole images (default 0.25)")
+    t.add_argument("--positions", action="store_true",
+                   help="give the network each pixel's position in the image (2 extra input "
+                   "channels; for --patch, where the crop lies)")
     t.add_argument("--seed", type=int, default=0,
                    help="seed of the data split, sampling and initialisation (default 0)")
     t.add_argument("--data-description", default="",

@@ -30,8 +30,14 @@ part() {  # part SECONDS NAME ARGS...
   timeout "$1" python3 benchmarks/perf.py --device cuda --out "$OUT/perf.json" --parts "$2" \
     "${@:3}" 2>&1 | tee -a "$OUT/perf.log" || echo "part $2 ended: rc $?" | tee -a "$OUT/perf.log"
 }
-part 200 dds --dds-slices 48 --dds-batch 16 --dds-compile
-part 70 espirit --repeats 3
-part 120 ct --repeats 2
-part 90 samples --samples-slices 4 --dds-batch 16
+PARTS=${PARTS:-dds espirit ct samples}  # e.g. PARTS="dds samples": only the parts not yet run
+for p in $PARTS; do
+  case "$p" in
+    dds) part 200 dds --dds-slices 48 --dds-batch 16 --dds-compile ;;
+    espirit) part 70 espirit --repeats 3 ;;
+    ct) part 120 ct --repeats 2 ;;
+    samples) part 90 samples --samples-slices 4 --dds-batch 16 ;;
+    *) echo "unknown part $p (dds, espirit, ct, samples)" | tee -a "$OUT/perf.log" ;;
+  esac
+done
 echo "done in $SECONDS s" | tee -a "$OUT/perf.log"

@@ -40,6 +40,21 @@ SETS = {
 }
 
 
+def progress_printer(batch: int):
+    """A training callback that prints, every 100 steps, the loss and the images/s since its
+    last line (steady-state throughput, without the first steps' compilation)."""
+    mark = [0, time.perf_counter()]
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step - mark[0] >= 100:
+            now = time.perf_counter()
+            print(f"step {step}: loss {loss:.4f}, "
+                  f"{(step - mark[0]) * batch / (now - mark[1]):.0f} images/s", flush=True)
+            mark[:] = [step, now]
+
+    return progress
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--set", choices=sorted(SETS), required=True)
@@ -63,6 +78,8 @@ def main() -> None:
     ap.add_argument("--jitter", action="store_true", help="MRI: flips and gamma jitter")
     ap.add_argument("--patch", type=int, default=None, help="patch training: crop size")
     ap.add_argument("--patch-full", type=float, default=0.25)
+    ap.add_argument("--positions", action="store_true", help="pixel positions as 2 extra "
+                    "input channels (with --init-from: the new channels start at zero weight)")
     ap.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon")
     ap.add_argument("--min-snr", type=float, default=None)
     ap.add_argument("--channels-last", action="store_true", help="network and batches in "
@@ -87,7 +104,7 @@ def main() -> None:
             checkpoint_every=args.checkpoint_every,
             augment=spec["augment"] if args.augment is None else args.augment,
             jitter=args.jitter, patch=args.patch, patch_full=args.patch_full,
-            prediction=args.prediction, min_snr=args.min_snr,
+            positions=args.positions, prediction=args.prediction, min_snr=args.min_snr,
             data_description=spec["description"],
             data_licence=spec["licence"], network_note=NOTE,
             max_seconds=args.minutes * 60, n_samples=16, sample_steps=50,
@@ -100,7 +117,9 @@ def main() -> None:
               f"{len(val_set.images)} validation slices", flush=True)
         out = Path(args.work) / spec["name"]
         r = train(train_set, val_set, cfg, out, Path(args.work) / f".{spec['name']}.state",
-                  device=dev, channels_last=args.channels_last, compile_net=args.compile)
+                  device=dev, channels_last=args.channels_last, compile_net=args.compile,
+                  callback=progress_printer(cfg.batch_size))
+        Path(args.out).mkdir(parents=True, exist_ok=True)
         with tarfile.open(Path(args.out) / f"{spec['name']}.tar", "w") as tar:
             tar.add(out, arcname=spec["name"])
         print(f"{spec['name']}: {r.step} steps, {r.images_per_second:.0f} images/s, "

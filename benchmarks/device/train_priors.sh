@@ -16,29 +16,40 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
   --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
+# runs: an A/B study, one process per line of $RUNS, "TAG SET/NAME ARGS..." (ARGS after
+# TRAIN_ARGS); each run's tar lands in $OUT/TAG/ and its log is $OUT/TAG.log, e.g.
+#   RUNS=$'pos brain/brain-t1-axial-128 --patch 64 --positions\nhalf brain/brain-t1-axial-128 --patch 64 --patch-full 0.5'
 case "$SET" in
   brain) NAMES="brain/brain-t1-axial-128 brain/brain-t1-coronal-128" ;;
   ct) NAMES="ct/ct-axial-128 ct/ct-coronal-128" ;;
   all) NAMES="brain/brain-t1-axial-128 brain/brain-t1-coronal-128 ct/ct-axial-128 ct/ct-coronal-128" ;;
-  *) echo "unknown set $SET (brain, ct or all)"; exit 2 ;;
+  runs) [ -n "${RUNS:-}" ] || { echo "set runs needs RUNS (lines: TAG SET/NAME ARGS...)"; exit 2; } ;;
+  *) echo "unknown set $SET (brain, ct, all or runs)"; exit 2 ;;
 esac
-n=$(echo $NAMES | wc -w)
+if [ "$SET" != runs ]; then
+  RUNS=""
+  for item in $NAMES; do RUNS+="${item#*/} $item"$'\n'; done
+fi
+n=$(echo "$RUNS" | grep -c .)
 threads=$(( $(nproc) / n )); [ "$threads" -ge 1 ] || threads=1
 pids=()
-for item in $NAMES; do
+while read -r tag item args; do
+  [ -n "$tag" ] || continue
   set_=${item%%/*}; name=${item#*/}
   extra=""; [ "$set_" = ct ] && extra=${CT_ARGS:---pixel-range 1.5 3.0}
+  out="$OUT"; [ "$SET" = runs ] && out="$OUT/$tag"
+  mkdir -p "$out"
   python3 benchmarks/device/train_priors.py --set "$set_" --only "$name" --data .devdata \
-    --out "$OUT" --minutes "${MINUTES:-3.1}" --threads "$threads" --work "/tmp/train-$name" \
-    ${TRAIN_ARGS:-} $extra > "$OUT/$name.log" 2>&1 &
+    --out "$out" --minutes "${MINUTES:-3.1}" --threads "$threads" --work "/tmp/train-$tag" \
+    ${TRAIN_ARGS:-} $extra $args > "$OUT/$tag.log" 2>&1 &
   pids+=($!)
-done
+done <<< "$RUNS"
 ( while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) &
 mon=$!
 rc=0
 for p in "${pids[@]}"; do wait "$p" || rc=1; done
 kill "$mon" 2>/dev/null || true
 tail -n 4 "$OUT"/*.log
-ls -la "$OUT"
+ls -laR "$OUT"
 echo "done in $SECONDS s"
 exit $rc

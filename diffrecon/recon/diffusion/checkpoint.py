@@ -65,9 +65,14 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu",
         raise PriorLoadError(path, f"cannot build {cfg.architecture} from config.json "
                                    f"({type(exc).__name__}: {exc})") from None
     in_ch = cfg.network.get("in_channels")
-    if in_ch != len(cfg.channels):
+    if in_ch != len(cfg.channels) + 2 * cfg.positions:
+        declared = f"{len(cfg.channels)} ({', '.join(cfg.channels)})"
+        if cfg.positions:
+            declared += " + 2 position channels (positions: true)"
+        elif in_ch == len(cfg.channels) + 2:
+            declared += "; positions: false, but it has room for 2 position channels"
         raise PriorLoadError(path, f"network takes {in_ch} channels but config.json declares "
-                                   f"{len(cfg.channels)} ({', '.join(cfg.channels)})")
+                                   f"{declared}")
     try:
         state = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError, ValueError) as exc:
@@ -89,7 +94,7 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu",
         if not torch.isfinite(state[k].float()).all():
             raise PriorLoadError(path, f"weight {k} contains NaN or Inf")
     net.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-    eps_net = EpsNetwork(net, cfg.architecture, len(cfg.channels))
+    eps_net = EpsNetwork(net, cfg.architecture, len(cfg.channels), positions=cfg.positions)
     return Prior(eps_net, cfg, folder_digest(path), device=device, autocast=autocast,
                  compile=compile)
 

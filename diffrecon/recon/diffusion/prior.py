@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from diffrecon.common import units
+from diffrecon.recon.diffusion.networks import position_channels
 from diffrecon.recon.diffusion.schedule import VPSchedule
 
 
@@ -50,6 +51,10 @@ class PriorConfig(BaseModel):
     # the pixel sizes (mm, lowest and highest) of the images the prior learnt; None: not
     # recorded. `--grid pixel` resamples a scan to a pixel size in this range.
     pixel_mm: tuple[float, float] | None = None
+    # the network takes two input channels more than `channels`: each pixel's row and column
+    # position in the image, -1..1 (networks.position_channels; patch training with the
+    # crop's position); Prior.eps appends them
+    positions: bool = False
 
     @field_validator("pixel_mm")
     @classmethod
@@ -143,8 +148,12 @@ class Prior:
             x_t = torch.nn.functional.pad(x_t, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2),
                                           mode=mode)
         tt = self._t(t, x_t.shape[0])
+        extra = {}
+        if self.config.positions:  # positions across the image itself, not its padding
+            extra["pos"] = position_channels(x_t.shape[0], *x_t.shape[-2:], -(ph // 2),
+                                             -(pw // 2), (h, w), self.device)
         with torch.set_grad_enabled(grad), self._ctx():
-            out = self.net(x_t, tt)
+            out = self.net(x_t, tt, **extra)
         self.evaluations += x_t.shape[0]
         crop = (..., slice(ph // 2, ph // 2 + h), slice(pw // 2, pw // 2 + w))
         return self.schedule.to_epsilon(self.config.prediction, out[crop].float(), x_t[crop],

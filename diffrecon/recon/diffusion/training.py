@@ -26,7 +26,12 @@ import torch.nn.functional as F
 
 from diffrecon.common.files import atomic_path
 from diffrecon.recon.diffusion.checkpoint import save_prior
-from diffrecon.recon.diffusion.networks import EpsNetwork, build_network, monai_unet_args
+from diffrecon.recon.diffusion.networks import (
+    EpsNetwork,
+    build_network,
+    monai_unet_args,
+    position_channels,
+)
 from diffrecon.recon.diffusion.prior import Normalisation, Prior, PriorConfig
 from diffrecon.recon.diffusion.schedule import VPSchedule
 from diffrecon.recon.simulation import smooth_phase_from
@@ -95,6 +100,10 @@ class TrainConfig:
     # fully convolutional, is applied to whole images as always. None: whole images only
     patch: int | None = None
     patch_full: float = 0.25
+    # two more input channels: each pixel's row and column position in the whole image,
+    # -1..1 (for a crop, where it was cut from), so that patch training can learn where
+    # anatomy and background lie; the prior's config records it and Prior.eps supplies them
+    positions: bool = False
 
     def __post_init__(self) -> None:
         if self.patch is not None:
@@ -127,7 +136,7 @@ class TrainConfig:
     def network_args(self) -> dict:
         return monai_unet_args(self.channels, self.base_channels, self.channel_mult,
                                self.attention_levels, self.num_res_blocks,
-                               head_channels=self.base_channels)
+                               head_channels=self.base_channels, positions=self.positions)
 
     def prior_config(self, pixel_mm: tuple[float, float] | None = None) -> PriorConfig:
         """The checkpoint's config; its pixel sizes: the pixel range trained with, else
@@ -141,6 +150,7 @@ class TrainConfig:
             normalisation=Normalisation(kind="complex" if mri else "ct-window"),
             weights_dtype=self.weights_dtype, prediction=self.prediction,
             pixel_mm=tuple(self.pixel_range) if self.pixel_range is not None else pixel_mm,
+            positions=self.positions,
         )
 
 
@@ -253,18 +263,26 @@ def make_batch(data: torch.Tensor, step: int, cfg: TrainConfig, schedule: VPSche
     """(x_t, t, noise) of one training step, a pure function of (data, seed, step), made on
     the data's device: on a GPU by a generator there (other numbers than on the CPU, the
     same distribution), with the one host decision (patches or whole images) drawn on the
-    CPU so that nothing waits for the GPU."""
+    CPU so that nothing waits for the GPU. With ``cfg.positions`` x_t is the network's
+    input: the noisy images' channels, then two position channels (where each pixel lies
+    in the whole image, crops included)."""
     data = torch.as_tensor(data)
     seed = cfg.seed * 1_000_003 + step
     g = torch.Generator(device=data.device).manual_seed(seed)
     host = g if data.device.type == "cpu" else torch.Generator().manual_seed(seed)
     x = _draw(data, cfg.batch_size, g, cfg)
+    top = left = 0
     if cfg.patch is not None:
-        x = _patches(data, x, g, cfg, host)
+        x, top, left = _patches(data, x, g, cfg, host)
     x0 = to_model_batch(x, cfg.modality, g)
     t = torch.randint(schedule.num_steps, (len(x0),), generator=g, device=data.device)
     noise = torch.randn(x0.shape, generator=g, device=data.device)
-    return schedule.q_sample(x0, t, noise), t, noise
+    x_t = schedule.q_sample(x0, t, noise)
+    if cfg.positions:
+        pos = position_channels(len(x), *x.shape[-2:], top, left, (cfg.size, cfg.size),
+                                data.device)
+        x_t = torch.cat([x_t, pos], 1)
+    return x_t, t, noise
 
 
 def _draw(data: torch.Tensor, n: int, g: torch.Generator, cfg: TrainConfig) -> torch.Tensor:
@@ -280,20 +298,22 @@ def _draw(data: torch.Tensor, n: int, g: torch.Generator, cfg: TrainConfig) -> t
 
 
 def _patches(data: torch.Tensor, x: torch.Tensor, g: torch.Generator, cfg: TrainConfig,
-             host: torch.Generator | None = None) -> torch.Tensor:
-    """Patch training's batch: on a share ``patch_full`` of the steps the whole images ``x``,
-    else (size / patch)^2 times as many slices (the batch's and further ones, through the
-    same augmentation) each cropped at a random position to patch x patch. The choice is
-    drawn from ``host`` (a CPU generator; default ``g``)."""
+             host: torch.Generator | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | int, torch.Tensor | int]:
+    """Patch training's batch and its crops' corners (top, left): on a share ``patch_full``
+    of the steps the whole images ``x`` (corners 0), else (size / patch)^2 times as many
+    slices (the batch's and further ones, through the same augmentation) each cropped at a
+    random position to patch x patch. The choice is drawn from ``host`` (a CPU generator;
+    default ``g``)."""
     if torch.rand(1, generator=host or g).item() < cfg.patch_full:
-        return x
+        return x, 0, 0
     n, p = len(x) * (cfg.size // cfg.patch) ** 2, cfg.patch
     x = torch.cat([x, _draw(data, n - len(x), g, cfg)])
     top = torch.randint(cfg.size - p + 1, (n,), generator=g, device=g.device)
     left = torch.randint(cfg.size - p + 1, (n,), generator=g, device=g.device)
     span = torch.arange(p, device=x.device)
     rows, cols = (top[:, None] + span)[:, :, None], (left[:, None] + span)[:, None, :]
-    return x[torch.arange(n, device=x.device)[:, None, None], rows, cols]
+    return x[torch.arange(n, device=x.device)[:, None, None], rows, cols], top, left
 
 
 def diffusion_loss(schedule: VPSchedule, cfg: TrainConfig, pred: torch.Tensor,
@@ -312,7 +332,8 @@ def validation_loss(net: torch.nn.Module, data: torch.Tensor, cfg: TrainConfig,
                     schedule: VPSchedule, device: torch.device, max_slices: int = 256
                     ) -> float | None:
     """Mean epsilon MSE on validation slices with fixed timesteps, noise and phase (a v
-    network's output converted to epsilon: comparable across parameterisations)."""
+    network's output converted to epsilon: comparable across parameterisations); ``net``
+    is the EpsNetwork (it adds position channels where the prior has them)."""
     if len(data) == 0:
         return None
     g = torch.Generator().manual_seed(12345)
@@ -344,7 +365,7 @@ def _config_key(cfg: TrainConfig) -> str:
     # keys of configurations older than these fields stay valid
     for k, default in (("init_from", None), ("pixel_range", None), ("prediction", "epsilon"),
                        ("min_snr", None), ("jitter", False), ("patch", None),
-                       ("patch_full", 0.25)):
+                       ("patch_full", 0.25), ("positions", False)):
         if d[k] == default:
             d.pop(k)
     return json.dumps(d, sort_keys=True, default=list)
@@ -364,6 +385,8 @@ def _augmentation_text(cfg: TrainConfig) -> str:
     if cfg.patch is not None:
         parts.append(f"{cfg.patch} x {cfg.patch} patches on {100 * (1 - cfg.patch_full):.0f} % "
                      "of the steps")
+    if cfg.positions:
+        parts.append("pixel positions as 2 extra input channels")
     return ", ".join(parts) or "none"
 
 
@@ -418,14 +441,25 @@ def render_card(cfg: TrainConfig, r: TrainResult, train_volumes: list[str],
 
 
 def _load_initial_weights(net: torch.nn.Module, cfg: TrainConfig) -> None:
-    """Warm start from a prior folder whose network matches cfg's (else a named error)."""
+    """Warm start from a prior folder whose network matches cfg's (else a named error). A
+    network without position channels starts one with them: its first convolution gets
+    zero weights for the two new input channels, so training begins at the same function."""
     from diffrecon.recon.diffusion.checkpoint import load_prior
 
     src = load_prior(cfg.init_from, device="cpu")
-    if src.config.network != json.loads(json.dumps(cfg.network_args())):
+    want = json.loads(json.dumps(cfg.network_args()))
+    state = src.net.net.state_dict()
+    widen = cfg.positions and not src.config.positions
+    if widen:
+        want["in_channels"] -= 2
+    if src.config.network != want:
         raise ValueError(f"{cfg.init_from}: its network {src.config.network} differs from the "
                          f"one being trained {cfg.network_args()}")
-    net.load_state_dict(src.net.net.state_dict())
+    if widen:
+        w = state["conv_in.conv.weight"]
+        state["conv_in.conv.weight"] = torch.cat([w, w.new_zeros(w.shape[0], 2, *w.shape[2:])],
+                                                 1)
+    net.load_state_dict(state)
 
 
 def train(
@@ -492,9 +526,9 @@ def train(
                             "ema": ema.state_dict(), "opt": opt.state_dict(), "step": step,
                             "losses": losses, "seconds": seconds,
                             "history": json.dumps(history)}, state_path)
-        vloss = validation_loss(ema, val_images, cfg, schedule, device)
-        prior = Prior(EpsNetwork(ema, "monai-diffusion-unet", cfg.channels), cfg.prior_config(),
-                      device=device)
+        ema_eps = EpsNetwork(ema, "monai-diffusion-unet", cfg.channels, cfg.positions)
+        vloss = validation_loss(ema_eps, val_images, cfg, schedule, device)
+        prior = Prior(ema_eps, cfg.prior_config(), device=device)
         samples = prior.from_model_space(
             sample_unconditional(prior, cfg.n_samples, cfg.sample_steps, eta=cfg.sample_eta,
                                  seed=cfg.seed, batch=cfg.batch_size))
@@ -548,7 +582,19 @@ def train(
     layout = torch.channels_last if channels_last else torch.contiguous_format
     if channels_last:
         net.to(memory_format=layout)
-    forward = torch.compile(net) if compile_net else net
+    # one compiled graph per batch shape (patch training alternates two)
+    compiled = torch.compile(net, dynamic=False) if compile_net else None
+
+    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        nonlocal compiled
+        if compiled is not None:
+            try:
+                return compiled(x, t)
+            except Exception as e:  # a compiler failure must not lose the run: go eager
+                print(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "
+                      "training continues uncompiled", flush=True)
+                compiled = None
+        return net(x, t)
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -558,7 +604,7 @@ def train(
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 pred = forward(x_t.contiguous(memory_format=layout), t)
-            loss = diffusion_loss(schedule, cfg, pred.float(), x_t, t, noise)
+            loss = diffusion_loss(schedule, cfg, pred.float(), x_t[:, :cfg.channels], t, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)

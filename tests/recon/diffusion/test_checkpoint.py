@@ -83,6 +83,17 @@ def test_corrupted_or_mismatched_folders_give_clear_errors(saved, tmp_path):
     with pytest.raises(PriorLoadError, match="network takes 2 channels but config.json declares 1"):
         load_prior(path)
     bad = json.loads(good)
+    bad["positions"] = True
+    (path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(PriorLoadError, match=r"^prior tiny: network takes 2 channels but "
+                       r"config\.json declares 2 \(real, imag\) \+ 2 position channels"):
+        load_prior(path)
+    bad["positions"] = "maybe"
+    (path / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(PriorLoadError, match=r"config\.json: positions: Input should be a "
+                                             "valid boolean"):
+        load_prior(path)
+    bad = json.loads(good)
     bad["network"]["channels"] = [16, 32]
     bad["network"]["norm_num_groups"] = 8
     (path / "config.json").write_text(json.dumps(bad))

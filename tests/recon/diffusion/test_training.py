@@ -261,16 +261,16 @@ def test_patch_training_crops_slices_and_applies_the_network_to_whole_images(sli
     from diffrecon.recon.diffusion.training import _patches
 
     data = torch.arange(6 * 16 * 16, dtype=torch.float32).reshape(6, 16, 16)
-    crops = _patches(data, data[:4], torch.Generator().manual_seed(0),
-                     tiny_cfg(patch=8, patch_full=0.0))
+    crops, tops, lefts = _patches(data, data[:4], torch.Generator().manual_seed(0),
+                                  tiny_cfg(patch=8, patch_full=0.0))
     assert crops.shape == (16, 8, 8)
-    for c in crops:  # each crop is a window of one slice: its corner says which
+    for c, t, l in zip(crops, tops, lefts):  # a window of one slice: its corner says which
         z, rest = divmod(int(c[0, 0]), 256)
         top, left = divmod(rest, 16)
-        assert torch.equal(c, data[z, top:top + 8, left:left + 8])
-    whole = _patches(data, data[:4], torch.Generator().manual_seed(0),
-                     tiny_cfg(patch=8, patch_full=0.999))
-    assert torch.equal(whole, data[:4])
+        assert torch.equal(c, data[z, top:top + 8, left:left + 8]) and (t, l) == (top, left)
+    whole, top, left = _patches(data, data[:4], torch.Generator().manual_seed(0),
+                                tiny_cfg(patch=8, patch_full=0.999))
+    assert torch.equal(whole, data[:4]) and top == left == 0
     cfg = tiny_cfg(patch=8, patch_full=0.5)
     shapes = {make_batch(slices[0].images, s, cfg, VPSchedule())[0].shape for s in range(12)}
     assert shapes == {(16, 2, 8, 8), (4, 2, 16, 16)}
@@ -286,3 +286,84 @@ def test_patch_training_crops_slices_and_applies_the_network_to_whole_images(sli
                      (dict(patch=8, patch_full=1.0), r"must be in \[0, 1\)")):
         with pytest.raises(ValueError, match=why):
             tiny_cfg(**bad)
+
+
+def test_position_channels_say_where_each_pixel_of_a_crop_lies():
+    """Positions are pixel centres across the whole image, -1..1: a 4-pixel image's rows
+    sit at -0.75, -0.25, 0.25, 0.75; a 4 x 4 crop from row 2, column 4 of an 8 x 8 image
+    gets that image's positions; padding continues the line."""
+    from diffrecon.recon.diffusion.networks import position_channels
+
+    whole = position_channels(1, 4, 4)
+    assert torch.allclose(whole[0, 0, :, 1], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    assert torch.allclose(whole[0, 1, 2], torch.tensor([-0.75, -0.25, 0.25, 0.75]))
+    crop = position_channels(2, 4, 4, torch.tensor([2, 0]), torch.tensor([4, 0]), (8, 8))
+    full = position_channels(1, 8, 8)[0]
+    assert torch.equal(crop[0], full[:, 2:6, 4:8]) and torch.equal(crop[1], full[:, :4, :4])
+    padded = position_channels(1, 6, 6, -1, -1, (4, 4))
+    assert torch.allclose(padded[0, 0, :, 0], torch.tensor([-1.25, -0.75, -0.25, 0.25, 0.75,
+                                                            1.25]))
+
+
+def test_patch_training_with_positions(slices, tmp_path):
+    """--positions: every batch carries the crop's (or the whole image's) positions as two
+    channels after the image's; the trained prior records it, gets its positions from Prior
+    at any size (padding excluded), and a prior without positions starts one with them at
+    exactly its own function (zero weights for the new channels)."""
+    from diffrecon.recon.diffusion.networks import position_channels
+
+    cfg = tiny_cfg(patch=8, patch_full=0.5, positions=True)
+    seen = set()
+    for step in range(12):
+        x_t, t, noise = make_batch(slices[0].images, step, cfg, VPSchedule())
+        assert x_t.shape[1] == 4 and noise.shape[1] == 2
+        pos = x_t[:, 2:]
+        side = x_t.shape[-1]
+        seen.add(side)
+        tops = ((pos[:, 0, 0, 0] + 1) * 16 - 1) / 2  # the first pixel's row in the image
+        lefts = ((pos[:, 1, 0, 0] + 1) * 16 - 1) / 2
+        assert torch.allclose(tops, tops.round(), atol=1e-5)
+        assert int(tops.min()) >= 0 and int(tops.max()) <= 16 - side
+        assert torch.allclose(pos, position_channels(len(x_t), side, side, tops.round(),
+                                                     lefts.round(), (16, 16)))
+    assert seen == {8, 16}
+
+    plain = tmp_path / "plain"
+    train(*slices, tiny_cfg(steps=4, checkpoint_every=4), plain, tmp_path / "w0")
+    r = train(*slices, replace(cfg, steps=0, init_from=str(plain)), tmp_path / "widened",
+              tmp_path / "w1")
+    assert r.step == 0
+    a, b = load_prior(plain), load_prior(tmp_path / "widened")
+    assert b.config.positions and b.config.network["in_channels"] == 4
+    x, t = torch.randn(2, 2, 11, 11), torch.tensor([30, 700])
+    assert torch.allclose(a.eps(x, t), b.eps(x, t), atol=1e-5)
+
+    r = train(*slices, replace(cfg, steps=8, checkpoint_every=8), tmp_path / "prior",
+              tmp_path / "w2")
+    assert r.val_loss is not None and np.isfinite(r.val_loss)
+    prior = load_prior(tmp_path / "prior")
+    assert "pixel positions as 2 extra input channels" in \
+        (tmp_path / "prior" / "card.md").read_text()
+    seen_pos = []
+    prior.net.net.register_forward_pre_hook(lambda m, args: seen_pos.append(args[0][:, 2:]))
+    out = prior.eps(torch.randn(1, 2, 11, 11), 50)  # padded to 12 for the network (halves once)
+    assert out.shape == (1, 2, 11, 11) and seen_pos[0].shape[-1] == 12
+    assert torch.allclose(seen_pos[0][..., :11, :11], position_channels(1, 11, 11))
+    assert abs(float(seen_pos[0][0, 0, 11, 0]) - 12 / 11) < 1e-6  # the image spans -1..1
+
+
+def test_a_failing_compiler_does_not_lose_the_training(slices, tmp_path, monkeypatch, capsys):
+    """compile_net: if the compiled network raises (e.g. no compiler on the node), training
+    goes on uncompiled and says so; the result equals the uncompiled run's."""
+    def broken(*a, **k):
+        def run(*a, **k):
+            raise RuntimeError("no C++ compiler")
+        return run
+
+    cfg = tiny_cfg(steps=4, checkpoint_every=4)
+    plain = train(*slices, cfg, tmp_path / "a", tmp_path / "wa")
+    monkeypatch.setattr(torch, "compile", broken)
+    r = train(*slices, cfg, tmp_path / "b", tmp_path / "wb", compile_net=True)
+    assert "torch.compile failed (RuntimeError: no C++ compiler); training continues " \
+        "uncompiled" in capsys.readouterr().out
+    assert r.losses == plain.losses
