@@ -18,7 +18,9 @@ Parts (a part whose anchor is not installed reports the anchor as null):
   recon.diffusion.run.run_diffusion (K samples of a slice batch drawn in one batch), 50
   NFE: on CUDA the official ADM configuration at 320 x 320, 15 coils (--samples-slices,
   default 8, in batches of --dds-batch); on the CPU the shipped brain prior at
-  128 x 128, 16 coils, 4 slices. Target on an H200: K = 8 at most 3x one sample.
+  128 x 128, 16 coils, 4 slices. Target on an H200: K = 8 at most 3x one sample. With
+  --samples-branch N (default 14: 50 - 14 + 8 x 14 = 148 <= 3 x 50 network evaluations)
+  also K samples that share all but their last N steps (DDSConfig.branch_steps).
 
 Writes the run under its device's key ("cpu" / "cuda") in --out, keeping the other key and
 the parts not run this time.
@@ -170,7 +172,7 @@ def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops:
     return out
 
 
-def samples_part(dev: torch.device, k: int, slices: int, batch: int) -> dict:
+def samples_part(dev: torch.device, k: int, slices: int, batch: int, branch: int = 0) -> dict:
     from diffrecon.recon.diffusion.dds import DDSConfig
     from diffrecon.recon.diffusion.run import run_diffusion
     from diffrecon.recon.masks import make_mask
@@ -197,16 +199,20 @@ def samples_part(dev: torch.device, k: int, slices: int, batch: int) -> dict:
 
     run_diffusion([prior], DDSConfig(nfe=2), op, y[:1], 1)  # warm-up
     secs = {}
-    for kk in (1, k):
+    for kk, n in ((1, 0), (k, 0)) + (((k, branch),) if branch else ()):
         _sync()
         t0 = time.perf_counter()
-        run_diffusion([prior], DDSConfig(), op, y, batch, samples=kk)
+        run_diffusion([prior], DDSConfig(branch_steps=n), op, y, batch, samples=kk)
         _sync()
-        secs[kk] = time.perf_counter() - t0
+        secs[kk, n] = time.perf_counter() - t0
     out = {"prior": name, "size": size, "coils": coils, "slices": slices, "slice_batch": batch,
-           "nfe": 50, "k": k, "seconds_one_sample": round(secs[1], 2),
-           f"seconds_k{k}": round(secs[k], 2), "cost_ratio": round(secs[k] / secs[1], 2),
+           "nfe": 50, "k": k, "seconds_one_sample": round(secs[1, 0], 2),
+           f"seconds_k{k}": round(secs[k, 0], 2), "cost_ratio": round(secs[k, 0] / secs[1, 0], 2),
            "target_ratio": 3.0 if dev.type == "cuda" else None}
+    if branch:  # the K samples share all but the last `branch` steps
+        out.update({"branch_steps": branch, f"seconds_k{k}_branched": round(secs[k, branch], 2),
+                    "cost_ratio_branched": round(secs[k, branch] / secs[1, 0], 2),
+                    "network_work_ratio_branched": round((50 - branch + k * branch) / 50, 2)})
     print(json.dumps(out), flush=True)
     return out
 
@@ -216,6 +222,8 @@ def main() -> None:
     ap.add_argument("--parts", default="ct,espirit,dds,samples")
     ap.add_argument("--samples-k", type=int, default=8)
     ap.add_argument("--samples-slices", type=int, default=8)
+    ap.add_argument("--samples-branch", type=int, default=14,
+                    help="also time K samples sharing all but their last N steps (0: not)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--dds-size", type=int, default=320)
@@ -241,7 +249,7 @@ def main() -> None:
                                    args.peak_tflops, args.dds_compile)
     if "samples" in parts:
         run_info["samples"] = samples_part(dev, args.samples_k, args.samples_slices,
-                                           args.dds_batch)
+                                           args.dds_batch, args.samples_branch)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.exists() else {}
     old[dev.type] = {**old.get(dev.type, {}), **run_info}  # parts run apart add up

@@ -23,7 +23,12 @@ pattern (the table's scale), for CT one pooled over the view counts (std -> c st
 ``--std-scale``). The test rows report coverage of the raw std and of c u.
 
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
-        [--ct-views 8,16] [--max-k 16] [--out benchmarks/results/uncertainty.json]
+        [--ct-views 8,16] [--max-k 16] [--branch-steps N]
+        [--out benchmarks/results/uncertainty.json]
+
+``--branch-steps N``: the K samples share all but their last N steps (``diffrecon run
+--branch-steps``; a K-sample run then costs nfe - N + K N network evaluations per slice
+instead of K nfe), the weights and factors fitted for that sampler.
 
 ``--ct-views ''`` keeps the CT rows (and factor) already in ``--out``, ``--mri-settings ''``
 the MRI rows and fitted points (the aliasing term is MRI's; CT rows do not change with it).
@@ -72,6 +77,7 @@ SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing ener
 # --cache: samples kept on disk (the draws are deterministic for a prior and DDSConfig's
 # defaults: the key holds the prior's digest; clear the folder after changing the sampler)
 CACHE: Path | None = None
+BRANCH = 0  # --branch-steps: the K samples share all but their last BRANCH steps
 
 
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
@@ -81,7 +87,8 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
-        key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}"
+        key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}" + \
+            (f"_b{BRANCH}" if BRANCH else "")
         run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out
@@ -111,7 +118,8 @@ def ct_samples(cases, views: int, prior, k: int) -> list[tuple]:
 
 def _draw(prior, make_op, y, k: int) -> np.ndarray:
     """K samples of one slice, (K, H, W), drawn in one batch as --samples K draws them."""
-    return draw_samples([prior], DDSConfig(), make_op, y, samples=k)[0][0].numpy()
+    cfg = DDSConfig(branch_steps=BRANCH if k > 1 else 0)
+    return draw_samples([prior], cfg, make_op, y, samples=k)[0][0].numpy()
 
 
 def maps(run: tuple, k: int, table: list | None, w: float | None = None,
@@ -245,14 +253,18 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/uncertainty.json")
     ap.add_argument("--cache", default=None, help="folder keeping the MRI samples (reruns "
                     "that change only the fit or the scoring draw nothing)")
+    ap.add_argument("--branch-steps", type=int, default=0, help="the K samples share all but "
+                    "their last N steps (--branch-steps of diffrecon run; 0: whole trajectories)")
     args = ap.parse_args()
-    global CACHE
+    global CACHE, BRANCH
+    BRANCH = args.branch_steps
     if args.cache:
         CACHE = Path(args.cache)
         CACHE.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ks = [k for k in (4, 8, 16) if k <= args.max_k]
-    result: dict = {"ks": ks, "fit_k": args.fit_k, "rows": [], "factors": {}}
+    result: dict = {"ks": ks, "fit_k": args.fit_k, "branch_steps": BRANCH, "rows": [],
+                    "factors": {}}
     t_start = time.perf_counter()
     out = Path(args.out)
 

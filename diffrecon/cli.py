@@ -38,7 +38,8 @@ _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float)
                   ("--dps-step-size", "dps_step_size", float),
                   ("--sampler-seed", "seed", int), ("--plane-tv-lam", "plane_tv_lam", float),
                   ("--tv-iters", "tv_iters", int), ("--grid", "grid", str),
-                  ("--samples", "samples", int), ("--std-scale", "std_scale", float),
+                  ("--samples", "samples", int), ("--branch-steps", "branch_steps", int),
+                  ("--std-scale", "std_scale", float),
                   ("--std-threshold", "std_threshold", float),
                   ("--std-aliasing", "std_aliasing", _points))
 _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))

@@ -72,6 +72,10 @@ class PriorRef(BaseModel):
     samples: int = Field(1, ge=1, le=64, description="diffusion methods: samples per slice "
                          "(K > 1: the image is their mean, and a std map says where they "
                          "disagree; K times the work, drawn in one batch)")
+    branch_steps: int = Field(DDSConfig.branch_steps, ge=0, description="dds, dds-tv with "
+                              "samples > 1: the samples share their first nfe - N steps and "
+                              "draw only the last N each (work nfe - N + K N per slice "
+                              "instead of K nfe); 0: whole trajectories")
     std_scale: float = Field(1.0, gt=0, description="samples > 1: the std map is multiplied "
                              "by this calibration factor (benchmarks/uncertainty.py fits one "
                              "per prior on training slices; 1: the samples' raw spread)")
@@ -109,10 +113,17 @@ class PriorRef(BaseModel):
         """The settings of ``method``'s sampler (its family in the method registry);
         ``tv_lam`` is the modality's ADMM-TV weight, dds-tv's default."""
         m = METHODS[method]
+        if self.samples > 1 and self.branch_steps:
+            if m.sampler not in ("dds", "dds-tv"):
+                raise ValueError(f"branch_steps: {method} draws whole trajectories per sample; "
+                                 "only dds and dds-tv share their first steps")
+            if self.branch_steps >= self.nfe:
+                raise ValueError(f"branch_steps {self.branch_steps}: must be below nfe "
+                                 f"{self.nfe} (the last steps drawn per sample)")
         if m.sampler == "dps":
             return DPSConfig(steps=self.dps_steps, step_size=self.dps_step_size, seed=self.seed)
         dds = dict(nfe=self.nfe, eta=self.eta, cg_iters=self.cg_iters, gamma=self.gamma,
-                   seed=self.seed)
+                   seed=self.seed, branch_steps=self.branch_steps if self.samples > 1 else 0)
         if m.sampler == "volume":
             return DDS3DConfig(**dds, lam=self.tv_lam, rho=self.tv_rho if m.z_tv else 0.0,
                                slice_batch=slice_batch or DDS3DConfig.slice_batch,
@@ -233,6 +244,14 @@ class ReconConfig(BaseModel):
         if wrong:
             raise ValueError(f"method(s) {', '.join(wrong)} not available for "
                              f"{self.modality.upper()}; choose from {', '.join(allowed)}")
+        return self
+
+    @model_validator(mode="after")
+    def _branching_fits_methods(self) -> ReconConfig:
+        if self.diffusion.samples > 1 and self.diffusion.branch_steps:
+            for m in self.methods:
+                if METHODS[m].needs_prior:
+                    self.diffusion.sampler_config(m)  # a ValueError naming what does not fit
         return self
 
     @model_validator(mode="after")

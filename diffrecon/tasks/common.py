@@ -231,10 +231,13 @@ def diffusion_settings(ref: PriorRef, method: str) -> dict:
                            else [])
     dump = ref.model_dump()
     if ref.samples == 1:  # one sample: the std settings do nothing (and old keys stay valid)
-        for k in ("samples", "std_scale", "std_threshold", "std_aliasing"):
+        for k in ("samples", "std_scale", "std_threshold", "std_aliasing", "branch_steps"):
             dump.pop(k)
-    elif not ref.std_aliasing:  # keys made before the aliasing term stay valid
-        dump.pop("std_aliasing")
+    else:  # keys made before the aliasing term and branching stay valid
+        if not ref.std_aliasing:
+            dump.pop("std_aliasing")
+        if not ref.branch_steps:
+            dump.pop("branch_steps")
     out = {"diffusion": dump,
            "prior_digest": folder_digest(resolve_prior_path(names[0]))}
     if len(names) > 1:

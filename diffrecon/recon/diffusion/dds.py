@@ -26,7 +26,7 @@ import torch
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.sampling import ddim_step
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
-from diffrecon.recon.operators import LinearOperator
+from diffrecon.recon.operators import LinearOperator, Repeated
 from diffrecon.recon.solvers import conjugate_gradient
 
 Progress = Callable[[int, int], None]
@@ -131,16 +131,36 @@ def _start(prior: Prior, operator: LinearOperator, y: torch.Tensor, steps: int, 
                 prior.schedule.sampling_timesteps(steps), _data_dtype(prior, y))
 
 
+def _copies(v: torch.Tensor | float, k: int) -> torch.Tensor | float:
+    """``k`` stacked copies along the first (slice) dimension; floats stay as they are."""
+    if not isinstance(v, torch.Tensor) or v.ndim == 0:
+        return v
+    return v.repeat(k, *([1] * (v.ndim - 1)))
+
+
 @torch.no_grad()
 def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
-               config: DDSConfig | None = None, progress: Progress | None = None
-               ) -> torch.Tensor:
+               config: DDSConfig | None = None, progress: Progress | None = None,
+               samples: int = 1) -> torch.Tensor:
     """Reconstruct data-space images (S, H, W) from measurements ``y`` with DDS (with a
-    DDSTVConfig: dds-tv, the TV-regularised data consistency)."""
+    DDSTVConfig: dds-tv, the TV-regularised data consistency).
+
+    ``samples`` K > 1 with ``config.branch_steps`` n: the first nfe - n steps run once,
+    then the trajectory splits into K copies (after the last shared step's data
+    consistency, before its noise) that each draw their own noise for the last n steps;
+    returns (K * S, H, W), sample k's slices at k * S .. (k + 1) * S - 1 (the layout of a
+    Repeated operator)."""
     cfg = config or DDSConfig()
     sched = prior.schedule
     run = _start(prior, operator, y, cfg.nfe, cfg.seed, cfg.scale_factor)
     scale, g, shape, x, ts, dtype = run.scale, run.gen, run.shape, run.x, run.ts, run.dtype
+    split = None
+    if samples > 1:
+        if not 0 < cfg.branch_steps < len(ts):
+            raise ValueError(f"branch_steps {cfg.branch_steps}: give 1 to {len(ts) - 1} (the "
+                             f"last steps of {len(ts)} drawn per sample) to split one run "
+                             f"into {samples} samples")
+        split = len(ts) - cfg.branch_steps - 1  # the last shared step
     aty = operator.adjoint(y)
     mri = prior.config.normalisation.kind == "complex"
     # dds-tv solves in the classical ADMM-TV's units: MRI k-space scaled to max |y| = 1
@@ -157,6 +177,15 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
         else:
             xd = data_consistency(operator, y, xd, cfg.cg_iters, cfg.gamma, aty)
         x0 = prior.to_model_space(xd, scale).to(prior.device)
+        if i == split:  # from here on K copies, each with its own noise
+            k = samples
+            operator, y, aty, scale = Repeated(operator, k), _copies(y, k), _copies(aty, k), \
+                _copies(scale, k)
+            x0, eps = _copies(x0, k), _copies(eps, k)
+            shape = (k * shape[0], *shape[1:])
+            if tv_state:  # ADMM's z and u: (gradient direction, slice, H, W)
+                tv_state = {key: v.repeat(1, k, *([1] * (v.ndim - 2)))
+                            for key, v in tv_state.items()}
         if i + 1 == len(ts):
             x = x0
         else:

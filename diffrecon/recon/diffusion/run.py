@@ -91,9 +91,15 @@ def draw_samples(priors: list[Prior], config: SamplerConfig,
     whole volume with every prior (``make_op(0, S)``), one volume after another with seeds
     seed, seed + 1, ...; the others each slice batch independently (``make_op(a, b)`` the
     operator of slices a..b-1, CUDA out-of-memory halving the batch), the K samples of a
-    batch drawn together (K copies of its slices, noise from the config's seed)."""
+    batch drawn together (K copies of its slices, noise from the config's seed; with a
+    DDS config's ``branch_steps`` n > 0 one trajectory per slice that splits into the K
+    samples for its last n steps)."""
     if samples < 1:
         raise ValueError(f"samples must be at least 1, not {samples}")
+    branch = samples > 1 and getattr(config, "branch_steps", 0) > 0
+    if branch and isinstance(config, DDS3DConfig):
+        raise ValueError("branch_steps: only the slice-wise samplers (dds, dds-tv) share the "
+                         "first steps among samples")
     before = sum(p.evaluations for p in priors)
     if isinstance(config, DDS3DConfig):
         op = make_op(0, y.shape[0])
@@ -107,6 +113,9 @@ def draw_samples(priors: list[Prior], config: SamplerConfig,
     else:
         def batch(a: int, b: int) -> torch.Tensor:
             op, yb = make_op(a, b), y[a:b]
+            if branch:
+                xb = dds_sample(priors[0], op, yb, config, progress, samples=samples)
+                return xb.reshape(samples, b - a, *xb.shape[1:]).transpose(0, 1)
             if samples > 1:
                 op, yb = Repeated(op, samples), yb.repeat(samples, *([1] * (yb.ndim - 1)))
             xb = sample(priors[0], op, yb, config, progress)

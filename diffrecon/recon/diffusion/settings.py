@@ -19,6 +19,10 @@ class DDSConfig:
     clip: bool = True  # clip Tweedie's x0 to the model's range [-1, 1]
     seed: int = 0
     scale_factor: float = 1.0  # MRI: multiplies the estimated per-slice image scale
+    # K > 1 samples (run.draw_samples): 0 draws each sample's whole trajectory; n > 0 shares
+    # the first nfe - n steps among the K samples and draws only the last n per sample
+    # (network work per slice nfe - n + K n instead of K nfe; dds and dds-tv)
+    branch_steps: int = 0
 
 
 @dataclass

@@ -259,3 +259,47 @@ def test_the_aliasing_map_takes_each_slices_fraction_and_pattern():
     with pytest.raises(ValueError, match="2 masks for 3 slices"):
         aliasing_map(op, torch.zeros(3, 32, 32), torch.zeros(3, 32, 32), table)
 
+
+
+def test_branched_samples_share_their_first_steps():
+    """branch_steps n: one trajectory per slice for nfe - n steps, then K copies with their
+    own noise; the network sees S (nfe - n) + K S n images instead of K S nfe. Without noise
+    (eta 0) the copies stay one trajectory: today's single sample."""
+    from dataclasses import replace
+
+    from diffrecon.config import PriorRef, ReconConfig
+    from diffrecon.recon.diffusion.dds import DDSTVConfig
+    from diffrecon.recon.diffusion.settings import DDS3DConfig
+
+    prior = _random_prior()
+    op = _sense(slices=2, accel=4.0)
+    y = op.forward(torch.randn(2, 16, 16, dtype=torch.complex64) * 0.3)
+    cfg = DDSConfig(nfe=6, seed=5, branch_steps=2)
+    before = prior.evaluations
+    x, nfe = draw_samples([prior], cfg, lambda a, b: op, y, samples=3)
+    assert x.shape == (2, 3, 16, 16)
+    assert prior.evaluations - before == 2 * (6 - 2) + 3 * 2 * 2
+    assert nfe == (2 * 4 + 12) // 6
+    assert not torch.allclose(x[:, 0], x[:, 1])
+    still = replace(cfg, eta=0.0)
+    x0, _ = draw_samples([prior], still, lambda a, b: op, y, samples=3)
+    one = dds_sample(prior, op, y, replace(still, branch_steps=0))
+    for k in range(3):
+        assert torch.allclose(x0[:, k], one, atol=1e-5)
+    tv = DDSTVConfig(nfe=4, seed=1, tv_lam=1e-3, tv_iters=2, branch_steps=1)
+    xt, _ = draw_samples([prior], tv, lambda a, b: op, y, samples=2)  # ADMM's z, u copied too
+    assert xt.shape == (2, 2, 16, 16) and not torch.allclose(xt[:, 0], xt[:, 1])
+
+    with pytest.raises(ValueError, match=r"^branch_steps 6: give 1 to 5 \(the last steps of 6 "
+                                         r"drawn per sample\) to split one run into 3 samples$"):
+        draw_samples([prior], replace(cfg, branch_steps=6), lambda a, b: op, y, samples=3)
+    with pytest.raises(ValueError, match="only the slice-wise samplers"):
+        draw_samples([prior], DDS3DConfig(nfe=4, branch_steps=2), lambda a, b: op, y, samples=2)
+    with pytest.raises(ValueError, match="dds-3d-tv draws whole trajectories per sample; only dds "
+                                         "and dds-tv share their first steps"):
+        ReconConfig(methods=["cg-sense", "dds-3d-tv"],
+                    diffusion=PriorRef(samples=4, branch_steps=10))
+    with pytest.raises(ValueError, match="branch_steps 50: must be below nfe 50"):
+        ReconConfig(methods=["dds"], diffusion=PriorRef(samples=4, branch_steps=50))
+    # one sample: branching does nothing and is not checked
+    assert PriorRef(samples=1, branch_steps=50).sampler_config("dds").branch_steps == 0
