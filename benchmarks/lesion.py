@@ -14,14 +14,15 @@ component per slice, on the slices where it is largest. Mirror: the mask flipped
 left-right about the brain's centre column, minus any overlap with the lesion. The masks
 are drawn on the sheet (benchmarks/results/lesion.png) to be checked by eye.
 
-Per method (zero-filled, CG-SENSE, ADMM-TV, DDS with K samples): PSNR inside the lesion
+Per method (zero-filled, CG-SENSE, ADMM-TV, DDS and dds-tv with K samples, --branch-steps
+as `diffrecon run` takes it): PSNR inside the lesion
 (range: the slice's maximum), the lesion contrast (lesion mean minus mirror mean) relative
 to the truth's, and for DDS the mean std inside the lesion over the mean std in the
 mirror, and the same for the std with the aliasing term (the weights uncertainty.py fitted
 on training slices, read from uncertainty.json beside --out).
 
-    .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3]
-        [--out benchmarks/results/lesion.json]
+    .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3] [--branch-steps N]
+        [--diffusion dds,dds-tv] [--out benchmarks/results/lesion.json]
 """
 
 from __future__ import annotations
@@ -34,9 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffrecon.config import ReconConfig
+from diffrecon.config import PriorRef, ReconConfig
 from diffrecon.recon import classical, coils, metrics
-from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
 from diffrecon.recon.operators import Sense
@@ -208,11 +208,16 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=8)
     ap.add_argument("--slices", type=int, default=3)
     ap.add_argument("--accels", default="4,8")
+    ap.add_argument("--branch-steps", type=int, default=0)
+    ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
     ap.add_argument("--out", default="benchmarks/results/lesion.json")
     args = ap.parse_args()
     maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
     prior = resolve_prior("brain-t1-axial-128")
-    cfg = ReconConfig()
+    cfg = ReconConfig(diffusion=PriorRef(samples=args.samples, branch_steps=args.branch_steps))
+    # each method's sampler settings as the flow makes them (dds-tv: ADMM-TV's weight)
+    samplers = {m: cfg.diffusion.sampler_config(m, tv_lam=cfg.tv_lam)
+                for m in args.diffusion.split(",")}
     rows, sheet = [], []
     t0 = time.perf_counter()
     fitted = Path(args.out).parent / "uncertainty.json"  # its training-slice fit
@@ -234,16 +239,19 @@ def main() -> None:
                     "cg-sense": classical.cg_sense(ku, smaps, mask, cfg.lam, cfg.cg_iters),
                     "admm-tv": classical.tv_sense(ku, smaps, mask, cfg.tv_lam),
                 }
-                mean, std, _ = run_diffusion([prior], DDSConfig(), lambda a, b, op=op: op, ku,
-                                             samples=args.samples)
-                recs[f"dds (K={args.samples})"] = mean
+                stds = {}
+                for m, sampler in samplers.items():
+                    name = f"{m} (K={args.samples})"
+                    recs[name], stds[name], _ = run_diffusion(
+                        [prior], sampler, lambda a, b, op=op: op, ku, samples=args.samples)
                 for method, x in recs.items():
                     xn = x[0].numpy()
                     row = {"patient": patient, "z": s["z"], "lesion_px": s["lesion_px"],
                            "setting": f"R={accel} equispaced", "method": method,
                            "psnr": metrics.psnr(xn, s["truth"]),
                            **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
-                    if method.startswith("dds"):
+                    if method in stds:
+                        mean, std = x, stds[method]
                         sd = std[0].numpy()
                         row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
                                                               / sd[s["mirror"]].mean())
@@ -254,9 +262,11 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if accel == 8:
+                    first = next(iter(stds))
                     sheet.append((s, np.abs(recs["cg-sense"][0].numpy()),
-                                  np.abs(mean[0].numpy()), std[0].numpy()))
+                                  np.abs(recs[first][0].numpy()), stds[first][0].numpy()))
     Path(args.out).write_text(json.dumps({"rows": rows, "samples": args.samples,
+                                          "branch_steps": args.branch_steps,
                                           "seconds": time.perf_counter() - t0}, indent=1))
     _sheet(sheet, Path(args.out).with_suffix(".png"))
 
