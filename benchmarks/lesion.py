@@ -262,9 +262,8 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if accel == 8:
-                    first = next(iter(stds))
-                    sheet.append((s, np.abs(recs["cg-sense"][0].numpy()),
-                                  np.abs(recs[first][0].numpy()), stds[first][0].numpy()))
+                    sheet.append((s, [np.abs(recs[m][0].numpy()) for m in ["cg-sense", *stds]],
+                                  next(iter(stds.values()))[0].numpy()))
     Path(args.out).write_text(json.dumps({"rows": rows, "samples": args.samples,
                                           "branch_steps": args.branch_steps,
                                           "seconds": time.perf_counter() - t0}, indent=1))
@@ -272,13 +271,13 @@ def main() -> None:
 
 
 def _sheet(items, path: Path) -> None:
-    """Per slice: truth with the lesion (red) and mirror (green) outlines, CG-SENSE and DDS
-    at R = 8, the DDS std map."""
+    """Per slice: truth with the lesion (red) and mirror (green) outlines, CG-SENSE and each
+    diffusion method (--diffusion, in order) at R = 8, the first diffusion method's std."""
     from PIL import Image
     from scipy.ndimage import binary_erosion
 
     rows = []
-    for s, cg, dds, sd in items:
+    for s, images, sd in items:
         def rgb(a, top=None):
             a = np.clip(a / (top or max(float(a.max()), 1e-12)), 0, 1)
             return np.repeat(a[..., None], 3, axis=2)
@@ -287,7 +286,7 @@ def _sheet(items, path: Path) -> None:
         for m, colour in ((s["lesion"], (1, 0, 0)), (s["mirror"], (0, 1, 0))):
             edge = m & ~binary_erosion(m)
             t[edge] = colour
-        rows.append(np.concatenate([t, rgb(cg, 1.0), rgb(dds, 1.0),
+        rows.append(np.concatenate([t, *(rgb(a, 1.0) for a in images),
                                     rgb(sd, float(np.percentile(sd, 99.5)))], axis=1))
     im = (np.concatenate(rows, axis=0) * 255).astype(np.uint8)
     Image.fromarray(im).resize((im.shape[1] * 2, im.shape[0] * 2), Image.NEAREST).save(path)
