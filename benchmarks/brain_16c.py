@@ -9,6 +9,12 @@ NMSE means over slices, seconds per slice including the coil maps) and writes it
 with the project's results model.
 
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
+        [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train]
+
+``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
+--samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four
+slices of the first two IXI training volumes (gap_study's TRAIN_Z), for choosing settings
+without looking at test slices.
 """
 
 from __future__ import annotations
@@ -42,7 +48,8 @@ def methods():
     }
 
 
-def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",)):
+def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",),
+             samples: int = 1, branch_steps: int = 0):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -65,18 +72,22 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds
     if prior is not None:
         from diffrecon.recon.diffusion.dds import DDSConfig
         from diffrecon.recon.diffusion.dps import DPSConfig
-        from diffrecon.recon.diffusion.run import sample
+        from diffrecon.recon.diffusion.run import run_diffusion
         from diffrecon.recon.diffusion.settings import DDSTVConfig
 
-        sampler = {"dds": DDSConfig(),
+        sampler = {"dds": DDSConfig(branch_steps=branch_steps),
                    # dds-tv with the flow's defaults: ADMM-TV's weight (ReconConfig.tv_lam)
-                   "dds-tv": DDSTVConfig(tv_lam=ReconConfig.model_fields["tv_lam"].default)}
+                   "dds-tv": DDSTVConfig(tv_lam=ReconConfig.model_fields["tv_lam"].default,
+                                         branch_steps=branch_steps)}
         runs = [(m, sampler[m]) for m in diffusion] + ([("dps", DPSConfig())] if dps else [])
+        op = Sense(maps, mask)
         for name, cfg in runs:
+            k = 1 if name == "dps" else samples
             before = prior.evaluations
             t0 = time.perf_counter()
-            x = sample(prior, Sense(maps, mask), ku, cfg)
-            record(name, x, t_maps + time.perf_counter() - t0, maps, prior.evaluations - before)
+            x = run_diffusion([prior], cfg, lambda a, b: op, ku, samples=k).image
+            record(name if k == 1 else f"{name} (K={k})", x, t_maps + time.perf_counter() - t0,
+                   maps, (prior.evaluations - before) / k)
     if use_bart:
         bmaps, t_b = bart.ecalib(ku[0].numpy())
         bmaps = torch.from_numpy(bmaps)[None]
@@ -95,6 +106,9 @@ def main() -> None:
                     help="prior for the DDS rows ('none' to skip them)")
     ap.add_argument("--dps", action="store_true", help="DPS rows (R = 8 random, 2 slices)")
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
+    ap.add_argument("--samples", type=int, default=1, help="diffusion rows: mean of K samples")
+    ap.add_argument("--branch-steps", type=int, default=0)
+    ap.add_argument("--train", action="store_true", help="IXI training slices instead")
     args = ap.parse_args()
     prior = None
     if args.prior != "none":
@@ -102,11 +116,21 @@ def main() -> None:
 
         prior = resolve_prior(args.prior)
     use_bart = bart.available() and not args.no_bart
-    datasets = {
-        "B1-quick" if args.quick else "B1": b1_cases(
-            DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=args.quick),
-        "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
-    }
+    if args.train:
+        from gap_study import TRAIN_Z  # benchmarks/gap_study.py
+
+        from diffrecon.testing import b1_case, ixi_split
+
+        coil_maps = torch.from_numpy(np.load(DATA / "b1_simulation_maps_16ch_128.npy"))
+        datasets = {"IXI training": [b1_case(v, z, coil_maps)
+                                     for v in ixi_split(DATA / "ixi_t1")[0][:2]
+                                     for z in TRAIN_Z]}
+    else:
+        datasets = {
+            "B1-quick" if args.quick else "B1": b1_cases(
+                DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=args.quick),
+            "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
+        }
     records = []
     for dataset, cases in datasets.items():
         for accel, kind in SETTINGS:
@@ -114,7 +138,8 @@ def main() -> None:
             for i, case in enumerate(cases):
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
                 for method, *vals in run_case(case, accel, kind, use_bart, prior, dps,
-                                              args.diffusion.split(",")):
+                                              args.diffusion.split(","), args.samples,
+                                              args.branch_steps):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
@@ -127,7 +152,7 @@ def main() -> None:
                     setting=f"R={accel} {kind}", psnr=opt[0], ssim=opt[1], nmse=opt[2],
                     dc_residual=opt[3], seconds=opt[4],
                     nfe=None if opt[5] is None else int(opt[5]),
-                    prior=prior.name if method in ("dds", "dds-tv", "dps") else None))
+                    prior=prior.name if method.startswith(("dds", "dps")) else None))
             print(f"done {dataset} R={accel} {kind}", flush=True)
     print(f"\nB1/B2 on {hardware_name(torch.device('cpu'))}; seconds per slice incl. coil maps")
     print(format_table(records))
