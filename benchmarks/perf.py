@@ -162,7 +162,7 @@ def dds_part(dev: torch.device, size: int, slices: int, batch: int, peak_tflops:
     rate = run(prior, slices, batch, size, 15, 50, dev)
     bound = peak_tflops * 1e12 / (flops * 50)
     out = {"size": size, "channels": channels, "nfe": 50, "coils": 15, "batch": batch,
-           "compile": compile_,
+           "compile": compile_, "cudnn_benchmark": torch.backends.cudnn.benchmark,
            "slices_per_s": round(rate, 3), "network_gflop_per_forward": round(flops / 1e9, 1),
            "peak_tflops": peak_tflops, "flop_bound_slices_per_s": round(bound, 2),
            "share_of_bound": round(rate / bound, 3), "target_slices_per_s": 3.3,
@@ -229,12 +229,16 @@ def main() -> None:
     ap.add_argument("--dds-size", type=int, default=320)
     ap.add_argument("--dds-slices", type=int, default=32)
     ap.add_argument("--dds-batch", type=int, default=16)
+    ap.add_argument("--cudnn-benchmark", action="store_true",
+                    help="let cuDNN time its convolution algorithms for each shape first "
+                         "(torch.backends.cudnn.benchmark)")
     ap.add_argument("--dds-compile", action="store_true",
                     help="torch.compile the network (compile time in the warm-up, untimed)")
     ap.add_argument("--peak-tflops", type=float, default=790.0,
                     help="the device's dense bf16 rate for the FLOP bound (H200: about 790)")
     ap.add_argument("--out", default="benchmarks/results/perf.json")
     args = ap.parse_args()
+    torch.backends.cudnn.benchmark = args.cudnn_benchmark
     dev = torch.device(args.device)
     parts = args.parts.split(",")
     run_info = {"hardware": hardware_name(dev), "threads": torch.get_num_threads(),
