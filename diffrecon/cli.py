@@ -390,6 +390,15 @@ def cmd_prior_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_prior_convert(args: argparse.Namespace) -> int:
+    from diffrecon.flows.priors import convert_prior
+
+    path = convert_prior(args.prior, args.out, args.weights_dtype)
+    size = (path / "model.safetensors").stat().st_size
+    print(f"wrote {path} ({args.weights_dtype} weights, {size / 2**20:.1f} MiB)")
+    return 0
+
+
 def _output_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--outputs", default=default,
                    help=f"comma list of nifti, dicom, png, h5, pacs (default {default})")
@@ -638,6 +647,14 @@ def build_parser() -> argparse.ArgumentParser:
     pi.add_argument("--dtype", default="float32", choices=["float32", "float16"],
                     help="weights stored as float32 (default) or float16")
     pi.set_defaults(func=cmd_prior_import)
+    pc = psub.add_parser("convert", help="store a prior's weights in another dtype")
+    pc.add_argument("prior", help="a shipped prior's name or a checkpoint folder")
+    pc.add_argument("--weights-dtype", required=True,
+                    choices=["float32", "float16", "bfloat16", "int8"],
+                    help="int8: per-output-channel int8 kernels (dequantised at load), "
+                         "float16 biases and norms")
+    pc.add_argument("--out", required=True, help="checkpoint folder to write")
+    pc.set_defaults(func=cmd_prior_convert)
     return p
 
 

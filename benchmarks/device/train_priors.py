@@ -78,6 +78,12 @@ def main() -> None:
     ap.add_argument("--jitter", action="store_true", help="MRI: flips and gamma jitter")
     ap.add_argument("--patch", type=int, default=None, help="patch training: crop size")
     ap.add_argument("--patch-full", type=float, default=0.25)
+    ap.add_argument("--base-channels", type=int, default=16, help="network width (channels "
+                    "base x 1-2-4-8; 24: 6.0 M parameters, 32: 10.7 M; a wider network "
+                    "trains from scratch, --init-from needs the same width)")
+    ap.add_argument("--weights-dtype", default="float16", choices=["float16", "int8"],
+                    help="weights in the checkpoint (int8: per-channel scales, a quarter of "
+                    "float32's bytes: all four priors <= 32 MB fits base 24)")
     ap.add_argument("--positions", action="store_true", help="pixel positions as 2 extra "
                     "input channels (with --init-from: the new channels start at zero weight)")
     ap.add_argument("--prediction", choices=["epsilon", "v"], default="epsilon")
@@ -106,7 +112,11 @@ def main() -> None:
             jitter=args.jitter, patch=args.patch, patch_full=args.patch_full,
             positions=args.positions, prediction=args.prediction, min_snr=args.min_snr,
             data_description=spec["description"],
-            data_licence=spec["licence"], network_note=NOTE,
+            data_licence=spec["licence"],
+            network_note=NOTE if args.base_channels == 16 else (
+                f"base {args.base_channels}: a wider network than the shipped 16, within the "
+                f"size budget with {args.weights_dtype} weights"),
+            base_channels=args.base_channels, weights_dtype=args.weights_dtype,
             max_seconds=args.minutes * 60, n_samples=16, sample_steps=50,
             init_from=str(Path(args.init_from) / spec["name"]) if args.init_from else None,
             pixel_range=tuple(args.pixel_range) if args.pixel_range else None,

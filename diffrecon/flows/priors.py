@@ -4,6 +4,12 @@ recon.diffusion.registry: quick local work that needs no flow run."""
 
 from __future__ import annotations
 
-from diffrecon.recon.diffusion.registry import PRIORS_DIR, card_facts, import_dds, list_priors
+from diffrecon.recon.diffusion.registry import (
+    PRIORS_DIR,
+    card_facts,
+    convert_prior,
+    import_dds,
+    list_priors,
+)
 
-__all__ = ["PRIORS_DIR", "card_facts", "import_dds", "list_priors"]
+__all__ = ["PRIORS_DIR", "card_facts", "convert_prior", "import_dds", "list_priors"]

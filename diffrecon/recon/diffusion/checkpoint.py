@@ -16,6 +16,8 @@ from diffrecon.recon.diffusion.networks import EpsNetwork, build_network
 from diffrecon.recon.diffusion.prior import Prior, PriorConfig
 
 FILES = ("config.json", "model.safetensors", "card.md")
+#: weights_dtype int8: the key of a quantised tensor's per-output-channel scales
+INT8_SCALE = ".int8_scale"
 
 
 class PriorLoadError(ValueError):
@@ -77,6 +79,7 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu",
         state = load_file(str(path / "model.safetensors"))
     except (SafetensorError, OSError, ValueError) as exc:
         raise PriorLoadError(path, f"model.safetensors is corrupt ({exc})") from None
+    state = _dequantised(path, state, cfg.weights_dtype)
     expected = net.state_dict()
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]
@@ -99,20 +102,77 @@ def load_prior(path: str | Path, device: torch.device | str = "cpu",
                  compile=compile)
 
 
+def quantise_int8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel int8: (q, scale) with w ~ q * scale (scale per row of
+    w's first dimension, the largest |w| of the row over 127)."""
+    rows = w.detach().float().reshape(w.shape[0], -1)
+    scale = rows.abs().amax(dim=1).clamp_min(1e-12) / 127
+    q = torch.round(rows / scale[:, None]).clamp(-127, 127).to(torch.int8)
+    return q.reshape(w.shape), scale
+
+
+def _stored(state: dict[str, torch.Tensor], weights_dtype: str) -> dict[str, torch.Tensor]:
+    """The tensors as model.safetensors holds them for ``weights_dtype``."""
+    if weights_dtype != "int8":
+        dtype = getattr(torch, weights_dtype)
+        return {k: v.detach().to("cpu", dtype).contiguous() for k, v in state.items()}
+    out = {}
+    for k, v in state.items():
+        v = v.detach().to("cpu")
+        if v.is_floating_point() and v.ndim >= 2:
+            out[k], out[k + INT8_SCALE] = (t.contiguous() for t in quantise_int8(v))
+        else:
+            out[k] = v.to(torch.float16).contiguous()
+    return out
+
+
+def _dequantised(path: Path, state: dict[str, torch.Tensor], weights_dtype: str
+                 ) -> dict[str, torch.Tensor]:
+    """float32 weights from model.safetensors, checked against config.json's
+    ``weights_dtype`` (a PriorLoadError naming the field where they disagree)."""
+    int8 = [k for k, v in state.items() if v.dtype == torch.int8]
+    scales = [k for k in state if k.endswith(INT8_SCALE)]
+    if weights_dtype != "int8":
+        if int8 or scales:
+            raise PriorLoadError(path, f"config.json: weights_dtype is {weights_dtype} but "
+                                       f"model.safetensors holds int8 weights or scales "
+                                       f"(e.g. {(int8 + scales)[0]})")
+        return state
+    if not int8:
+        raise PriorLoadError(path, "config.json: weights_dtype is int8 but model.safetensors "
+                                   "holds no int8 weights")
+    for k in scales:
+        if k.removesuffix(INT8_SCALE) not in int8:
+            raise PriorLoadError(path, f"weights_dtype int8: scale {k} has no int8 weight")
+    out = {k: v for k, v in state.items() if k not in scales}
+    for k in int8:
+        scale = state.get(k + INT8_SCALE)
+        if scale is None:
+            raise PriorLoadError(path, f"weights_dtype int8: weight {k} has no scale "
+                                       f"{k + INT8_SCALE}")
+        q = state[k]
+        if tuple(scale.shape) != (q.shape[0],) or not bool(
+                (torch.isfinite(scale.float()) & (scale.float() > 0)).all()):
+            raise PriorLoadError(path, f"weights_dtype int8: scale {k + INT8_SCALE} must hold "
+                                       f"{q.shape[0]} positive finite numbers, one per output "
+                                       f"channel (shape {tuple(scale.shape)})")
+        out[k] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))
+    return out
+
+
 def save_prior(path: str | Path, net: torch.nn.Module, config: PriorConfig, card: str) -> Path:
     """Write a checkpoint folder atomically (a temporary folder, then rename into place).
 
     ``net`` is the bare network (not the EpsNetwork wrapper); weights are stored in the
-    config's ``weights_dtype``.
+    config's ``weights_dtype`` (int8: :func:`quantise_int8` per output channel).
     """
     from safetensors.torch import save_file
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dtype = getattr(torch, config.weights_dtype)
     if isinstance(net, EpsNetwork):
         net = net.net
-    state = {k: v.detach().to("cpu", dtype).contiguous() for k, v in net.state_dict().items()}
+    state = _stored(net.state_dict(), config.weights_dtype)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     tmp.chmod(0o755)
     try:

@@ -47,7 +47,9 @@ class PriorConfig(BaseModel):
     channels: list[str] = Field(min_length=1)
     orientation: Literal["axial", "coronal", "sagittal"] | None = None
     normalisation: Normalisation
-    weights_dtype: Literal["float16", "float32", "bfloat16"] = "float32"
+    # int8: every weight matrix / kernel stored as int8 with one float32 scale per output
+    # channel (key + checkpoint.INT8_SCALE), dequantised at load; biases and norms float16
+    weights_dtype: Literal["float16", "float32", "bfloat16", "int8"] = "float32"
     # the pixel sizes (mm, lowest and highest) of the images the prior learnt; None: not
     # recorded. `--grid pixel` resamples a scan to a pixel size in this range.
     pixel_mm: tuple[float, float] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -148,3 +149,19 @@ def import_dds(pt_path: str | Path, kind: str, out: str | Path,
     return import_adm_checkpoint(pt_path, out, spec["adm"], spec["name"], spec["modality"],
                                  spec["channels"], spec["normalisation"], spec["orientation"],
                                  spec["about"], weights_dtype)
+
+
+def convert_prior(src: str | Path, out: str | Path, weights_dtype: str) -> Path:
+    """Store a prior's weights anew in ``weights_dtype`` (e.g. int8: a quarter of float32's
+    bytes); config and card as they were, the card noting the conversion."""
+    prior = resolve_prior(src)
+    config = prior.config.model_copy(update={"weights_dtype": weights_dtype})
+    config = PriorConfig.model_validate(config.model_dump())  # refuses an unknown dtype
+    card = (resolve_prior_path(str(src)) / "card.md").read_text().rstrip("\n") + (
+        f"\n\nWeights re-stored as {weights_dtype} (from {prior.config.weights_dtype}) by "
+        "`diffrecon prior convert`.\n")
+    path = save_prior(out, prior.net, config, card)
+    sheet = resolve_prior_path(str(src)) / "samples.png"  # the card shows it
+    if sheet.is_file():
+        shutil.copyfile(sheet, path / "samples.png")
+    return path

@@ -152,3 +152,75 @@ def test_list_and_resolve(saved, tmp_path):
     assert isinstance(resolve_prior(path), Prior)
     with pytest.raises(PriorLoadError, match="no such folder or shipped prior"):
         resolve_prior("brain-t1-nonexistent")
+
+
+def test_int8_weights_are_a_quarter_of_the_bytes_and_checked_at_load(tmp_path):
+    """weights_dtype int8: kernels stored as int8 with one scale per output channel (each
+    weight within half a step of its value), the rest float16; a folder whose config and
+    weights disagree about it is refused naming the field."""
+    from safetensors.torch import load_file, save_file
+
+    from diffrecon.recon.diffusion.checkpoint import INT8_SCALE, quantise_int8
+
+    cfg = tiny_config(dtype="int8")
+    torch.manual_seed(0)
+    net = build_network(cfg.architecture, cfg.network)
+    with torch.no_grad():  # MONAI zero-initialises the output layer: give it weights
+        for p in net.parameters():
+            p.normal_(0.0, 0.1)
+    path = save_prior(tmp_path / "q", net, cfg, "# q\n")
+    n = sum(p.numel() for p in net.parameters())
+    stored = load_file(str(path / "model.safetensors"))
+    assert sum(v.numel() * v.element_size() for v in stored.values()) < 0.3 * 4 * n
+    prior = load_prior(path)
+    loaded = prior.net.net.state_dict()
+    for k, v in net.state_dict().items():
+        if v.ndim >= 2:
+            _, scale = quantise_int8(v)
+            err = (loaded[k] - v).abs().reshape(v.shape[0], -1).amax(dim=1)
+            assert bool((err <= scale / 2 + 1e-7).all()), k
+        else:
+            assert torch.equal(loaded[k], v.half().float())
+    x, t = torch.randn(2, 2, 16, 16), torch.tensor([10, 500])
+    with torch.no_grad():
+        exact = net(x, t)
+    assert float((prior.eps(x, t) - exact).norm() / exact.norm()) < 0.02
+
+    kernel = next(k for k, v in stored.items() if v.dtype == torch.int8)
+    good = (path / "config.json").read_text()
+
+    def refused(state, config, match):
+        save_file(state, str(path / "model.safetensors"))
+        (path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(PriorLoadError, match=match):
+            load_prior(path)
+
+    as_fp16 = {**json.loads(good), "weights_dtype": "float16"}
+    refused(stored, as_fp16, r"^prior q: config\.json: weights_dtype is float16 but "
+                             r"model\.safetensors holds int8 weights or scales")
+    no_scale = {k: v for k, v in stored.items() if k != kernel + INT8_SCALE}
+    refused(no_scale, json.loads(good), rf"weights_dtype int8: weight {kernel} has no scale")
+    bad = dict(stored)
+    bad[kernel + INT8_SCALE] = -bad[kernel + INT8_SCALE]
+    refused(bad, json.loads(good), "must hold .* positive finite numbers, one per output")
+    floats = {k: v.float() for k, v in stored.items() if not k.endswith(INT8_SCALE)}
+    refused(floats, json.loads(good), "weights_dtype is int8 but model.safetensors holds no "
+                                      "int8 weights")
+    refused(stored, {**json.loads(good), "weights_dtype": "int4"},
+            r"config\.json: weights_dtype: Input should be")
+
+
+def test_prior_convert_rewrites_the_weights_and_says_so_on_the_card(saved, tmp_path, capsys):
+    from diffrecon.cli import main
+
+    path, net = saved
+    (path / "samples.png").write_bytes(b"png")
+    assert main(["prior", "convert", str(path), "--weights-dtype", "int8",
+                 "--out", str(tmp_path / "q8")]) == 0
+    assert "int8 weights" in capsys.readouterr().out
+    q = load_prior(tmp_path / "q8")
+    assert q.config.weights_dtype == "int8" and q.config.network == json.loads(
+        (path / "config.json").read_text())["network"]
+    card = (tmp_path / "q8" / "card.md").read_text()
+    assert card.startswith("# tiny") and "re-stored as int8 (from float32)" in card
+    assert (tmp_path / "q8" / "samples.png").read_bytes() == b"png"
