@@ -13,7 +13,7 @@ with the project's results model.
 
 ``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
 --samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four
-slices of the first two IXI training volumes (gap_study's TRAIN_Z), for choosing settings
+slices of the first two IXI training volumes (testing.b1_training_cases), for choosing settings
 without looking at test slices.
 """
 
@@ -117,14 +117,10 @@ def main() -> None:
         prior = resolve_prior(args.prior)
     use_bart = bart.available() and not args.no_bart
     if args.train:
-        from gap_study import TRAIN_Z  # benchmarks/gap_study.py
+        from diffrecon.testing import b1_training_cases
 
-        from diffrecon.testing import b1_case, ixi_split
-
-        coil_maps = torch.from_numpy(np.load(DATA / "b1_simulation_maps_16ch_128.npy"))
-        datasets = {"IXI training": [b1_case(v, z, coil_maps)
-                                     for v in ixi_split(DATA / "ixi_t1")[0][:2]
-                                     for z in TRAIN_Z]}
+        datasets = {"IXI training": b1_training_cases(
+            DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy")}
     else:
         datasets = {
             "B1-quick" if args.quick else "B1": b1_cases(

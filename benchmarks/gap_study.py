@@ -35,11 +35,10 @@ from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.settings import DDSConfig
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.solvers import conjugate_gradient
-from diffrecon.testing import b1_case, b1_cases, ixi_split
+from diffrecon.testing import b1_cases, b1_training_cases
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
 SETTINGS = [(4, "equispaced"), (8, "equispaced")]
-TRAIN_Z = (65, 85)
 PNP_ITERS = 50  # as many network evaluations as DDS's default
 
 
@@ -108,9 +107,7 @@ def main() -> None:
     ap.add_argument("--out", default="benchmarks/results/gap_study.json")
     args = ap.parse_args()
     prior = resolve_prior(args.prior)
-    maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
-    train_vols, _ = ixi_split(MRI / "ixi_t1")
-    train = [b1_case(v, z, maps) for v in train_vols[:2] for z in TRAIN_Z]
+    train = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy")
     test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
     result: dict = {"prior": prior.name, "pnp_iterations": PNP_ITERS, "training": [],
                     "test": []}

@@ -65,22 +65,20 @@ def train_one(name: str, minutes: float, work: Path) -> None:
 
 def score(name: str, work: Path) -> dict:
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gap_study import SETTINGS, TRAIN_Z, prepare
+    from gap_study import SETTINGS, prepare
     from prior_quality import denoising_psnr, mri_slices
 
     from diffrecon.recon import metrics
     from diffrecon.recon.diffusion.checkpoint import load_prior
     from diffrecon.recon.diffusion.dds import dds_sample
-    from diffrecon.testing import b1_case, ixi_split
+    from diffrecon.testing import b1_training_cases
 
     info = json.loads((work / f"{name}.json").read_text())
     prior = load_prior(work / name)
     images, names = mri_slices([MRI / "ixi_t1" / v for v in info["val_volumes"]])
     row = {"candidate": name, **CANDIDATES[name], **info,
            "denoising_psnr": denoising_psnr(prior, images, names)}
-    maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
-    train_vols, _ = ixi_split(MRI / "ixi_t1")
-    cases = [b1_case(v, z, maps) for v in train_vols[:2] for z in TRAIN_Z]
+    cases = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy")
     for accel, kind in SETTINGS:
         slices = prepare(cases, accel, kind)
         row[f"dds R={accel} {kind}"] = float(np.mean(

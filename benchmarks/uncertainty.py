@@ -64,12 +64,11 @@ from diffrecon.recon.uncertainty import (
     sampled_fraction,
     with_aliasing,
 )
-from diffrecon.testing import b1_case, b1_cases, ct_slices, ixi_split
+from diffrecon.testing import b1_cases, b1_training_cases, ct_slices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MRI = SHARED / "mri"
 CT = SHARED / "ct" / "totalsegmentator"
-TRAIN_Z = (65, 85)  # training-split slices for the calibration factor
 WEIGHTS = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0, 3000.0)  # alias weights
 SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing energy's mean
 
@@ -272,9 +271,7 @@ def main() -> None:
     if settings:
         figure: list = []  # the first test slice of each setting: truth, mean, std, u
         prior = resolve_prior("brain-t1-axial-128")
-        coil_maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
-        train_vols, _ = ixi_split(MRI / "ixi_t1")
-        train = [b1_case(v, z, coil_maps) for v in train_vols[:2] for z in TRAIN_Z]
+        train = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy")
         test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
         groups: dict[tuple[int, str], list] = {}
         for a, kind in settings:

@@ -101,6 +101,14 @@ class PriorRef(BaseModel):
                               "prior learnt (pixel; from the scan's header; Fourier "
                               "resampling, the data consistency on the scan's grid)")
 
+    @model_validator(mode="after")
+    def _branching_needs_samples(self) -> PriorRef:
+        if self.branch_steps and self.samples == 1:
+            raise ValueError(f"branch_steps {self.branch_steps}: needs samples > 1 (the "
+                             "samples share their first steps; one sample has nothing to "
+                             "share)")
+        return self
+
     @field_validator("std_aliasing", mode="before")
     @classmethod
     def _aliasing_points(cls, v: list) -> list:
@@ -123,7 +131,7 @@ class PriorRef(BaseModel):
         if m.sampler == "dps":
             return DPSConfig(steps=self.dps_steps, step_size=self.dps_step_size, seed=self.seed)
         dds = dict(nfe=self.nfe, eta=self.eta, cg_iters=self.cg_iters, gamma=self.gamma,
-                   seed=self.seed, branch_steps=self.branch_steps if self.samples > 1 else 0)
+                   seed=self.seed, branch_steps=self.branch_steps)
         if m.sampler == "volume":
             return DDS3DConfig(**dds, lam=self.tv_lam, rho=self.tv_rho if m.z_tv else 0.0,
                                slice_batch=slice_batch or DDS3DConfig.slice_batch,

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
 B1_SLICES = tuple(range(55, 91, 5))
 B1_QUICK_SLICES = (60, 70, 80, 90)
+TRAIN_Z = (65, 85)  # slices of IXI training volumes for choosing settings, never test slices
 
 
 def ixi_split(folder: str | Path) -> tuple[list[Path], list[Path]]:
@@ -102,6 +103,15 @@ def b1_cases(ixi_folder: str | Path, maps_file: str | Path, quick: bool = False)
     _, test = ixi_split(ixi_folder)
     vols, zs = (test[:2], B1_QUICK_SLICES) if quick else (test, B1_SLICES)
     return [b1_case(v, z, maps) for v in vols for z in zs]
+
+
+def b1_training_cases(ixi_folder: str | Path, maps_file: str | Path, volumes: int = 2
+                      ) -> list[MRICase]:
+    """B1-style slices (TRAIN_Z) of the first ``volumes`` IXI training volumes: where the
+    benchmarks choose settings and fit calibrations without looking at test slices."""
+    maps = torch.from_numpy(np.load(maps_file))
+    train, _ = ixi_split(ixi_folder)
+    return [b1_case(v, z, maps) for v in train[:volumes] for z in TRAIN_Z]
 
 
 def b2_case(twix_path: str | Path) -> MRICase:

@@ -113,9 +113,10 @@ def main() -> None:
             positions=args.positions, prediction=args.prediction, min_snr=args.min_snr,
             data_description=spec["description"],
             data_licence=spec["licence"],
-            network_note=NOTE if args.base_channels == 16 else (
-                f"base {args.base_channels}: a wider network than the shipped 16, within the "
-                f"size budget with {args.weights_dtype} weights"),
+            network_note=NOTE if (args.base_channels, args.weights_dtype) == (16, "float16")
+            else (f"base {args.base_channels} with {args.weights_dtype} weights (the shipped "
+                  "priors: base 16, float16); chosen for the size budget of issue 'Priors "
+                  "that win' (all priors <= 32 MB)"),
             base_channels=args.base_channels, weights_dtype=args.weights_dtype,
             max_seconds=args.minutes * 60, n_samples=16, sample_steps=50,
             init_from=str(Path(args.init_from) / spec["name"]) if args.init_from else None,

@@ -33,15 +33,22 @@ fi
 n=$(echo "$RUNS" | grep -c .)
 threads=$(( $(nproc) / n )); [ "$threads" -ge 1 ] || threads=1
 pids=()
-while read -r tag item args; do
+seen=" "
+while read -r tag item rest; do
   [ -n "$tag" ] || continue
+  if ! [[ "$tag" =~ ^[A-Za-z0-9._-]+$ ]] || [[ "$seen" == *" $tag "* ]] || [[ "$item" != */* ]]; then
+    echo "RUNS line '$tag $item ...': give a unique tag (letters, digits, . _ -) and SET/NAME"
+    exit 2
+  fi
+  seen+="$tag "
+  set -f; read -r -a args <<< "$rest"; set +f  # the run's options, word by word, unglobbed
   set_=${item%%/*}; name=${item#*/}
   extra=""; [ "$set_" = ct ] && extra=${CT_ARGS:---pixel-range 1.5 3.0}
   out="$OUT"; [ "$SET" = runs ] && out="$OUT/$tag"
   mkdir -p "$out"
   python3 benchmarks/device/train_priors.py --set "$set_" --only "$name" --data .devdata \
     --out "$out" --minutes "${MINUTES:-3.1}" --threads "$threads" --work "/tmp/train-$tag" \
-    ${TRAIN_ARGS:-} $extra $args > "$OUT/$tag.log" 2>&1 &
+    ${TRAIN_ARGS:-} $extra ${args[@]+"${args[@]}"} > "$OUT/$tag.log" 2>&1 &
   pids+=($!)
 done <<< "$RUNS"
 ( while sleep 60; do nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader; done ) &

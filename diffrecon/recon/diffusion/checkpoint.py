@@ -121,8 +121,10 @@ def _stored(state: dict[str, torch.Tensor], weights_dtype: str) -> dict[str, tor
         v = v.detach().to("cpu")
         if v.is_floating_point() and v.ndim >= 2:
             out[k], out[k + INT8_SCALE] = (t.contiguous() for t in quantise_int8(v))
-        else:
+        elif v.is_floating_point():
             out[k] = v.to(torch.float16).contiguous()
+        else:  # counters and other integer buffers as they are
+            out[k] = v.contiguous()
     return out
 
 
@@ -143,17 +145,19 @@ def _dequantised(path: Path, state: dict[str, torch.Tensor], weights_dtype: str
                                    "holds no int8 weights")
     for k in scales:
         if k.removesuffix(INT8_SCALE) not in int8:
-            raise PriorLoadError(path, f"weights_dtype int8: scale {k} has no int8 weight")
+            raise PriorLoadError(path, f"model.safetensors (weights_dtype int8): scale {k} has "
+                                       "no int8 weight")
     out = {k: v for k, v in state.items() if k not in scales}
     for k in int8:
         scale = state.get(k + INT8_SCALE)
         if scale is None:
-            raise PriorLoadError(path, f"weights_dtype int8: weight {k} has no scale "
-                                       f"{k + INT8_SCALE}")
+            raise PriorLoadError(path, f"model.safetensors (weights_dtype int8): weight {k} has "
+                                       f"no scale {k + INT8_SCALE}")
         q = state[k]
-        if tuple(scale.shape) != (q.shape[0],) or not bool(
+        if tuple(scale.shape) != (q.shape[0],) or not scale.is_floating_point() or not bool(
                 (torch.isfinite(scale.float()) & (scale.float() > 0)).all()):
-            raise PriorLoadError(path, f"weights_dtype int8: scale {k + INT8_SCALE} must hold "
+            raise PriorLoadError(path, f"model.safetensors (weights_dtype int8): scale "
+                                       f"{k + INT8_SCALE} must hold "
                                        f"{q.shape[0]} positive finite numbers, one per output "
                                        f"channel (shape {tuple(scale.shape)})")
         out[k] = q.float() * scale.float().reshape(-1, *([1] * (q.ndim - 1)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -160,8 +159,9 @@ def convert_prior(src: str | Path, out: str | Path, weights_dtype: str) -> Path:
     card = (resolve_prior_path(str(src)) / "card.md").read_text().rstrip("\n") + (
         f"\n\nWeights re-stored as {weights_dtype} (from {prior.config.weights_dtype}) by "
         "`diffrecon prior convert`.\n")
+    sheet = resolve_prior_path(str(src)) / "samples.png"  # the card shows it; read first:
+    png = sheet.read_bytes() if sheet.is_file() else None  # out may be src itself
     path = save_prior(out, prior.net, config, card)
-    sheet = resolve_prior_path(str(src)) / "samples.png"  # the card shows it
-    if sheet.is_file():
-        shutil.copyfile(sheet, path / "samples.png")
+    if png is not None:
+        (path / "samples.png").write_bytes(png)
     return path

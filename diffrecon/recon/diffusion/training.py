@@ -14,6 +14,7 @@ import json
 import math
 import platform
 import time
+import traceback
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -585,16 +586,16 @@ def train(
     # one compiled graph per batch shape (patch training alternates two)
     compiled = torch.compile(net, dynamic=False) if compile_net else None
 
-    def forward(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        nonlocal compiled
-        if compiled is not None:
-            try:
-                return compiled(x, t)
-            except Exception as e:  # a compiler failure must not lose the run: go eager
-                print(f"torch.compile failed ({type(e).__name__}: {str(e)[:300]}); "
-                      "training continues uncompiled", flush=True)
-                compiled = None
-        return net(x, t)
+    def gradients(x_t: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """One step's loss, its gradients in the parameters (compiled where asked)."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
+            model = net if compiled is None else compiled
+            pred = model(x_t.contiguous(memory_format=layout), t)
+        loss = diffusion_loss(schedule, cfg, pred.float(), x_t[:, :cfg.channels], t, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss
+
     try:
         while step < cfg.steps:
             t0 = time.perf_counter()
@@ -602,11 +603,20 @@ def train(
             x_t, t, noise = (v.to(device, non_blocking=True) for v in (x_t, t, noise))
             for group in opt.param_groups:
                 group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
-                pred = forward(x_t.contiguous(memory_format=layout), t)
-            loss = diffusion_loss(schedule, cfg, pred.float(), x_t[:, :cfg.channels], t, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            try:
+                loss = gradients(x_t, t, noise)
+            except Exception as e:
+                if compiled is None:
+                    raise
+                # the compiler (forward or backward graph) must not lose the run: the step
+                # is redone without it, and the history says so
+                traceback.print_exc()
+                why = f"{type(e).__name__}: {e}"[:500]
+                print(f"torch.compile failed at step {step} ({why}); training continues "
+                      "uncompiled", flush=True)
+                history.append({"step": step, "compile_failed": why})
+                compiled = None
+                loss = gradients(x_t, t, noise)
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
             opt.step()
             decay = min(cfg.ema_decay, (1 + step) / (10 + step))

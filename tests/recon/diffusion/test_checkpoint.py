@@ -199,7 +199,8 @@ def test_int8_weights_are_a_quarter_of_the_bytes_and_checked_at_load(tmp_path):
     refused(stored, as_fp16, r"^prior q: config\.json: weights_dtype is float16 but "
                              r"model\.safetensors holds int8 weights or scales")
     no_scale = {k: v for k, v in stored.items() if k != kernel + INT8_SCALE}
-    refused(no_scale, json.loads(good), rf"weights_dtype int8: weight {kernel} has no scale")
+    refused(no_scale, json.loads(good), rf"model\.safetensors \(weights_dtype int8\): weight "
+                                        rf"{kernel} has no scale")
     bad = dict(stored)
     bad[kernel + INT8_SCALE] = -bad[kernel + INT8_SCALE]
     refused(bad, json.loads(good), "must hold .* positive finite numbers, one per output")
@@ -224,3 +225,7 @@ def test_prior_convert_rewrites_the_weights_and_says_so_on_the_card(saved, tmp_p
     card = (tmp_path / "q8" / "card.md").read_text()
     assert card.startswith("# tiny") and "re-stored as int8 (from float32)" in card
     assert (tmp_path / "q8" / "samples.png").read_bytes() == b"png"
+    assert main(["prior", "convert", str(tmp_path / "q8"), "--weights-dtype", "float16",
+                 "--out", str(tmp_path / "q8")]) == 0  # in place: the sheet survives
+    assert (tmp_path / "q8" / "samples.png").read_bytes() == b"png"
+    assert load_prior(tmp_path / "q8").config.weights_dtype == "float16"

@@ -301,5 +301,5 @@ def test_branched_samples_share_their_first_steps():
                     diffusion=PriorRef(samples=4, branch_steps=10))
     with pytest.raises(ValueError, match="branch_steps 50: must be below nfe 50"):
         ReconConfig(methods=["dds"], diffusion=PriorRef(samples=4, branch_steps=50))
-    # one sample: branching does nothing and is not checked
-    assert PriorRef(samples=1, branch_steps=50).sampler_config("dds").branch_steps == 0
+    with pytest.raises(ValueError, match=r"branch_steps 14: needs samples > 1"):
+        PriorRef(samples=1, branch_steps=14)

@@ -364,6 +364,24 @@ def test_a_failing_compiler_does_not_lose_the_training(slices, tmp_path, monkeyp
     plain = train(*slices, cfg, tmp_path / "a", tmp_path / "wa")
     monkeypatch.setattr(torch, "compile", broken)
     r = train(*slices, cfg, tmp_path / "b", tmp_path / "wb", compile_net=True)
-    assert "torch.compile failed (RuntimeError: no C++ compiler); training continues " \
-        "uncompiled" in capsys.readouterr().out
+    assert "torch.compile failed at step 0 (RuntimeError: no C++ compiler); training " \
+        "continues uncompiled" in capsys.readouterr().out
+    assert r.losses == plain.losses
+    assert {"step": 0, "compile_failed": "RuntimeError: no C++ compiler"} in r.history
+
+    def backward_fails(module, *a, **k):  # the compiled forward runs; its backward raises
+        class Fail(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, g):
+                raise RuntimeError("backward graph")
+
+        return lambda x, t: Fail.apply(module(x, t))
+
+    monkeypatch.setattr(torch, "compile", backward_fails)
+    r = train(*slices, cfg, tmp_path / "c", tmp_path / "wc", compile_net=True)
+    assert "(RuntimeError: backward graph)" in capsys.readouterr().out
     assert r.losses == plain.losses
