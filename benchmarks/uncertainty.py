@@ -316,8 +316,10 @@ def main() -> None:
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_ct.png"))
-    if out.exists():  # keep the rows (and fits) of what was not rerun
-        before = json.loads(out.read_text())
+    before = json.loads(out.read_text()) if out.exists() else {}
+    if before.get("branch_steps", 0) != BRANCH:  # rows of another sampler: not kept
+        before = {}
+    if before:  # keep the rows (and fits) of what was not rerun
         if not settings:
             result["rows"] += [r for r in before["rows"] if r["benchmark"].startswith("B1")]
             if "aliasing" in before:
