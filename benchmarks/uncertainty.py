@@ -64,7 +64,7 @@ from diffrecon.recon.uncertainty import (
     sampled_fraction,
     with_aliasing,
 )
-from diffrecon.testing import b1_cases, b1_training_cases, ct_slices
+from diffrecon.testing import b1_cases, b1_training_cases, ct_slices, ct_training_slices
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MRI = SHARED / "mri"
@@ -298,8 +298,7 @@ def main() -> None:
     if views:
         figure = []
         prior = resolve_prior("ct-axial-128")
-        train = (ct_slices(CT / "aorta_ct_cropped.nii.gz", every=16)[:2]
-                 + ct_slices(CT / "pulmonary_ct_cropped.nii.gz", every=16)[:2])
+        train = ct_training_slices(CT)
         test = ct_slices(CT / "example_ct.nii.gz", every=16)
         fit_runs = [r for v in views for r in ct_samples(train, v, prior, args.fit_k)]
         factor = fit_factor(fit_runs, args.fit_k, None)

@@ -152,6 +152,14 @@ class CTCase:
         return s + torch.from_numpy(sigma * g.standard_normal(tuple(s.shape)))
 
 
+def ct_training_slices(folder: str | Path, per_volume: int = 2) -> list[CTCase]:
+    """The first ``per_volume`` of every 16th axial slice of the CT training volumes
+    (TotalSegmentator's aorta and pulmonary crops in ``folder``): where the benchmarks choose
+    CT settings and fit calibrations without looking at example_ct."""
+    return [c for name in ("aorta_ct_cropped.nii.gz", "pulmonary_ct_cropped.nii.gz")
+            for c in ct_slices(Path(folder) / name, every=16)[:per_volume]]
+
+
 def ct_slices(path: str | Path, every: int = 4) -> list[CTCase]:
     """Axial slices (every ``every``-th) of a CT volume in canonical RAS, padded (with
     -1000 HU) or centre-cropped to 128 x 128, in CT units."""
