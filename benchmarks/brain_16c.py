@@ -9,12 +9,13 @@ NMSE means over slices, seconds per slice including the coil maps) and writes it
 with the project's results model.
 
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
-        [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train]
+        [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train | --validation]
 
 ``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
 --samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four
 slices of the first two IXI training volumes (testing.b1_training_cases), for choosing settings
-without looking at test slices.
+without looking at test slices. ``--validation``: the slices of the IXI volumes prior
+training holds out (testing.b1_validation_cases), to judge a newly trained prior.
 """
 
 from __future__ import annotations
@@ -109,6 +110,8 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=1, help="diffusion rows: mean of K samples")
     ap.add_argument("--branch-steps", type=int, default=0)
     ap.add_argument("--train", action="store_true", help="IXI training slices instead")
+    ap.add_argument("--validation", action="store_true", help="the slices of the IXI "
+                    "volumes prior training holds out, instead")
     args = ap.parse_args()
     prior = None
     if args.prior != "none":
@@ -116,10 +119,11 @@ def main() -> None:
 
         prior = resolve_prior(args.prior)
     use_bart = bart.available() and not args.no_bart
-    if args.train:
-        from diffrecon.testing import b1_training_cases
+    if args.train or args.validation:
+        from diffrecon.testing import b1_training_cases, b1_validation_cases
 
-        datasets = {"IXI training": b1_training_cases(
+        cases_of = b1_training_cases if args.train else b1_validation_cases
+        datasets = {"IXI training" if args.train else "IXI validation": cases_of(
             DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy")}
     else:
         datasets = {

@@ -114,6 +114,17 @@ def b1_training_cases(ixi_folder: str | Path, maps_file: str | Path, volumes: in
     return [b1_case(v, z, maps) for v in train[:volumes] for z in TRAIN_Z]
 
 
+def b1_validation_cases(ixi_folder: str | Path, maps_file: str | Path) -> list[MRICase]:
+    """B1-style slices (TRAIN_Z) of the IXI volumes that prior training holds out for its
+    validation loss (the last tenth of the training split, as train_priors.py splits it):
+    held-out slices for judging a new prior without touching the test volumes."""
+    from diffrecon.io.training_slices import split_by_volume
+
+    maps = torch.from_numpy(np.load(maps_file))
+    _, val = split_by_volume(ixi_split(ixi_folder)[0], 0.1)
+    return [b1_case(v, z, maps) for v in val for z in TRAIN_Z]
+
+
 def b2_case(twix_path: str | Path) -> MRICase:
     """B2: the real 16-coil scan and its SENSE reference."""
     from diffrecon.io.twix import read_twix
