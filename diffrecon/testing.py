@@ -109,9 +109,7 @@ def b1_training_cases(ixi_folder: str | Path, maps_file: str | Path, volumes: in
                       ) -> list[MRICase]:
     """B1-style slices (TRAIN_Z) of the first ``volumes`` IXI training volumes: where the
     benchmarks choose settings and fit calibrations without looking at test slices."""
-    maps = torch.from_numpy(np.load(maps_file))
-    train, _ = ixi_split(ixi_folder)
-    return [b1_case(v, z, maps) for v in train[:volumes] for z in TRAIN_Z]
+    return _at_train_z(ixi_split(ixi_folder)[0][:volumes], maps_file)
 
 
 def b1_validation_cases(ixi_folder: str | Path, maps_file: str | Path) -> list[MRICase]:
@@ -120,9 +118,12 @@ def b1_validation_cases(ixi_folder: str | Path, maps_file: str | Path) -> list[M
     held-out slices for judging a new prior without touching the test volumes."""
     from diffrecon.io.training_slices import split_by_volume
 
+    return _at_train_z(split_by_volume(ixi_split(ixi_folder)[0], 0.1)[1], maps_file)
+
+
+def _at_train_z(volumes: list[Path], maps_file: str | Path) -> list[MRICase]:
     maps = torch.from_numpy(np.load(maps_file))
-    _, val = split_by_volume(ixi_split(ixi_folder)[0], 0.1)
-    return [b1_case(v, z, maps) for v in val for z in TRAIN_Z]
+    return [b1_case(v, z, maps) for v in volumes for z in TRAIN_Z]
 
 
 def b2_case(twix_path: str | Path) -> MRICase:

@@ -61,6 +61,14 @@ class Composed(LinearOperator):
         return self.inner.adjoint(self.outer.adjoint(y))
 
 
+def stacked_copies(v: torch.Tensor | float, copies: int) -> torch.Tensor | float:
+    """``copies`` copies of a per-slice tensor stacked along its first dimension, the
+    layout :class:`Repeated` takes (scalars and floats stay as they are)."""
+    if not isinstance(v, torch.Tensor) or v.ndim == 0:
+        return v
+    return v.repeat(copies, *([1] * (v.ndim - 1)))
+
+
 class Repeated(LinearOperator):
     """``copies`` stacked copies of an operator's slices: x (copies * S, ...) -> y
     (copies * S, ...), each block of S slices through ``op`` (K samples of one scan drawn

@@ -26,7 +26,7 @@ import torch
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.sampling import ddim_step
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
-from diffrecon.recon.operators import LinearOperator, Repeated
+from diffrecon.recon.operators import LinearOperator, Repeated, stacked_copies
 from diffrecon.recon.solvers import conjugate_gradient
 
 Progress = Callable[[int, int], None]
@@ -131,13 +131,6 @@ def _start(prior: Prior, operator: LinearOperator, y: torch.Tensor, steps: int, 
                 prior.schedule.sampling_timesteps(steps), _data_dtype(prior, y))
 
 
-def _copies(v: torch.Tensor | float, k: int) -> torch.Tensor | float:
-    """``k`` stacked copies along the first (slice) dimension; floats stay as they are."""
-    if not isinstance(v, torch.Tensor) or v.ndim == 0:
-        return v
-    return v.repeat(k, *([1] * (v.ndim - 1)))
-
-
 @torch.no_grad()
 def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
                config: DDSConfig | None = None, progress: Progress | None = None,
@@ -179,9 +172,8 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
         x0 = prior.to_model_space(xd, scale).to(prior.device)
         if i == split:  # from here on K copies, each with its own noise
             k = samples
-            operator, y, aty, scale = Repeated(operator, k), _copies(y, k), _copies(aty, k), \
-                _copies(scale, k)
-            x0, eps = _copies(x0, k), _copies(eps, k)
+            operator = Repeated(operator, k)
+            y, aty, scale, x0, eps = (stacked_copies(v, k) for v in (y, aty, scale, x0, eps))
             shape = (k * shape[0], *shape[1:])
             if tv_state:  # ADMM's z and u: (gradient direction, slice, H, W)
                 tv_state = {key: v.repeat(1, k, *([1] * (v.ndim - 2)))

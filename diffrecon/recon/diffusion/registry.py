@@ -153,14 +153,15 @@ def import_dds(pt_path: str | Path, kind: str, out: str | Path,
 def convert_prior(src: str | Path, out: str | Path, weights_dtype: str) -> Path:
     """Store a prior's weights anew in ``weights_dtype`` (e.g. int8: a quarter of float32's
     bytes); config and card as they were, the card noting the conversion."""
-    prior = resolve_prior(src)
+    folder = resolve_prior_path(src)
+    prior = load_prior(folder)
     config = prior.config.model_copy(update={"weights_dtype": weights_dtype})
     config = PriorConfig.model_validate(config.model_dump())  # refuses an unknown dtype
-    card = (resolve_prior_path(str(src)) / "card.md").read_text().rstrip("\n") + (
+    card = (folder / "card.md").read_text().rstrip("\n") + (
         f"\n\nWeights re-stored as {weights_dtype} (from {prior.config.weights_dtype}) by "
         "`diffrecon prior convert`.\n")
-    sheet = resolve_prior_path(str(src)) / "samples.png"  # the card shows it; read first:
-    png = sheet.read_bytes() if sheet.is_file() else None  # out may be src itself
+    sheet = folder / "samples.png"  # the card shows it; read before writing: out may be src
+    png = sheet.read_bytes() if sheet.is_file() else None
     path = save_prior(out, prior.net, config, card)
     if png is not None:
         (path / "samples.png").write_bytes(png)

@@ -15,7 +15,7 @@ from diffrecon.recon.diffusion.dds import DDSConfig, Progress, dds_sample
 from diffrecon.recon.diffusion.dps import DPSConfig, dps_sample
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_volume_sample
-from diffrecon.recon.operators import LinearOperator, Repeated
+from diffrecon.recon.operators import LinearOperator, Repeated, stacked_copies
 
 SamplerConfig = DDSConfig | DPSConfig | DDS3DConfig
 
@@ -117,7 +117,7 @@ def draw_samples(priors: list[Prior], config: SamplerConfig,
                 xb = dds_sample(priors[0], op, yb, config, progress, samples=samples)
                 return xb.reshape(samples, b - a, *xb.shape[1:]).transpose(0, 1)
             if samples > 1:
-                op, yb = Repeated(op, samples), yb.repeat(samples, *([1] * (yb.ndim - 1)))
+                op, yb = Repeated(op, samples), stacked_copies(yb, samples)
             xb = sample(priors[0], op, yb, config, progress)
             return xb.reshape(samples, b - a, *xb.shape[1:]).transpose(0, 1)
 
