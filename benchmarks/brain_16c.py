@@ -10,12 +10,15 @@ with the project's results model.
 
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
         [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train | --validation]
+        [--tv-lam-factors 1,0.5]
 
 ``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
 --samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four
 slices of the first two IXI training volumes (testing.b1_training_cases), for choosing settings
 without looking at test slices. ``--validation``: the slices of the IXI volumes prior
 training holds out (testing.b1_validation_cases), to judge a newly trained prior.
+``--tv-lam-factors``: one dds-tv row per multiple of ADMM-TV's TV weight (default 1, the
+flow's).
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def methods():
 
 
 def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",),
-             samples: int = 1, branch_steps: int = 0):
+             samples: int = 1, branch_steps: int = 0, tv_factors=(1.0,)):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -76,11 +79,15 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds
         from diffrecon.recon.diffusion.run import run_diffusion
         from diffrecon.recon.diffusion.settings import DDSTVConfig
 
-        sampler = {"dds": DDSConfig(branch_steps=branch_steps),
-                   # dds-tv with the flow's defaults: ADMM-TV's weight (ReconConfig.tv_lam)
-                   "dds-tv": DDSTVConfig(tv_lam=ReconConfig.model_fields["tv_lam"].default,
-                                         branch_steps=branch_steps)}
-        runs = [(m, sampler[m]) for m in diffusion] + ([("dps", DPSConfig())] if dps else [])
+        lam = ReconConfig.model_fields["tv_lam"].default  # the flow's: ADMM-TV's weight
+        runs = []
+        for m in diffusion:
+            if m == "dds":
+                runs.append((m, DDSConfig(branch_steps=branch_steps)))
+            for f in tv_factors if m == "dds-tv" else ():
+                runs.append((m if f == 1.0 else f"{m} (lam x{f:g})",
+                             DDSTVConfig(tv_lam=lam * f, branch_steps=branch_steps)))
+        runs += [("dps", DPSConfig())] if dps else []
         op = Sense(maps, mask)
         for name, cfg in runs:
             k = 1 if name == "dps" else samples
@@ -109,6 +116,8 @@ def main() -> None:
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
     ap.add_argument("--samples", type=int, default=1, help="diffusion rows: mean of K samples")
     ap.add_argument("--branch-steps", type=int, default=0)
+    ap.add_argument("--tv-lam-factors", default="1", help="dds-tv rows: comma list of "
+                    "multiples of ADMM-TV's weight")
     ap.add_argument("--train", action="store_true", help="IXI training slices instead")
     ap.add_argument("--validation", action="store_true", help="the slices of the IXI "
                     "volumes prior training holds out, instead")
@@ -131,6 +140,7 @@ def main() -> None:
                 DATA / "ixi_t1", DATA / "b1_simulation_maps_16ch_128.npy", quick=args.quick),
             "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
         }
+    tv_factors = [float(f) for f in args.tv_lam_factors.split(",")]
     records = []
     for dataset, cases in datasets.items():
         for accel, kind in SETTINGS:
@@ -139,7 +149,7 @@ def main() -> None:
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
                 for method, *vals in run_case(case, accel, kind, use_bart, prior, dps,
                                               args.diffusion.split(","), args.samples,
-                                              args.branch_steps):
+                                              args.branch_steps, tv_factors):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
