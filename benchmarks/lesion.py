@@ -18,11 +18,14 @@ Per method (zero-filled, CG-SENSE, ADMM-TV, DDS and dds-tv with K samples, --bra
 as `diffrecon run` takes it): PSNR inside the lesion
 (range: the slice's maximum), the lesion contrast (lesion mean minus mirror mean) relative
 to the truth's, and for DDS the mean std inside the lesion over the mean std in the
-mirror, and the same for the std with the aliasing term (the weights uncertainty.py fitted
-on training slices, read from uncertainty.json beside --out).
+mirror (and the mean |error| inside over the mirror's, which a map should follow), and
+the same for the std with the aliasing term (the weights uncertainty.py fitted on
+training slices, read from uncertainty.json beside --out); with ``--std-model
+FILE|prior`` also for the error model's map (``diffrecon run --std-model``; fitted on DDS
+samples).
 
     .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3] [--branch-steps N]
-        [--diffusion dds,dds-tv] [--out benchmarks/results/lesion.json]
+        [--diffusion dds,dds-tv] [--std-model prior] [--out benchmarks/results/lesion.json]
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.uncertainty import aliasing_map
+from diffrecon.recon.uncertainty import aliasing_map, error_model_map
 from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -210,11 +213,13 @@ def main() -> None:
     ap.add_argument("--accels", default="4,8")
     ap.add_argument("--branch-steps", type=int, default=0)
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
+    ap.add_argument("--std-model", default=None, help="an error model file, or 'prior'")
     ap.add_argument("--out", default="benchmarks/results/lesion.json")
     args = ap.parse_args()
     maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
     prior = resolve_prior("brain-t1-axial-128")
-    cfg = ReconConfig(diffusion=PriorRef(samples=args.samples, branch_steps=args.branch_steps))
+    cfg = ReconConfig(diffusion=PriorRef(samples=args.samples, branch_steps=args.branch_steps,
+                                         std_model=args.std_model))
     # each method's sampler settings as the flow makes them (dds-tv: ADMM-TV's weight)
     samplers = {m: cfg.diffusion.sampler_config(m, tv_lam=cfg.tv_lam)
                 for m in args.diffusion.split(",")}
@@ -253,11 +258,19 @@ def main() -> None:
                     if method in stds:
                         mean, std = x, stds[method]
                         sd = std[0].numpy()
+                        err = np.abs(np.abs(xn) - s["truth"])  # what a map should follow
+                        row["error_lesion_over_mirror"] = float(err[s["lesion"]].mean()
+                                                                / err[s["mirror"]].mean())
                         row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
                                                               / sd[s["mirror"]].mean())
                         if table:  # with the aliasing term, as --std-aliasing adds it
                             u = aliasing_map(op, mean, std, table)[0].numpy()
                             row["u_lesion_over_mirror"] = float(
+                                u[s["lesion"]].mean() / u[s["mirror"]].mean())
+                        if cfg.diffusion.std_model:  # the error model's map
+                            u = error_model_map(op, mean, std, cfg.diffusion.std_model)
+                            u = u[0].numpy()
+                            row["model_lesion_over_mirror"] = float(
                                 u[s["lesion"]].mean() / u[s["mirror"]].mean())
                     rows.append(row)
                     print(json.dumps(row), flush=True)

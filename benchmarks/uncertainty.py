@@ -57,9 +57,14 @@ from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense
 from diffrecon.recon.uncertainty import (
     ALIAS_SIGMA,
+    ERROR_FEATURES,
     aliasing,
     aliasing_map,
     calibration,
+    error_features,
+    error_model,
+    error_model_map,
+    gaussian_smooth,
     object_support,
     sampled_fraction,
     with_aliasing,
@@ -122,15 +127,19 @@ def _draw(prior, make_op, y, k: int) -> np.ndarray:
 
 
 def maps(run: tuple, k: int, table: list | None, w: float | None = None,
-         sigma: float = ALIAS_SIGMA) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+         sigma: float = ALIAS_SIGMA, model: dict | None = None
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(shown mean, truth, std, u) of the first k samples of one slice: u is the std map as
-    ``--std-aliasing`` makes it, with weight and scale interpolated in ``table`` at the
-    slice's sampled fraction and pattern, or with weight ``w``, scale 1 and the aliasing
-    energy's local mean over ``sigma`` pixels (u = std for CT, or with neither)."""
+    ``--std-model`` makes it with ``model``, else as ``--std-aliasing`` makes it, with weight
+    and scale interpolated in ``table`` at the slice's sampled fraction and pattern, or with
+    weight ``w``, scale 1 and the aliasing energy's local mean over ``sigma`` pixels (u =
+    std for CT, or with none of them)."""
     x, truth, op = run
     mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
     u = std
-    if op is not None and w is not None:
+    if op is not None and model is not None:
+        u = error_model_map(op, mean, std, model)
+    elif op is not None and w is not None:
         u = with_aliasing(std, aliasing(op, mean, sigma), torch.tensor([w]))
     elif op is not None and table:
         u = aliasing_map(op, mean, std, table)
@@ -138,16 +147,22 @@ def maps(run: tuple, k: int, table: list | None, w: float | None = None,
     return show(mean[0].numpy()), truth, std[0].numpy(), u[0].numpy()
 
 
-def score(runs: list[tuple], k: int, factor: float, table: list | None) -> dict:
-    """The calibration figures of the first k samples of every slice, averaged over slices."""
+def score(runs: list[tuple], k: int, factor: float, table: list | None,
+          model: dict | None = None) -> dict:
+    """The calibration figures of the first k samples of every slice, averaged over slices;
+    with ``model`` also those of its map (its own scale: "spearman_model", "coverage_model")."""
     rows: dict = {"spearman": [], "spearman_aliasing": [], "coverage": [],
                   "coverage_calibrated": [], "error_over_std": [], "psnr_mean": [],
-                  "psnr_one": []}
+                  "psnr_one": [], "spearman_model": [], "coverage_model": []}
     for run in runs:
         mean, truth, std, u = maps(run, k, table)
         ct = run[2] is None
         rng = 1.0 if ct else None
         c = calibration(mean, std, truth)
+        if model is not None:
+            cm = calibration(mean, maps(run, k, None, model=model)[3], truth)
+            rows["spearman_model"].append(cm["spearman"])
+            rows["coverage_model"].append(cm["coverage"])
         rows["spearman"].append(c["spearman"])
         rows["spearman_aliasing"].append(calibration(mean, u, truth)["spearman"])
         rows["coverage"].append(c["coverage"])
@@ -156,7 +171,7 @@ def score(runs: list[tuple], k: int, factor: float, table: list | None) -> dict:
         rows["psnr_mean"].append(metrics.psnr(mean, truth, rng))
         one = metrics.ct_window(run[0][0]) if ct else np.abs(run[0][0])
         rows["psnr_one"].append(metrics.psnr(one, truth, rng))
-    out = {key: float(np.mean(v)) for key, v in rows.items()}
+    out = {key: float(np.mean(v)) for key, v in rows.items() if v}
     if not table:
         out.pop("spearman_aliasing")
     return out
@@ -243,6 +258,43 @@ def fit_factor(runs: list[tuple], k: int, table: list | None, w: float | None = 
     return float(np.percentile(np.concatenate(ratios), 95))
 
 
+def fit_error_model(groups: dict[tuple[int, str], list[tuple]], k: int, fitted: dict
+                    ) -> dict:
+    """The error model of ``--std-model`` (recon.uncertainty.error_model), one point per
+    acceleration and sampling pattern of the training slices: the least-squares fit of
+    log(local RMS of |error| over 2 pixels / max|m|) on the features
+    (recon.uncertainty.error_features) over the truth's object pixels, then the scale that
+    makes the map cover the group's error (the 95th percentile of |error| / (2 u))."""
+    points = []
+    for (accel, kind), runs in sorted(groups.items()):
+        xs, ys = [], []
+        for x, truth, op in runs:
+            mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
+            feats, top, _ = error_features(op, mean, std)
+            err = (mean.abs() - torch.from_numpy(truth)).to(std.dtype)
+            env = gaussian_smooth(err.square(), 2.0).sqrt() / top.reshape(-1, 1, 1)
+            sup = torch.from_numpy(object_support(truth))
+            xs.append(feats.permute(0, 2, 3, 1)[sup].double().numpy())
+            ys.append(torch.log(env.clamp_min(1e-6))[sup].double().numpy())
+        a = np.concatenate(xs)
+        coef = np.linalg.lstsq(np.c_[a, np.ones(len(a))], np.concatenate(ys), rcond=None)[0]
+        frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
+        pt = {"fraction": round(frac, 4), "pattern": kind,
+              "coefficients": [round(float(c), 4) for c in coef[:-1]],
+              "intercept": round(float(coef[-1]), 4), "scale": 1.0}
+        one = error_model({"features": list(ERROR_FEATURES), "points": [pt]})
+        ratios = []
+        for run in runs:
+            mean, truth, _, u = maps(run, k, None, model=one)
+            sup = object_support(truth)[0]
+            ratios.append(np.abs(mean - truth)[sup] / np.maximum(2 * u[sup], 1e-12))
+        pt["scale"] = round(float(np.percentile(np.concatenate(ratios), 95)), 4)
+        print(f"R={accel} {kind}: error model {json.dumps(pt)}", flush=True)
+        points.append(pt)
+    return error_model({"features": list(ERROR_FEATURES), "points": points,
+                        "fitted": fitted})
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mri-settings", default="4/equispaced,4/random,8/equispaced,8/random")
@@ -254,6 +306,10 @@ def main() -> None:
                     "that change only the fit or the scoring draw nothing)")
     ap.add_argument("--branch-steps", type=int, default=0, help="the K samples share all but "
                     "their last N steps (--branch-steps of diffrecon run; 0: whole trajectories)")
+    ap.add_argument("--train-volumes", type=int, default=2, help="MRI: fit on the B1-style "
+                    "slices of this many IXI training volumes (two slices each)")
+    ap.add_argument("--model-out", default=None, help="where the fitted error model "
+                    "(--std-model) goes; default: beside --out, *_error_model.json")
     args = ap.parse_args()
     global CACHE, BRANCH
     BRANCH = args.branch_steps
@@ -271,7 +327,8 @@ def main() -> None:
     if settings:
         figure: list = []  # the first test slice of each setting: truth, mean, std, u
         prior = resolve_prior("brain-t1-axial-128")
-        train = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy")
+        train = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy",
+                                  args.train_volumes)
         test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
         groups: dict[tuple[int, str], list] = {}
         for a, kind in settings:
@@ -283,13 +340,27 @@ def main() -> None:
         print(f"MRI: --std-aliasing "
               f"{','.join(f'{f}:{w:g}:{c:g}:{p}' for f, w, c, p in table)} "
               f"(training slices {sum(len(r) for r in groups.values())})", flush=True)
+        from diffrecon.recon.diffusion.checkpoint import folder_digest
+        from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+        model = fit_error_model(groups, args.fit_k, {
+            "prior": prior.name, "prior_digest": folder_digest(
+                resolve_prior_path("brain-t1-axial-128")), "samples": args.fit_k,
+            "branch_steps": BRANCH, "nfe": DDSConfig().nfe, "method": "dds",
+            "by": "benchmarks/uncertainty.py", "training_slices": [
+                f"{c.volume} z={c.z}" for c in train]})
+        model_out = Path(args.model_out or out.with_name(out.stem + "_error_model.json"))
+        model_out.write_text(json.dumps(model, indent=1))
+        result["error_model"] = str(model_out)
+        print(f"MRI: --std-model {model_out}", flush=True)
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
             mean, truth, std, u = maps(runs[0], max(ks), table)
-            figure.append((f"R={a} {kind}", truth, mean, std, u))
+            um = maps(runs[0], max(ks), None, model=model)[3]
+            figure.append((f"R={a} {kind}", truth, mean, std, u, um))
             for k in ks:
                 row = {"benchmark": f"B1-quick ({len(test)} slices)", "setting":
-                       f"R={a} {kind}", "k": k, **score(runs, k, 1.0, table)}
+                       f"R={a} {kind}", "k": k, **score(runs, k, 1.0, table, model)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_mri.png"))

@@ -29,6 +29,19 @@ def _points(text: str) -> list[tuple]:
         raise argparse.ArgumentTypeError(why) from None
 
 
+def _model_file(text: str) -> str:
+    """--std-model: 'prior' or a readable, valid error model file (recon.uncertainty's
+    error_model; an argparse type, so a bad file is a usage error naming it)."""
+    if text != "prior":
+        from diffrecon.recon.uncertainty import error_model
+
+        try:
+            error_model(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 # the sampler flags of `run` and the PriorRef fields they set (defaults and help come from
 # PriorRef, whose defaults come from the samplers' settings: each default lives in one place)
 _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float),
@@ -41,7 +54,8 @@ _SAMPLER_FLAGS = (("--pattern", "pattern", str), ("--z-tv-lam", "tv_lam", float)
                   ("--samples", "samples", int), ("--branch-steps", "branch_steps", int),
                   ("--std-scale", "std_scale", float),
                   ("--std-threshold", "std_threshold", float),
-                  ("--std-aliasing", "std_aliasing", _points))
+                  ("--std-aliasing", "std_aliasing", _points),
+                  ("--std-model", "std_model", _model_file))
 _SAMPLER_SWITCHES = (("--real-object", "real_object"), ("--compile", "compile"))
 
 

@@ -88,6 +88,13 @@ class PriorRef(BaseModel):
                               "points without one apply to both; scale 1 where not given). "
                               "benchmarks/uncertainty.py fits them on training slices; "
                               "empty: the samples' spread alone"))
+    std_model: dict | None = Field(
+        None, description="MRI, samples > 1: the std map from a fitted error model, the JSON "
+                          "file benchmarks/uncertainty.py writes, or 'prior' for the one "
+                          "shipped in the prior's folder (error_model.json): a log-linear "
+                          "function of the mean's aliasing and detail, the spread and the "
+                          "distance to the object's edge, calibrated per sampled fraction and "
+                          "pattern on training slices (recon.uncertainty.error_model)")
     std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
                                  "of the object whose std is above this share of the data "
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")
@@ -115,6 +122,32 @@ class PriorRef(BaseModel):
         from diffrecon.recon.uncertainty import aliasing_table
 
         return aliasing_table(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_error_model(cls, data: dict) -> dict:
+        """std_model: a file (or 'prior': the prior folder's error_model.json) read and
+        checked here, so that the run's settings (and cache keys) hold the model itself."""
+        v = data.get("std_model") if isinstance(data, dict) else None
+        if v is None:
+            return data
+        from diffrecon.recon.uncertainty import error_model
+
+        if v == "prior":
+            from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+            v = resolve_prior_path(data.get("prior", cls.model_fields["prior"].default)
+                                   ) / "error_model.json"
+            if not v.is_file():
+                raise ValueError(f"std_model 'prior': {v} does not exist (this prior ships no "
+                                 "error model; fit one with benchmarks/uncertainty.py)")
+        return {**data, "std_model": error_model(v)}
+
+    @model_validator(mode="after")
+    def _one_std_map(self) -> PriorRef:
+        if self.std_model is not None and self.std_aliasing:
+            raise ValueError("std_model and std_aliasing: give one (each makes the std map)")
+        return self
 
     def sampler_config(self, method: str, slice_batch: int | None = None,
                        tv_lam: float | None = None) -> DDSConfig | DPSConfig | DDS3DConfig:

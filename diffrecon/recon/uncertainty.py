@@ -58,23 +58,33 @@ def aliasing(op: Any, image: Any, sigma: float = ALIAS_SIGMA) -> Any:
     return gaussian_smooth((op.normal(image) - image).abs().square(), sigma).sqrt()
 
 
-def gaussian_smooth(x: Any, sigma: float) -> Any:
+def gaussian_smooth(x: Any, sigma: float | tuple[float, float]) -> Any:
     """Each slice of a real tensor (S, H, W) convolved with a normalised Gaussian of
-    ``sigma`` pixels (separable, truncated at 4 sigma, edges continued by their nearest
-    pixel: scipy.ndimage.gaussian_filter's mode "nearest"); ``sigma`` 0 returns ``x``."""
-    import torch
+    ``sigma`` pixels, or (rows, columns) sigmas, 0 leaving that axis alone (separable,
+    truncated at 4 sigma, edges continued by their nearest pixel: scipy.ndimage's
+    gaussian_filter with mode "nearest"); ``sigma`` 0 returns ``x``."""
     import torch.nn.functional as F
 
-    if sigma <= 0:
-        return x
-    r = int(4 * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    k = k / k.sum()
+    sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
     y = x.reshape(-1, 1, *x.shape[-2:])
-    y = F.conv2d(F.pad(y, (r, r, 0, 0), mode="replicate"), k.reshape(1, 1, 1, -1))
-    y = F.conv2d(F.pad(y, (0, 0, r, r), mode="replicate"), k.reshape(1, 1, -1, 1))
+    for s, axis in ((sx, -1), (sy, -2)):
+        if s <= 0:
+            continue
+        k = _gaussian_kernel(s, x)
+        r = (k.numel() - 1) // 2
+        pad = (r, r, 0, 0) if axis == -1 else (0, 0, r, r)
+        shape = (1, 1, 1, -1) if axis == -1 else (1, 1, -1, 1)
+        y = F.conv2d(F.pad(y, pad, mode="replicate"), k.reshape(shape))
     return y.reshape(x.shape)
+
+
+def _gaussian_kernel(sigma: float, like: Any) -> Any:
+    import torch
+
+    r = int(4 * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=like.dtype, device=like.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
 
 
 def sampled_fraction(mask: Any, slices: int) -> Any:
@@ -134,13 +144,23 @@ def aliasing_weights(table: list, fraction: float, pattern: str | None = None
     (recon.masks.sampling_pattern): among ``table``'s points (:func:`aliasing_point`) those
     without a pattern or of this one, linearly interpolated in the fraction, the end
     points' values held beyond them; (0, 1), the spread alone, where none applies."""
-    pts = sorted(pt[:3] for pt in aliasing_table(table)
-                 if pt[3] is None or pattern is None or pt[3] == pattern)
+    got = _interpolate([(pt[0], pt[3], pt[1:3]) for pt in aliasing_table(table)],
+                       fraction, pattern)
+    return (0.0, 1.0) if got is None else (float(got[0]), float(got[1]))
+
+
+def _interpolate(points: list[tuple[float, str | None, Any]], fraction: float,
+                 pattern: str | None) -> np.ndarray | None:
+    """Among (sampled fraction, pattern or None, values) points those without a pattern or
+    of ``pattern`` (None: all), their values linearly interpolated at ``fraction``, the end
+    points' values held beyond them; None where no point applies."""
+    pts = sorted((f, np.asarray(v, float)) for f, p, v in points
+                 if p is None or pattern is None or p == pattern)
     if not pts:
-        return 0.0, 1.0
-    xs = [pt[0] for pt in pts]
-    return (float(np.interp(fraction, xs, [pt[1] for pt in pts])),
-            float(np.interp(fraction, xs, [pt[2] for pt in pts])))
+        return None
+    xs = [f for f, _ in pts]
+    vs = np.stack([v for _, v in pts])
+    return np.array([np.interp(fraction, xs, vs[:, j]) for j in range(vs.shape[1])])
 
 
 def with_aliasing(std: Any, alias: Any, weights: Any, scales: Any = None) -> Any:
@@ -167,6 +187,160 @@ def aliasing_map(op: Any, mean: Any, std: Any, table: list) -> Any:
     ws = torch.tensor([aliasing_weights(table, float(f), patterns[min(i, len(masks) - 1)])
                        for i, f in enumerate(fractions)], device=std.device)
     return with_aliasing(std, aliasing(op, mean), ws[:, 0], ws[:, 1])
+
+
+# The error model (``--std-model``): the std map as a log-linear function of features of
+# the mean m and the spread that rank the error better than the spread alone, fitted per
+# sampled fraction and pattern on training slices (benchmarks/uncertainty.py): u = scale x
+# max|m| x exp(c . f + c0). The features, each a magnitude relative to the slice's maximum
+# |m| (so the map scales with the image) and taken as a log, except the last:
+#   aliasing        the aliasing energy of m (:func:`aliasing`, its local RMS)
+#   phase_highpass  the local RMS of |m| minus its mean over HIGHPASS_PX pixels along the
+#                   phase-encoding axis: the detail the undersampled direction must restore
+#   intensity       |m| averaged over a Gaussian of HIGHPASS_PX pixels
+#   spread          the local RMS of the samples' std
+#   edge            exp(-d / EDGE_PX), d the distance (pixels) to the object's boundary
+# (local RMS: over a Gaussian of ALIAS_SIGMA pixels; the object: :func:`object_support` of
+# |m|). The model is fitted inside the object; outside it (air) the map is the spread
+# alone. The features were chosen on training-split slices (benchmarks/uncertainty.py):
+# each ranks a part of the error the others miss.
+ERROR_FEATURES = ("aliasing", "phase_highpass", "intensity", "spread", "edge")
+HIGHPASS_PX = 3.0
+EDGE_PX = 8.0
+_FLOOR = 1e-6  # relative magnitudes below this count as this (the log stays finite)
+
+
+def phase_encode_axes(mask: Any) -> tuple[int, ...]:
+    """The axes of an image (S, H, W) along which a mask (ky, kx) undersamples: (-2,) for
+    lines along kx (the same in every column), (-1,) for lines along ky, both otherwise."""
+    import torch
+
+    m = torch.as_tensor(mask).reshape(-1, *mask.shape[-2:])[0].bool()
+    if bool((m == m[:, :1]).all()):
+        return (-2,)
+    if bool((m == m[:1, :]).all()):
+        return (-1,)
+    return (-2, -1)
+
+
+def error_features(op: Any, mean: Any, std: Any) -> tuple[Any, Any, Any]:
+    """(features (S, F, H, W) in ERROR_FEATURES' order, each slice's max |m| (S,), the object
+    (S, H, W) bool) of the mean ``mean`` (S, H, W, complex or real) and the spread ``std``
+    (S, H, W) under the SENSE-type ``op`` (its ``mask``), on ``std``'s device."""
+    import torch
+    from scipy.ndimage import distance_transform_edt
+
+    a = mean.abs().to(std.dtype)
+    top = a.reshape(a.shape[0], -1).amax(dim=1).clamp_min(1e-30)
+    rel = (-1, 1, 1)
+    axes = phase_encode_axes(op.mask)
+    along = (HIGHPASS_PX if -2 in axes else 0.0, HIGHPASS_PX if -1 in axes else 0.0)
+
+    def rms(x: Any) -> Any:
+        return gaussian_smooth(x.square(), ALIAS_SIGMA).sqrt()
+
+    logs = [aliasing(op, mean).to(std.dtype), rms(a - gaussian_smooth(a, along)),
+            gaussian_smooth(a, HIGHPASS_PX), rms(std)]
+    logs = [torch.log((f / top.reshape(rel)).clamp_min(_FLOOR)) for f in logs]
+    sup = object_support(a)
+    dist = np.stack([distance_transform_edt(s) for s in sup])
+    edge = torch.from_numpy(np.exp(-dist / EDGE_PX)).to(std.device, std.dtype)
+    return torch.stack([*logs, edge], dim=1), top, torch.from_numpy(sup).to(std.device)
+
+
+def error_model(value: Any, source: str = "std_model") -> dict:
+    """A fitted error model, checked: ``value`` the model (a dict) or the path of its JSON
+    file; ``source`` names it in errors (the file where there is one). Returns {"features":
+    ERROR_FEATURES, "points": [{"fraction", "pattern" (or None), "coefficients" (one per
+    feature), "intercept", "scale"}, ...], "fitted": {...}} (fitted: what it was fitted for,
+    e.g. the prior's digest; kept as given), numbers as floats: a model it returns passes
+    again unchanged. A ValueError naming the source and the field for anything else."""
+    import json
+    from pathlib import Path
+
+    if isinstance(value, (str, Path)):
+        path = Path(value)
+        source = str(path)
+        try:
+            value = json.loads(path.read_text())
+        except OSError as exc:
+            raise ValueError(f"{path}: cannot read the error model ({exc.strerror})") from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: the error model is not valid JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: an error model is a JSON object with features and points")
+    if list(value.get("features") or []) != list(ERROR_FEATURES):
+        raise ValueError(f"{source}: features {value.get('features')!r} are not the ones this "
+                         f"version computes {list(ERROR_FEATURES)} (refit the model)")
+    points = value.get("points")
+    if not isinstance(points, list) or not points:
+        raise ValueError(f"{source}: points: a list of at least one point expected")
+    out = []
+    for i, pt in enumerate(points):
+        bad = f"{source}: points[{i}]: "
+        if not isinstance(pt, dict):
+            raise ValueError(bad + "an object with fraction, pattern, coefficients, "
+                             "intercept and scale expected")
+        pattern = pt.get("pattern")
+        if pattern not in (None, *PATTERNS):
+            raise ValueError(bad + f"pattern {pattern!r} is not one of {list(PATTERNS)} or null")
+        coef = pt.get("coefficients")
+        if not isinstance(coef, list) or len(coef) != len(ERROR_FEATURES):
+            raise ValueError(bad + f"coefficients: {len(ERROR_FEATURES)} numbers expected, "
+                             "one per feature")
+        try:
+            f, c0, sc, *cs = (float(v) for v in (pt.get("fraction"), pt.get("intercept"),
+                                                  pt.get("scale"), *coef))
+        except (TypeError, ValueError):
+            raise ValueError(bad + "fraction, intercept, scale and coefficients must be "
+                             "numbers") from None
+        if not (np.isfinite([f, c0, sc, *cs]).all() and 0 < f <= 1 and sc > 0):
+            raise ValueError(bad + "the fraction must be in (0, 1] and the scale above 0, "
+                             "every number finite")
+        out.append({"fraction": f, "pattern": pattern, "coefficients": cs, "intercept": c0,
+                    "scale": sc})
+    for pattern in PATTERNS:
+        fractions = [p["fraction"] for p in out if p["pattern"] in (None, pattern)]
+        if len(set(fractions)) < len(fractions):
+            raise ValueError(f"{source}: points: two for {pattern} masks at one sampled "
+                             "fraction")
+    fitted = value.get("fitted", {})
+    if not isinstance(fitted, dict):
+        raise ValueError(f"{source}: fitted: an object expected")
+    return {"features": list(ERROR_FEATURES), "points": out, "fitted": fitted}
+
+
+def error_model_map(op: Any, mean: Any, std: Any, model: dict) -> Any:
+    """The std map of ``--std-model``: scale x max|m| x exp(c . f + c0) per slice inside the
+    object, the spread ``std`` outside it, the features f of :func:`error_features`, c, c0
+    and scale interpolated among the model's (:func:`error_model`) points at each slice's
+    sampled fraction and pattern. A slice whose pattern no point covers is an error (the
+    model says nothing about it)."""
+    import torch
+
+    from diffrecon.recon.masks import sampling_pattern
+
+    n = mean.shape[0]
+    masks = op.mask.reshape(-1, *op.mask.shape[-2:])
+    if len(masks) not in (1, n):
+        raise ValueError(f"{len(masks)} masks for {n} slices")
+    feats, top, inside = error_features(op, mean, std)
+    fractions = sampled_fraction(op.mask, n)
+    points = [(p["fraction"], p["pattern"], [*p["coefficients"], p["intercept"], p["scale"]])
+              for p in model["points"]]
+    rows = []
+    for i, f in enumerate(fractions):
+        pattern = sampling_pattern(masks[min(i, len(masks) - 1)])
+        got = _interpolate(points, float(f), pattern)
+        if got is None:
+            raise ValueError(f"std_model: no point for {pattern} masks (the model's "
+                             f"patterns: {sorted({str(p['pattern']) for p in model['points']})})")
+        rows.append(got)
+    w = torch.tensor(np.stack(rows), dtype=std.dtype, device=std.device)  # (S, F + 2)
+    k = len(ERROR_FEATURES)
+    logu = (feats * w[:, :k, None, None]).sum(dim=1) + w[:, k, None, None]
+    u = (w[:, k + 1, None, None] * top[:, None, None]) * torch.exp(logu)
+    return torch.where(inside, u, std)
 
 
 def std_qa(image: Array, std: Array, threshold: float, data_range: float | None = None) -> dict:

@@ -192,6 +192,12 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         std = None if std is None else resample.forward(std.to(x.dtype)).abs()
         if support is not None:
             x, std = x * support, None if std is None else std * support
+    if std is not None and ref.std_model is not None:
+        if modality != "mri":
+            raise ValueError("std_model: the error model is for MRI (its features need the "
+                             "SENSE operator); calibrate a CT std map with std_scale")
+        _check_model_prior(ref)
+        std = _model_map(x, std, scan_op if mapped else make_op, ref.std_model, slice_batch)
     if std is not None and ref.std_aliasing and modality == "mri":
         std = _with_aliasing(x, std, scan_op if mapped else make_op, ref.std_aliasing,
                              slice_batch)
@@ -207,6 +213,30 @@ def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
 
     return in_slice_batches(lambda a, b: aliasing_map(make_op(a, b), x[a:b], std[a:b], table),
                             x.shape[0], slice_batch, "the aliasing term")
+
+
+def _model_map(x: torch.Tensor, std: torch.Tensor, make_op: Callable, model: dict,
+               slice_batch: int | None) -> torch.Tensor:
+    """The std map of the error model (recon.uncertainty.error_model_map), in slice batches."""
+    from diffrecon.recon.uncertainty import error_model_map
+
+    return in_slice_batches(lambda a, b: error_model_map(make_op(a, b), x[a:b], std[a:b],
+                                                         model),
+                            x.shape[0], slice_batch, "the error model")
+
+
+def _check_model_prior(ref: PriorRef) -> None:
+    """An error model fitted for another prior (its fitted.prior_digest) is refused: its
+    coefficients describe that prior's errors."""
+    from diffrecon.recon.diffusion.checkpoint import folder_digest
+    from diffrecon.recon.diffusion.registry import resolve_prior_path
+
+    want = ref.std_model.get("fitted", {}).get("prior_digest")
+    have = folder_digest(resolve_prior_path(ref.prior))
+    if want is not None and want != have:
+        raise ValueError(f"std_model: fitted.prior_digest {want[:12]}... is not the digest of "
+                         f"prior {ref.prior} ({have[:12]}...): the model was fitted for "
+                         "another prior")
 
 
 def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,
@@ -231,11 +261,14 @@ def diffusion_settings(ref: PriorRef, method: str) -> dict:
                            else [])
     dump = ref.model_dump()
     if ref.samples == 1:  # one sample: the std settings do nothing (and old keys stay valid)
-        for k in ("samples", "std_scale", "std_threshold", "std_aliasing", "branch_steps"):
+        for k in ("samples", "std_scale", "std_threshold", "std_aliasing", "branch_steps",
+                  "std_model"):
             dump.pop(k)
-    else:  # keys made before the aliasing term and branching stay valid
+    else:  # keys made before the aliasing term, branching and the error model stay valid
         if not ref.std_aliasing:
             dump.pop("std_aliasing")
+        if ref.std_model is None:
+            dump.pop("std_model")
         if not ref.branch_steps:
             dump.pop("branch_steps")
     out = {"diffusion": dump,

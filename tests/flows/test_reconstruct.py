@@ -709,6 +709,81 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     assert np.allclose(std_ct.numpy(), 2.5 * np.abs(p), rtol=1e-4, atol=1e-4)
 
 
+def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_path):
+    """--std-model FILE: the std map is recon.uncertainty.error_model_map of the mean and
+    the spread (times --std-scale), the model's content in the cache key (with samples > 1
+    only); refused: a bad file at parse time naming it, a model fitted for another prior, a
+    CT run, std_model with std_aliasing, 'prior' for a prior that ships none."""
+    import json
+
+    import torch
+
+    from diffrecon.cli import _prior_ref, build_parser
+    from diffrecon.config import PriorRef
+    from diffrecon.recon.diffusion import run
+    from diffrecon.recon.diffusion.checkpoint import folder_digest
+    from diffrecon.recon.diffusion.registry import resolve_prior_path
+    from diffrecon.recon.diffusion.run import sample_statistics
+    from diffrecon.recon.operators import Sense
+    from diffrecon.recon.uncertainty import error_model_map
+    from diffrecon.tasks import common
+    from tests.recon.diffusion.test_samples import _model, _point
+
+    digest = folder_digest(resolve_prior_path("brain-t1-axial-128"))
+    model = _model([_point(0.5, [0.3, 0.5, -0.2, 0.4, -0.6], -1.5, 2.0)],
+                   fitted={"prior_digest": digest})
+    path = tmp_path / "model.json"
+    path.write_text(json.dumps(model))
+    rng = np.random.default_rng(1)
+    p = rng.standard_normal((2, 128, 128)) + 1j * rng.standard_normal((2, 128, 128))
+    pattern = torch.from_numpy(p).to(torch.complex64)
+    monkeypatch.setattr(run, "dds_volume_sample",  # sample k is (4 + k) x the pattern
+                        lambda priors, op, y, cfg, progress: cfg.seed * pattern)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    args = build_parser().parse_args(
+        ["run", "vol.h5", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
+         "--std-scale", "1.5", "--sampler-seed", "4", "--std-model", str(path)])
+    ref = _prior_ref(args)
+    assert ref.std_model["points"][0]["intercept"] == -1.5
+    half = torch.zeros(128, 128)
+    half[::2] = 1
+    ones = torch.ones(2, 1, 128, 128, dtype=torch.complex64)
+    y = torch.zeros(2, 1, 128, 128, dtype=torch.complex64)
+
+    def recon(r, modality="mri"):
+        return common.run_diffusion("dds-3d-tv", lambda a, b: Sense(ones[a:b], half), y, r,
+                                    torch.device("cpu"), "vol", 1, modality, (128, 128))
+
+    x, std, _, _ = recon(ref)
+    mean, spread = sample_statistics(torch.stack([k * pattern for k in (4, 5, 6)], 1))
+    want = 1.5 * error_model_map(Sense(ones, half), mean, spread, ref.std_model)
+    assert torch.allclose(x, mean, atol=1e-5)
+    assert torch.allclose(std, want, rtol=1e-4, atol=1e-6)
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({**model, "fitted": {"prior_digest": "0" * 64}}))
+    with pytest.raises(ValueError, match="std_model: fitted.prior_digest 000000000000... is "
+                                         "not the digest of prior brain-t1-axial-128"):
+        recon(ref.model_copy(update={"std_model": PriorRef(std_model=str(other)).std_model}))
+    with pytest.raises(ValueError, match="std_model: the error model is for MRI"):
+        recon(ref.model_copy(update={"prior": "ct-axial-128"}), "ct")
+    path.write_text("[]")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-model", str(path)])
+    with pytest.raises(ValueError, match="std_model and std_aliasing: give one"):
+        PriorRef(samples=2, std_model=model, std_aliasing=[(0.2, 1.0)])
+    with pytest.raises(ValueError, match="std_model 'prior': .*brain-t1-coronal-128/"
+                                         "error_model.json does not exist"):
+        PriorRef(prior="brain-t1-coronal-128", std_model="prior")
+    k4 = common.diffusion_settings(PriorRef(samples=4), "dds")
+    assert "std_model" not in k4["diffusion"]  # keys made before the error model
+    assert common.diffusion_settings(PriorRef(std_model=model), "dds") == \
+        common.diffusion_settings(PriorRef(), "dds")
+    with_model = common.diffusion_settings(PriorRef(samples=4, std_model=model), "dds")
+    assert with_model != k4 and with_model["diffusion"]["std_model"]["points"][0][
+        "coefficients"] == [0.3, 0.5, -0.2, 0.4, -0.6]
+
+
 def test_grid_pixel_samples_at_the_pixel_size_the_prior_learnt(monkeypatch):
     """The shipped brain prior learnt 2 mm pixels: a 64 x 64 scan at 4 mm is sampled on
     128 x 128, a 96 x 80 scan at 1 x 1.5 mm on 48 x 60, a 2 mm scan at its own size; the

@@ -303,3 +303,134 @@ def test_branched_samples_share_their_first_steps():
         ReconConfig(methods=["dds"], diffusion=PriorRef(samples=4, branch_steps=50))
     with pytest.raises(ValueError, match=r"branch_steps 14: needs samples > 1"):
         PriorRef(samples=1, branch_steps=14)
+
+
+def _model(points: list[dict], **extra) -> dict:
+    from diffrecon.recon.uncertainty import ERROR_FEATURES
+
+    return {"features": list(ERROR_FEATURES), "points": points, **extra}
+
+
+def _point(fraction: float, coefficients: list[float], intercept: float, scale: float,
+           pattern: str | None = None) -> dict:
+    return {"fraction": fraction, "pattern": pattern, "coefficients": coefficients,
+            "intercept": intercept, "scale": scale}
+
+
+def test_the_error_model_map_is_its_log_linear_formula():
+    """--std-model's map is scale x max|m| x exp(c . f + c0), its features checked one by one
+    against numpy / scipy (the aliasing of the mean, the detail along the phase-encoding
+    axis, the local intensity, the spread's local RMS, exp(-distance to the object's edge /
+    8)), the coefficients interpolated at the sampled fraction; outside the object the
+    spread alone; it scales with the image."""
+    from scipy.ndimage import distance_transform_edt, gaussian_filter
+
+    from diffrecon.recon.uncertainty import (
+        ALIAS_SIGMA,
+        EDGE_PX,
+        HIGHPASS_PX,
+        error_features,
+        error_model,
+        error_model_map,
+        gaussian_smooth,
+        object_support,
+        phase_encode_axes,
+    )
+
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[:64, :64]
+    disc = ((yy - 32) ** 2 + (xx - 30) ** 2 < 22 ** 2).astype(float)
+    m = disc * (1 + 0.3 * rng.standard_normal((2, 64, 64))) * np.exp(0.2j * xx)
+    s = np.abs(rng.standard_normal((2, 64, 64))) * 0.05
+    mean, std = torch.from_numpy(m).to(torch.complex64), torch.from_numpy(s).float()
+    lines = torch.zeros(64, 64)
+    lines[::3] = 1
+    lines[28:36] = 1
+    op = Sense(torch.ones(2, 1, 64, 64, dtype=torch.complex64), lines)
+    assert phase_encode_axes(lines) == (-2,) and phase_encode_axes(lines.T) == (-1,)
+    assert phase_encode_axes(torch.from_numpy(rng.random((64, 64)) < 0.3)) == (-2, -1)
+    # per-axis Gaussians as scipy's
+    a = np.abs(m)
+    got = gaussian_smooth(torch.from_numpy(a), (HIGHPASS_PX, 0.0)).numpy()
+    assert np.allclose(got, gaussian_filter(a, (0, HIGHPASS_PX, 0), mode="nearest"), atol=1e-9)
+
+    feats, top, inside = error_features(op, mean, std)
+    topn = a.reshape(2, -1).max(1)[:, None, None]
+    assert np.allclose(top.numpy(), topn[:, 0, 0], rtol=1e-6)
+
+    def rms(x):
+        return np.sqrt(np.stack([gaussian_filter(v ** 2, ALIAS_SIGMA, mode="nearest")
+                                 for v in x]))
+
+    alias = np.abs(np.stack([_np_normal(v, lines.numpy()) for v in m]) - m)
+    hp = a - np.stack([gaussian_filter(v, (HIGHPASS_PX, 0), mode="nearest") for v in a])
+    inten = np.stack([gaussian_filter(v, HIGHPASS_PX, mode="nearest") for v in a])
+    edge = np.exp(-np.stack([distance_transform_edt(v) for v in object_support(a)]) / EDGE_PX)
+    sup = object_support(a)
+    assert np.array_equal(inside.numpy(), sup) and (~sup).sum() > 1000
+    want = [np.log(np.maximum(f / topn, 1e-6)) for f in (rms(alias), rms(hp), inten, rms(s))]
+    want.append(edge)
+    for i, w in enumerate(want):
+        assert np.allclose(feats[:, i].numpy(), w, atol=2e-4), i
+
+    model = error_model(_model([_point(0.2, [0.2, 0.4, -0.2, 0.6, -0.5], -1.0, 2.0),
+                                _point(0.6, [0.4, 0.8, -0.4, 0.2, -0.1], -3.0, 4.0)]))
+    frac = float(lines.mean())  # (22 + 8 - 3) / 64 lines
+    t = (frac - 0.2) / 0.4
+    c = (1 - t) * np.array([0.2, 0.4, -0.2, 0.6, -0.5]) + t * np.array([0.4, 0.8, -0.4, 0.2,
+                                                                           -0.1])
+    c0, sc = (1 - t) * -1.0 + t * -3.0, (1 - t) * 2.0 + t * 4.0
+    u = error_model_map(op, mean, std, model).numpy()
+    expect = sc * topn * np.exp(np.tensordot(c, np.stack(want), axes=(0, 0)) + c0)
+    expect = np.where(sup, expect, s)  # outside the object: the spread
+    assert np.allclose(u, expect, rtol=2e-3)
+    # a scaled image and spread give the scaled map
+    u3 = error_model_map(op, 3 * mean, 3 * std, model).numpy()
+    assert np.allclose(u3, 3 * u, rtol=1e-3)
+    with pytest.raises(ValueError, match=r"std_model: no point for equispaced masks \(the "
+                                         r"model's patterns: \['random'\]\)"):
+        error_model_map(op, mean, std, error_model(_model([_point(0.3, [0] * 5, 0, 1,
+                                                                   "random")])))
+
+
+def test_an_error_model_is_refused_naming_the_source_and_the_field(tmp_path):
+    """Every malformed model is a ValueError naming its file (or source) and what is wrong;
+    a checked model passes again unchanged (also through JSON)."""
+    import json
+
+    from diffrecon.recon.uncertainty import error_model
+
+    good = _model([_point(0.25, [0.1, 0.2, 0.3, 0.4, 0.5], -2.0, 1.5, "random")],
+                  fitted={"prior_digest": "ab"})
+    checked = error_model(good)
+    assert checked == error_model(checked) == error_model(json.loads(json.dumps(checked)))
+    assert checked["points"][0]["coefficients"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    f = tmp_path / "m.json"
+    f.write_text(json.dumps(good))
+    assert error_model(f) == checked
+    cases = [
+        ({"points": good["points"]}, "features None are not the ones this version computes"),
+        (_model([]), "points: a list of at least one point expected"),
+        (_model([_point(0.25, [1, 2], 0, 1)]), r"points\[0\]: coefficients: 5 numbers"),
+        (_model([_point(0.25, [0] * 5, 0, 0)]), r"points\[0\]: the fraction must be in "
+                                                r"\(0, 1\] and the scale above 0"),
+        (_model([_point(1.5, [0] * 5, 0, 1)]), r"points\[0\]: the fraction must be in"),
+        (_model([_point(0.5, [0] * 5, "x", 1)]), r"points\[0\]: fraction, intercept, scale "
+                                                 "and coefficients must be numbers"),
+        (_model([_point(0.5, [0] * 5, 0, 1, "radial")]), r"points\[0\]: pattern 'radial' is "
+                                                         "not one of"),
+        (_model([_point(0.5, [0] * 5, 0, 1), _point(0.5, [0] * 5, 0, 1, "random")]),
+         "points: two for random masks at one sampled fraction"),
+        (_model([_point(0.5, [0] * 5, 0, 1)], fitted=[1]), "fitted: an object expected"),
+        ([1], "an error model is a JSON object"),
+    ]
+    for bad, why in cases:
+        f.write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match=f"^{f}: {why}"):
+            error_model(f)
+    f.write_text("{not json")
+    with pytest.raises(ValueError, match=f"^{f}: the error model is not valid JSON"):
+        error_model(f)
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'none.json'}: cannot read the error "
+                                         "model"):
+        error_model(tmp_path / "none.json")
