@@ -22,8 +22,15 @@ training volumes; CT: the aorta and pulmonary volumes): the 95th percentile of
 pattern (the table's scale), for CT one pooled over the view counts (std -> c std,
 ``--std-scale``). The test rows report coverage of the raw std and of c u.
 
+MRI also fits the error model of ``--std-model`` (recon.uncertainty.error_model: the log of
+the error's local RMS, least squares on five features of the mean and the spread, one
+point per acceleration and pattern, its scale for coverage) on the same training slices,
+writes it (``--model-out``) and scores its map ("spearman_model", "coverage_model"; with
+``--model FILE`` another model's instead, e.g. one fitted for the other sampler).
+
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
-        [--ct-views 8,16] [--max-k 16] [--branch-steps N]
+        [--ct-views 8,16] [--max-k 16] [--branch-steps N] [--train-volumes 4]
+        [--method dds|dds-tv] [--model FILE] [--model-out FILE]
         [--out benchmarks/results/uncertainty.json]
 
 ``--branch-steps N``: the K samples share all but their last N steps (``diffrecon run
@@ -35,8 +42,8 @@ the MRI rows and fitted points (the aliasing term is MRI's; CT rows do not chang
 
 MRI: B1-quick test slices (8), the brain prior; CT: B3 slices of example_ct (every 16th)
 with the CT prior. Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the
-first test slice of each setting: truth, K-sample mean, |error|, std and (MRI) c u (error and
-maps on one grey scale).
+first test slice of each setting: truth, K-sample mean, |error|, std and (MRI) c u and the
+error model's map (error and maps on one grey scale).
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing ener
 # defaults: the key holds the prior's digest; clear the folder after changing the sampler)
 CACHE: Path | None = None
 BRANCH = 0  # --branch-steps: the K samples share all but their last BRANCH steps
+METHOD = "dds"  # --method: the sampler (dds-tv: MRI rows only, ADMM-TV's weight as the flow)
 
 
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
@@ -92,7 +100,7 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
         key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}" + \
-            (f"_b{BRANCH}" if BRANCH else "")
+            (f"_b{BRANCH}" if BRANCH else "") + ("" if METHOD == "dds" else f"_{METHOD}")
         run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out
@@ -122,8 +130,19 @@ def ct_samples(cases, views: int, prior, k: int) -> list[tuple]:
 
 def _draw(prior, make_op, y, k: int) -> np.ndarray:
     """K samples of one slice, (K, H, W), drawn in one batch as --samples K draws them."""
-    cfg = DDSConfig(branch_steps=BRANCH if k > 1 else 0)
-    return draw_samples([prior], cfg, make_op, y, samples=k)[0][0].numpy()
+    return draw_samples([prior], _sampler(k), make_op, y, samples=k)[0][0].numpy()
+
+
+def _sampler(k: int):
+    """The settings of METHOD's sampler for K samples (dds-tv: the flow's, ADMM-TV's weight
+    for MRI)."""
+    branch = BRANCH if k > 1 else 0
+    if METHOD == "dds-tv":
+        from diffrecon.config import PriorRef, ReconConfig
+
+        return PriorRef(samples=max(k, 2), branch_steps=branch).sampler_config(
+            "dds-tv", tv_lam=ReconConfig.model_fields["tv_lam"].default)
+    return DDSConfig(branch_steps=branch)
 
 
 def maps(run: tuple, k: int, table: list | None, w: float | None = None,
@@ -247,12 +266,13 @@ def fit_weights(groups: dict[tuple[int, str], list[tuple]], k: int) -> list[tupl
     return table
 
 
-def fit_factor(runs: list[tuple], k: int, table: list | None, w: float | None = None
-               ) -> float:
-    """The 95th percentile of |error| / (2 u) over the truth's object pixels, pooled."""
+def fit_factor(runs: list[tuple], k: int, table: list | None, w: float | None = None,
+               model: dict | None = None) -> float:
+    """The 95th percentile of |error| / (2 u) over the truth's object pixels, pooled (u as
+    :func:`maps` makes it)."""
     ratios = []
     for run in runs:
-        mean, truth, _, u = maps(run, k, table, w)
+        mean, truth, _, u = maps(run, k, table, w, model=model)
         sup = object_support(truth)[0]
         ratios.append(np.abs(mean - truth)[sup] / np.maximum(2 * u[sup], 1e-12))
     return float(np.percentile(np.concatenate(ratios), 95))
@@ -283,12 +303,7 @@ def fit_error_model(groups: dict[tuple[int, str], list[tuple]], k: int, fitted: 
               "coefficients": [round(float(c), 4) for c in coef[:-1]],
               "intercept": round(float(coef[-1]), 4), "scale": 1.0}
         one = error_model({"features": list(ERROR_FEATURES), "points": [pt]})
-        ratios = []
-        for run in runs:
-            mean, truth, _, u = maps(run, k, None, model=one)
-            sup = object_support(truth)[0]
-            ratios.append(np.abs(mean - truth)[sup] / np.maximum(2 * u[sup], 1e-12))
-        pt["scale"] = round(float(np.percentile(np.concatenate(ratios), 95)), 4)
+        pt["scale"] = round(fit_factor(runs, k, None, model=one), 4)
         print(f"R={accel} {kind}: error model {json.dumps(pt)}", flush=True)
         points.append(pt)
     return error_model({"features": list(ERROR_FEATURES), "points": points,
@@ -308,17 +323,24 @@ def main() -> None:
                     "their last N steps (--branch-steps of diffrecon run; 0: whole trajectories)")
     ap.add_argument("--train-volumes", type=int, default=2, help="MRI: fit on the B1-style "
                     "slices of this many IXI training volumes (two slices each)")
+    ap.add_argument("--method", choices=["dds", "dds-tv"], default="dds",
+                    help="the sampler (dds-tv: MRI rows only)")
+    ap.add_argument("--model", default=None, help="score this error model file instead of "
+                    "the one fitted here (which is still written)")
     ap.add_argument("--model-out", default=None, help="where the fitted error model "
                     "(--std-model) goes; default: beside --out, *_error_model.json")
     args = ap.parse_args()
-    global CACHE, BRANCH
-    BRANCH = args.branch_steps
+    global CACHE, BRANCH, METHOD
+    BRANCH, METHOD = args.branch_steps, args.method
+    if METHOD != "dds" and args.ct_views:
+        ap.error("--method dds-tv: MRI rows only (give --ct-views '')")
     if args.cache:
         CACHE = Path(args.cache)
         CACHE.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     ks = [k for k in (4, 8, 16) if k <= args.max_k]
-    result: dict = {"ks": ks, "fit_k": args.fit_k, "branch_steps": BRANCH, "rows": [],
+    result: dict = {"ks": ks, "fit_k": args.fit_k, "branch_steps": BRANCH, "method": METHOD,
+                    "rows": [],
                     "factors": {}}
     t_start = time.perf_counter()
     out = Path(args.out)
@@ -346,13 +368,16 @@ def main() -> None:
         model = fit_error_model(groups, args.fit_k, {
             "prior": prior.name, "prior_digest": folder_digest(
                 resolve_prior_path("brain-t1-axial-128")), "samples": args.fit_k,
-            "branch_steps": BRANCH, "nfe": DDSConfig().nfe, "method": "dds",
+            "branch_steps": BRANCH, "nfe": _sampler(2).nfe, "method": METHOD,
             "by": "benchmarks/uncertainty.py", "training_slices": [
                 f"{c.volume} z={c.z}" for c in train]})
         model_out = Path(args.model_out or out.with_name(out.stem + "_error_model.json"))
         model_out.write_text(json.dumps(model, indent=1))
         result["error_model"] = str(model_out)
         print(f"MRI: --std-model {model_out}", flush=True)
+        if args.model:  # scored with another model (e.g. one fitted for another sampler)
+            model = error_model(args.model)
+            result["error_model_scored"] = args.model
         for a, kind in settings:
             runs = mri_samples(test, int(a), kind, prior, max(ks))
             mean, truth, std, u = maps(runs[0], max(ks), table)
@@ -387,7 +412,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_ct.png"))
     before = json.loads(out.read_text()) if out.exists() else {}
-    if before.get("branch_steps", 0) != BRANCH:  # rows of another sampler: not kept
+    if (before.get("branch_steps", 0), before.get("method", "dds")) != (BRANCH, METHOD):
+        # rows of another sampler: not kept
         before = {}
     if before:  # keep the rows (and fits) of what was not rerun
         if not settings:

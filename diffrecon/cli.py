@@ -29,17 +29,18 @@ def _points(text: str) -> list[tuple]:
         raise argparse.ArgumentTypeError(why) from None
 
 
-def _model_file(text: str) -> str:
-    """--std-model: 'prior' or a readable, valid error model file (recon.uncertainty's
-    error_model; an argparse type, so a bad file is a usage error naming it)."""
-    if text != "prior":
-        from diffrecon.recon.uncertainty import error_model
+def _model_file(text: str) -> dict:
+    """--std-model: 'prior' or an error model file, read and checked as the config checks
+    it (PriorRef's std_model; an argparse type, so a bad file is a usage error naming it)."""
+    from pydantic import ValidationError
 
-        try:
-            error_model(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
+    from diffrecon.config import PriorRef
+
+    try:  # 'prior' is the default prior's here; _prior_ref reads it again for --prior
+        return text if text == "prior" else PriorRef(samples=2, std_model=text).std_model
+    except ValidationError as exc:
+        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        raise argparse.ArgumentTypeError(why) from None
 
 
 # the sampler flags of `run` and the PriorRef fields they set (defaults and help come from

@@ -88,13 +88,14 @@ class PriorRef(BaseModel):
                               "points without one apply to both; scale 1 where not given). "
                               "benchmarks/uncertainty.py fits them on training slices; "
                               "empty: the samples' spread alone"))
-    std_model: dict | None = Field(
+    std_model: dict | str | None = Field(
         None, description="MRI, samples > 1: the std map from a fitted error model, the JSON "
                           "file benchmarks/uncertainty.py writes, or 'prior' for the one "
                           "shipped in the prior's folder (error_model.json): a log-linear "
                           "function of the mean's aliasing and detail, the spread and the "
                           "distance to the object's edge, calibrated per sampled fraction and "
-                          "pattern on training slices (recon.uncertainty.error_model)")
+                          "pattern on training slices (recon.uncertainty.error_model); read "
+                          "and checked when the settings are made, kept as the model itself")
     std_threshold: float = Field(0.05, gt=0, description="QA with samples > 1: the fraction "
                                  "of the object whose std is above this share of the data "
                                  "range (MRI: the slice's maximum; CT: 2000 HU)")
@@ -147,6 +148,9 @@ class PriorRef(BaseModel):
     def _one_std_map(self) -> PriorRef:
         if self.std_model is not None and self.std_aliasing:
             raise ValueError("std_model and std_aliasing: give one (each makes the std map)")
+        if self.std_model is not None and self.samples == 1:
+            raise ValueError("std_model: needs samples > 1 (it makes the std map of the "
+                             "samples; one sample has none)")
         return self
 
     def sampler_config(self, method: str, slice_batch: int | None = None,

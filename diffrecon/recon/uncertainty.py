@@ -154,8 +154,8 @@ def _interpolate(points: list[tuple[float, str | None, Any]], fraction: float,
     """Among (sampled fraction, pattern or None, values) points those without a pattern or
     of ``pattern`` (None: all), their values linearly interpolated at ``fraction``, the end
     points' values held beyond them; None where no point applies."""
-    pts = sorted((f, np.asarray(v, float)) for f, p, v in points
-                 if p is None or pattern is None or p == pattern)
+    pts = sorted(((f, np.asarray(v, float)) for f, p, v in points
+                  if p is None or pattern is None or p == pattern), key=lambda t: t[0])
     if not pts:
         return None
     xs = [f for f, _ in pts]
@@ -176,6 +176,15 @@ def aliasing_map(op: Any, mean: Any, std: Any, table: list) -> Any:
     weight and scale from ``table`` at each slice's sampled fraction and sampling pattern."""
     import torch
 
+    ws = torch.tensor([aliasing_weights(table, f, p) for f, p in slice_sampling(op, mean)],
+                      device=std.device)
+    return with_aliasing(std, aliasing(op, mean), ws[:, 0], ws[:, 1])
+
+
+def slice_sampling(op: Any, mean: Any) -> list[tuple[float, str]]:
+    """Per slice of ``mean`` (S, H, W): (sampled fraction, pattern: recon.masks.
+    sampling_pattern) of the SENSE-type ``op``'s mask, one (ky, kx) for every slice or
+    (S, 1, ky, kx)."""
     from diffrecon.recon.masks import sampling_pattern
 
     n = mean.shape[0]
@@ -183,10 +192,8 @@ def aliasing_map(op: Any, mean: Any, std: Any, table: list) -> Any:
     if len(masks) not in (1, n):
         raise ValueError(f"{len(masks)} masks for {n} slices")
     patterns = [sampling_pattern(m) for m in masks]
-    fractions = sampled_fraction(op.mask, n)
-    ws = torch.tensor([aliasing_weights(table, float(f), patterns[min(i, len(masks) - 1)])
-                       for i, f in enumerate(fractions)], device=std.device)
-    return with_aliasing(std, aliasing(op, mean), ws[:, 0], ws[:, 1])
+    return [(float(f), patterns[min(i, len(masks) - 1)])
+            for i, f in enumerate(sampled_fraction(op.mask, n))]
 
 
 # The error model (``--std-model``): the std map as a log-linear function of features of
@@ -199,11 +206,16 @@ def aliasing_map(op: Any, mean: Any, std: Any, table: list) -> Any:
 #                   phase-encoding axis: the detail the undersampled direction must restore
 #   intensity       |m| averaged over a Gaussian of HIGHPASS_PX pixels
 #   spread          the local RMS of the samples' std
-#   edge            exp(-d / EDGE_PX), d the distance (pixels) to the object's boundary
+#   edge            exp(-d / EDGE_PX), d the distance (pixels) to the nearest pixel outside
+#                   the object (or beyond the image's border)
 # (local RMS: over a Gaussian of ALIAS_SIGMA pixels; the object: :func:`object_support` of
 # |m|). The model is fitted inside the object; outside it (air) the map is the spread
-# alone. The features were chosen on training-split slices (benchmarks/uncertainty.py):
-# each ranks a part of the error the others miss.
+# alone. The widths are in the scan's pixels: a model describes scans of the pixel size and
+# matrix it was fitted on (the shipped brain model: 2 mm, 128 x 128, 16 coils), and sampled
+# fractions beyond its points take the nearest point's coefficients (lines along ky are
+# "random" to recon.masks.sampling_pattern, whatever their spacing). The features were
+# chosen on training-split slices (benchmarks/uncertainty.py): each ranks a part of the
+# error the others miss.
 ERROR_FEATURES = ("aliasing", "phase_highpass", "intensity", "spread", "edge")
 HIGHPASS_PX = 3.0
 EDGE_PX = 8.0
@@ -243,7 +255,8 @@ def error_features(op: Any, mean: Any, std: Any) -> tuple[Any, Any, Any]:
             gaussian_smooth(a, HIGHPASS_PX), rms(std)]
     logs = [torch.log((f / top.reshape(rel)).clamp_min(_FLOOR)) for f in logs]
     sup = object_support(a)
-    dist = np.stack([distance_transform_edt(s) for s in sup])
+    # distance to the nearest pixel outside the object, the image's border counting as outside
+    dist = np.stack([distance_transform_edt(np.pad(s, 1))[1:-1, 1:-1] for s in sup])
     edge = torch.from_numpy(np.exp(-dist / EDGE_PX)).to(std.device, std.dtype)
     return torch.stack([*logs, edge], dim=1), top, torch.from_numpy(sup).to(std.device)
 
@@ -288,25 +301,35 @@ def error_model(value: Any, source: str = "std_model") -> dict:
         if not isinstance(coef, list) or len(coef) != len(ERROR_FEATURES):
             raise ValueError(bad + f"coefficients: {len(ERROR_FEATURES)} numbers expected, "
                              "one per feature")
-        try:
-            f, c0, sc, *cs = (float(v) for v in (pt.get("fraction"), pt.get("intercept"),
-                                                  pt.get("scale"), *coef))
-        except (TypeError, ValueError):
-            raise ValueError(bad + "fraction, intercept, scale and coefficients must be "
-                             "numbers") from None
-        if not (np.isfinite([f, c0, sc, *cs]).all() and 0 < f <= 1 and sc > 0):
-            raise ValueError(bad + "the fraction must be in (0, 1] and the scale above 0, "
-                             "every number finite")
-        out.append({"fraction": f, "pattern": pattern, "coefficients": cs, "intercept": c0,
-                    "scale": sc})
+        got = {}
+        for field, v in (("fraction", pt.get("fraction")), ("intercept", pt.get("intercept")),
+                         ("scale", pt.get("scale")),
+                         *((f"coefficients[{j}]", c) for j, c in enumerate(coef))):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+                raise ValueError(bad + f"{field}: a finite number expected, not {v!r}")
+            got[field] = float(v)
+        if not 0 < got["fraction"] <= 1:
+            raise ValueError(bad + f"fraction {got['fraction']:g}: must be in (0, 1]")
+        if got["scale"] <= 0:
+            raise ValueError(bad + f"scale {got['scale']:g}: must be above 0")
+        out.append({"fraction": got["fraction"], "pattern": pattern,
+                    "coefficients": [got[f"coefficients[{j}]"] for j in range(len(coef))],
+                    "intercept": got["intercept"], "scale": got["scale"]})
     for pattern in PATTERNS:
-        fractions = [p["fraction"] for p in out if p["pattern"] in (None, pattern)]
-        if len(set(fractions)) < len(fractions):
-            raise ValueError(f"{source}: points: two for {pattern} masks at one sampled "
-                             "fraction")
+        fractions = [(p["fraction"], i) for i, p in enumerate(out)
+                     if p["pattern"] in (None, pattern)]
+        seen: dict[float, int] = {}
+        for f, i in fractions:
+            if f in seen:
+                raise ValueError(f"{source}: points[{seen[f]}] and points[{i}]: both apply to "
+                                 f"{pattern} masks at sampled fraction {f:g}")
+            seen[f] = i
     fitted = value.get("fitted", {})
     if not isinstance(fitted, dict):
         raise ValueError(f"{source}: fitted: an object expected")
+    for field in ("prior_digest", "method"):
+        if field in fitted and not isinstance(fitted[field], str):
+            raise ValueError(f"{source}: fitted.{field}: a string expected")
     return {"features": list(ERROR_FEATURES), "points": out, "fitted": fitted}
 
 
@@ -318,20 +341,12 @@ def error_model_map(op: Any, mean: Any, std: Any, model: dict) -> Any:
     model says nothing about it)."""
     import torch
 
-    from diffrecon.recon.masks import sampling_pattern
-
-    n = mean.shape[0]
-    masks = op.mask.reshape(-1, *op.mask.shape[-2:])
-    if len(masks) not in (1, n):
-        raise ValueError(f"{len(masks)} masks for {n} slices")
     feats, top, inside = error_features(op, mean, std)
-    fractions = sampled_fraction(op.mask, n)
     points = [(p["fraction"], p["pattern"], [*p["coefficients"], p["intercept"], p["scale"]])
               for p in model["points"]]
     rows = []
-    for i, f in enumerate(fractions):
-        pattern = sampling_pattern(masks[min(i, len(masks) - 1)])
-        got = _interpolate(points, float(f), pattern)
+    for f, pattern in slice_sampling(op, mean):
+        got = _interpolate(points, f, pattern)
         if got is None:
             raise ValueError(f"std_model: no point for {pattern} masks (the model's "
                              f"patterns: {sorted({str(p['pattern']) for p in model['points']})})")

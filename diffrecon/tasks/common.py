@@ -166,6 +166,8 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
     # the slice-wise samplers take any image size; the volume samplers the prior's own
     slice_wise = METHODS[method].sampler != "volume"
     check_priors_fit(priors, modality, image_shape, slice_wise)
+    if ref.std_model is not None and ref.samples > 1:  # refused before minutes of sampling
+        _check_std_model(ref, method, modality)
     grid = (priors[0].config.image_size,) * 2
     if ref.grid == "pixel" and slice_wise and modality == "mri":
         grid = pixel_grid(priors[0], tuple(image_shape), pixel_mm)
@@ -193,50 +195,53 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         if support is not None:
             x, std = x * support, None if std is None else std * support
     if std is not None and ref.std_model is not None:
-        if modality != "mri":
-            raise ValueError("std_model: the error model is for MRI (its features need the "
-                             "SENSE operator); calibrate a CT std map with std_scale")
-        _check_model_prior(ref)
-        std = _model_map(x, std, scan_op if mapped else make_op, ref.std_model, slice_batch)
+        from diffrecon.recon.uncertainty import error_model_map
+
+        std = _std_map(lambda op, m, s: error_model_map(op, m, s, ref.std_model), x, std,
+                       scan_op if mapped else make_op, slice_batch, "the error model")
     if std is not None and ref.std_aliasing and modality == "mri":
-        std = _with_aliasing(x, std, scan_op if mapped else make_op, ref.std_aliasing,
-                             slice_batch)
+        from diffrecon.recon.uncertainty import aliasing_map
+
+        std = _std_map(lambda op, m, s: aliasing_map(op, m, s, ref.std_aliasing), x, std,
+                       scan_op if mapped else make_op, slice_batch, "the aliasing term")
     std = None if std is None else std * ref.std_scale  # the calibration factor, if any
     return x, std, nfe, " + ".join(p.name for p in priors)
 
 
-def _with_aliasing(x: torch.Tensor, std: torch.Tensor, make_op: Callable,
-                   table: list[tuple], slice_batch: int | None) -> torch.Tensor:
-    """The std map with the aliasing term of the mean ``x`` (recon.uncertainty.aliasing_map),
-    in slice batches."""
-    from diffrecon.recon.uncertainty import aliasing_map
-
-    return in_slice_batches(lambda a, b: aliasing_map(make_op(a, b), x[a:b], std[a:b], table),
-                            x.shape[0], slice_batch, "the aliasing term")
+def _std_map(fn: Callable, x: torch.Tensor, std: torch.Tensor, make_op: Callable,
+             slice_batch: int | None, what: str) -> torch.Tensor:
+    """The std map ``fn(op, mean, spread)`` of the mean ``x`` and the spread ``std`` (the
+    aliasing term or the error model of recon.uncertainty), in slice batches."""
+    return in_slice_batches(lambda a, b: fn(make_op(a, b), x[a:b], std[a:b]), x.shape[0],
+                            slice_batch, what)
 
 
-def _model_map(x: torch.Tensor, std: torch.Tensor, make_op: Callable, model: dict,
-               slice_batch: int | None) -> torch.Tensor:
-    """The std map of the error model (recon.uncertainty.error_model_map), in slice batches."""
-    from diffrecon.recon.uncertainty import error_model_map
-
-    return in_slice_batches(lambda a, b: error_model_map(make_op(a, b), x[a:b], std[a:b],
-                                                         model),
-                            x.shape[0], slice_batch, "the error model")
-
-
-def _check_model_prior(ref: PriorRef) -> None:
-    """An error model fitted for another prior (its fitted.prior_digest) is refused: its
-    coefficients describe that prior's errors."""
+def _check_std_model(ref: PriorRef, method: str, modality: str) -> None:
+    """The error model fits this run: MRI (its features need the SENSE operator), the prior
+    it was fitted for (fitted.prior_digest: its coefficients describe that prior's errors);
+    a model fitted for another method is used with a warning."""
     from diffrecon.recon.diffusion.checkpoint import folder_digest
     from diffrecon.recon.diffusion.registry import resolve_prior_path
 
-    want = ref.std_model.get("fitted", {}).get("prior_digest")
-    have = folder_digest(resolve_prior_path(ref.prior))
+    if modality != "mri":
+        raise ValueError("std_model: the error model is for MRI (its features need the "
+                         "SENSE operator); calibrate a CT std map with std_scale")
+    fitted = ref.std_model.get("fitted", {})
+    want, have = fitted.get("prior_digest"), folder_digest(resolve_prior_path(ref.prior))
     if want is not None and want != have:
         raise ValueError(f"std_model: fitted.prior_digest {want[:12]}... is not the digest of "
                          f"prior {ref.prior} ({have[:12]}...): the model was fitted for "
                          "another prior")
+    if fitted.get("method") not in (None, method):
+        msg = (f"std_model: fitted for {fitted['method']}, used for {method} (its map may "
+               "rank and cover this method's error less well; fit one with "
+               "benchmarks/uncertainty.py --method)")
+        try:
+            get_run_logger().warning(msg)
+        except Exception:  # outside a Prefect run
+            import warnings
+
+            warnings.warn(msg, stacklevel=2)
 
 
 def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,

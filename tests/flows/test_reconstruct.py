@@ -709,11 +709,12 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     assert np.allclose(std_ct.numpy(), 2.5 * np.abs(p), rtol=1e-4, atol=1e-4)
 
 
-def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_path):
+def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_path, capsys):
     """--std-model FILE: the std map is recon.uncertainty.error_model_map of the mean and
-    the spread (times --std-scale), the model's content in the cache key (with samples > 1
-    only); refused: a bad file at parse time naming it, a model fitted for another prior, a
-    CT run, std_model with std_aliasing, 'prior' for a prior that ships none."""
+    the spread (times --std-scale), the model's content in the cache key; 'prior' reads the
+    shipped brain prior's; a model fitted for another method warns; refused: a bad file at
+    parse time naming it, a model fitted for another prior and a CT run (before sampling),
+    std_model with std_aliasing or without samples > 1, 'prior' for a prior without one."""
     import json
 
     import torch
@@ -760,25 +761,40 @@ def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_p
     assert torch.allclose(x, mean, atol=1e-5)
     assert torch.allclose(std, want, rtol=1e-4, atol=1e-6)
 
+    sampler = run.dds_volume_sample
+    monkeypatch.setattr(run, "dds_volume_sample",  # the refusals come before any sampling
+                        lambda *a: pytest.fail("sampled before refusing"))
     other = tmp_path / "other.json"
     other.write_text(json.dumps({**model, "fitted": {"prior_digest": "0" * 64}}))
     with pytest.raises(ValueError, match="std_model: fitted.prior_digest 000000000000... is "
                                          "not the digest of prior brain-t1-axial-128"):
-        recon(ref.model_copy(update={"std_model": PriorRef(std_model=str(other)).std_model}))
+        recon(ref.model_copy(update={"std_model": PriorRef(samples=2,
+                                                           std_model=str(other)).std_model}))
     with pytest.raises(ValueError, match="std_model: the error model is for MRI"):
         recon(ref.model_copy(update={"prior": "ct-axial-128"}), "ct")
+    monkeypatch.setattr(run, "dds_volume_sample", sampler)
+    # a model fitted for another method: used, with a warning naming both
+    dds_fit = {**model, "fitted": {"prior_digest": digest, "method": "dds"}}
+    with pytest.warns(UserWarning, match="std_model: fitted for dds, used for dds-3d-tv"):
+        recon(ref.model_copy(update={"std_model": PriorRef(samples=2,
+                                                           std_model=dds_fit).std_model}))
+    # a model without fitted.prior_digest is taken as it is
+    bare = PriorRef(samples=2, std_model={**model, "fitted": {}}).std_model
+    assert torch.allclose(recon(ref.model_copy(update={"std_model": bare}))[1], want)
     path.write_text("[]")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "v.h5", "--out", "o", "--std-model", str(path)])
+    assert f"{path}: an error model is a JSON object" in capsys.readouterr().err
     with pytest.raises(ValueError, match="std_model and std_aliasing: give one"):
         PriorRef(samples=2, std_model=model, std_aliasing=[(0.2, 1.0)])
+    with pytest.raises(ValueError, match="std_model: needs samples > 1"):
+        PriorRef(std_model=model)
     with pytest.raises(ValueError, match="std_model 'prior': .*brain-t1-coronal-128/"
                                          "error_model.json does not exist"):
-        PriorRef(prior="brain-t1-coronal-128", std_model="prior")
+        PriorRef(prior="brain-t1-coronal-128", samples=2, std_model="prior")
+    assert PriorRef(samples=2, std_model="prior").std_model["fitted"]["prior_digest"] == digest
     k4 = common.diffusion_settings(PriorRef(samples=4), "dds")
     assert "std_model" not in k4["diffusion"]  # keys made before the error model
-    assert common.diffusion_settings(PriorRef(std_model=model), "dds") == \
-        common.diffusion_settings(PriorRef(), "dds")
     with_model = common.diffusion_settings(PriorRef(samples=4, std_model=model), "dds")
     assert with_model != k4 and with_model["diffusion"]["std_model"]["points"][0][
         "coefficients"] == [0.3, 0.5, -0.2, 0.4, -0.6]

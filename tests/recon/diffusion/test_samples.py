@@ -194,6 +194,7 @@ def test_the_aliasing_term_is_the_folded_part_of_the_mean():
     assert aliasing_weights(mixed, 0.25, "random") == (2.0, 1.0)
     assert aliasing_weights(mixed, 0.1875, "random") == pytest.approx((16.0, 1.0))
     assert aliasing_weights([(0.25, 1.0, "random")], 0.25, "equispaced") == (0.0, 1.0)
+    assert aliasing_weights(mixed[:2], 0.25) in ((0.0, 2.0), (2.0, 1.0))  # no pattern given
     with pytest.raises(ValueError, match="the scale above 0"):
         aliasing_weights([(0.25, 1.0, 0.0)], 0.25)
     # the one parser of points, strings or tuples, and the table's consistency
@@ -387,6 +388,29 @@ def test_the_error_model_map_is_its_log_linear_formula():
     # a scaled image and spread give the scaled map
     u3 = error_model_map(op, 3 * mean, 3 * std, model).numpy()
     assert np.allclose(u3, 3 * u, rtol=1e-3)
+    # per-slice masks: each slice its own fraction and pattern (equispaced lines here,
+    # random lines of the same fraction there), as a one-slice run of each gives
+    rand = torch.zeros(64, 64)
+    rand[torch.randperm(64, generator=torch.Generator().manual_seed(0))[:24]] = 1
+    rand[28:36] = 1
+    both = Sense(torch.ones(2, 1, 64, 64, dtype=torch.complex64),
+                 torch.stack([lines, rand])[:, None])
+    two = error_model(_model([_point(0.4, [0.2, 0.4, -0.2, 0.6, -0.5], -1.0, 2.0, "equispaced"),
+                              _point(0.4, [0.1, 0.9, -0.3, 0.2, -0.2], 0.5, 1.0, "random")]))
+    got = error_model_map(both, mean, std, two)
+    for i, mk in enumerate((lines, rand)):
+        one = Sense(torch.ones(1, 1, 64, 64, dtype=torch.complex64), mk)
+        assert torch.allclose(got[i], error_model_map(one, mean[i:i + 1], std[i:i + 1], two)[0])
+    assert not torch.allclose(got[1], error_model_map(
+        Sense(torch.ones(1, 1, 64, 64, dtype=torch.complex64), rand), mean[1:], std[1:],
+        error_model(_model([two["points"][0] | {"pattern": None}])))[0])
+    # an object that fills the image: the border counts as its edge
+    full = torch.ones(1, 64, 64, dtype=torch.complex64)
+    edge = error_features(Sense(torch.ones(1, 1, 64, 64, dtype=torch.complex64), lines), full,
+                          torch.ones(1, 64, 64))[0][0, -1].numpy()
+    assert np.allclose(edge, edge[::-1, ::-1]) and np.allclose(edge, edge.T)
+    assert edge[0, 0] == edge[0, 32] == pytest.approx(np.exp(-1 / EDGE_PX))
+    assert edge[32, 32] == pytest.approx(np.exp(-32 / EDGE_PX))
     with pytest.raises(ValueError, match=r"std_model: no point for equispaced masks \(the "
                                          r"model's patterns: \['random'\]\)"):
         error_model_map(op, mean, std, error_model(_model([_point(0.3, [0] * 5, 0, 1,
@@ -412,15 +436,21 @@ def test_an_error_model_is_refused_naming_the_source_and_the_field(tmp_path):
         ({"points": good["points"]}, "features None are not the ones this version computes"),
         (_model([]), "points: a list of at least one point expected"),
         (_model([_point(0.25, [1, 2], 0, 1)]), r"points\[0\]: coefficients: 5 numbers"),
-        (_model([_point(0.25, [0] * 5, 0, 0)]), r"points\[0\]: the fraction must be in "
-                                                r"\(0, 1\] and the scale above 0"),
-        (_model([_point(1.5, [0] * 5, 0, 1)]), r"points\[0\]: the fraction must be in"),
-        (_model([_point(0.5, [0] * 5, "x", 1)]), r"points\[0\]: fraction, intercept, scale "
-                                                 "and coefficients must be numbers"),
+        (_model([_point(0.25, [0] * 5, 0, 0)]), r"points\[0\]: scale 0: must be above 0"),
+        (_model([_point(1.5, [0] * 5, 0, 1)]), r"points\[0\]: fraction 1.5: must be in "
+                                               r"\(0, 1\]"),
+        (_model([_point(0.5, [0] * 5, "x", 1)]), r"points\[0\]: intercept: a finite number "
+                                                 "expected, not 'x'"),
+        (_model([_point(0.5, [0, 0, True, 0, 0], 0, 1)]), r"points\[0\]: coefficients\[2\]: "
+                                                          "a finite number expected, not True"),
+        (_model([{"pattern": None, "coefficients": [0] * 5, "intercept": 0, "scale": 1}]),
+         r"points\[0\]: fraction: a finite number expected, not None"),
+        (_model([_point(0.5, [0] * 5, 0, 1)], fitted={"prior_digest": 3}),
+         "fitted.prior_digest: a string expected"),
         (_model([_point(0.5, [0] * 5, 0, 1, "radial")]), r"points\[0\]: pattern 'radial' is "
                                                          "not one of"),
         (_model([_point(0.5, [0] * 5, 0, 1), _point(0.5, [0] * 5, 0, 1, "random")]),
-         "points: two for random masks at one sampled fraction"),
+         r"points\[0\] and points\[1\]: both apply to random masks at sampled fraction 0.5"),
         (_model([_point(0.5, [0] * 5, 0, 1)], fitted=[1]), "fitted: an object expected"),
         ([1], "an error model is a JSON object"),
     ]
