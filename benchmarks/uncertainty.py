@@ -25,12 +25,13 @@ pattern (the table's scale), for CT one pooled over the view counts (std -> c st
 MRI also fits the error model of ``--std-model`` (recon.uncertainty.error_model: the log of
 the error's local RMS, least squares on five features of the mean and the spread, one
 point per acceleration and pattern, its scale for coverage) on the same training slices,
-writes it (``--model-out``) and scores its map ("spearman_model", "coverage_model"; with
+writes it (``--model-out``; its points carry the method, and an existing file keeps the
+points of other methods) and scores its map ("spearman_model", "coverage_model"; with
 ``--model FILE`` another model's instead, e.g. one fitted for the other sampler).
 
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
         [--ct-views 8,16] [--max-k 16] [--branch-steps N] [--train-volumes 4]
-        [--method dds|dds-tv] [--model FILE] [--model-out FILE]
+        [--method dds|dds-tv] [--model FILE] [--model-out FILE] [--b1-full]
         [--out benchmarks/results/uncertainty.json]
 
 ``--branch-steps N``: the K samples share all but their last N steps (``diffrecon run
@@ -40,10 +41,11 @@ instead of K nfe), the weights and factors fitted for that sampler.
 ``--ct-views ''`` keeps the CT rows (and factor) already in ``--out``, ``--mri-settings ''``
 the MRI rows and fitted points (the aliasing term is MRI's; CT rows do not change with it).
 
-MRI: B1-quick test slices (8), the brain prior; CT: B3 slices of example_ct (every 16th)
-with the CT prior. Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the
-first test slice of each setting: truth, K-sample mean, |error|, std and (MRI) c u and the
-error model's map (error and maps on one grey scale).
+MRI: B1-quick test slices (8; ``--b1-full``: all 48 B1 slices), the brain prior; CT: B3
+slices of example_ct (every 16th) with the CT prior. Minutes per setting on a 2-core CPU.
+The sheet beside the JSON shows the first test slice of each setting: truth, K-sample
+mean, |error|, std and (MRI) c u and the error model's map (error and maps on one grey
+scale).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ from diffrecon.recon.uncertainty import (
     error_model,
     error_model_map,
     gaussian_smooth,
+    model_methods,
     object_support,
     sampled_fraction,
     with_aliasing,
@@ -157,7 +160,7 @@ def maps(run: tuple, k: int, table: list | None, w: float | None = None,
     mean, std = sample_statistics(torch.from_numpy(x[:k])[None])
     u = std
     if op is not None and model is not None:
-        u = error_model_map(op, mean, std, model)
+        u = error_model_map(op, mean, std, model, model_methods(model, METHOD))
     elif op is not None and w is not None:
         u = with_aliasing(std, aliasing(op, mean, sigma), torch.tensor([w]))
     elif op is not None and table:
@@ -299,7 +302,7 @@ def fit_error_model(groups: dict[tuple[int, str], list[tuple]], k: int, fitted: 
         a = np.concatenate(xs)
         coef = np.linalg.lstsq(np.c_[a, np.ones(len(a))], np.concatenate(ys), rcond=None)[0]
         frac = float(np.mean([float(sampled_fraction(r[2].mask, 1)[0]) for r in runs]))
-        pt = {"fraction": round(frac, 4), "pattern": kind,
+        pt = {"fraction": round(frac, 4), "pattern": kind, "method": METHOD,
               "coefficients": [round(float(c), 4) for c in coef[:-1]],
               "intercept": round(float(coef[-1]), 4), "scale": 1.0}
         one = error_model({"features": list(ERROR_FEATURES), "points": [pt]})
@@ -323,6 +326,8 @@ def main() -> None:
                     "their last N steps (--branch-steps of diffrecon run; 0: whole trajectories)")
     ap.add_argument("--train-volumes", type=int, default=2, help="MRI: fit on the B1-style "
                     "slices of this many IXI training volumes (two slices each)")
+    ap.add_argument("--b1-full", action="store_true", help="MRI test rows on all 48 B1 "
+                    "slices instead of B1-quick's 8")
     ap.add_argument("--method", choices=["dds", "dds-tv"], default="dds",
                     help="the sampler (dds-tv: MRI rows only)")
     ap.add_argument("--model", default=None, help="score this error model file instead of "
@@ -351,7 +356,8 @@ def main() -> None:
         prior = resolve_prior("brain-t1-axial-128")
         train = b1_training_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy",
                                   args.train_volumes)
-        test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy", quick=True)
+        test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy",
+                        quick=not args.b1_full)
         groups: dict[tuple[int, str], list] = {}
         for a, kind in settings:
             for r in mri_samples(train, int(a), kind, prior, args.fit_k):
@@ -368,10 +374,13 @@ def main() -> None:
         model = fit_error_model(groups, args.fit_k, {
             "prior": prior.name, "prior_digest": folder_digest(
                 resolve_prior_path("brain-t1-axial-128")), "samples": args.fit_k,
-            "branch_steps": BRANCH, "nfe": _sampler(2).nfe, "method": METHOD,
+            "branch_steps": BRANCH, "nfe": _sampler(2).nfe,
             "by": "benchmarks/uncertainty.py", "training_slices": [
                 f"{c.volume} z={c.z}" for c in train]})
         model_out = Path(args.model_out or out.with_name(out.stem + "_error_model.json"))
+        if model_out.exists():  # the points of other methods stay (one file per prior)
+            kept = [p for p in error_model(model_out)["points"] if p["method"] != METHOD]
+            model = error_model({**model, "points": kept + model["points"]})
         model_out.write_text(json.dumps(model, indent=1))
         result["error_model"] = str(model_out)
         print(f"MRI: --std-model {model_out}", flush=True)
@@ -384,7 +393,8 @@ def main() -> None:
             um = maps(runs[0], max(ks), None, model=model)[3]
             figure.append((f"R={a} {kind}", truth, mean, std, u, um))
             for k in ks:
-                row = {"benchmark": f"B1-quick ({len(test)} slices)", "setting":
+                row = {"benchmark": f"{'B1' if args.b1_full else 'B1-quick'} "
+                       f"({len(test)} slices)", "setting":
                        f"R={a} {kind}", "k": k, **score(runs, k, 1.0, table, model)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)

@@ -264,8 +264,9 @@ def error_features(op: Any, mean: Any, std: Any) -> tuple[Any, Any, Any]:
 def error_model(value: Any, source: str = "std_model") -> dict:
     """A fitted error model, checked: ``value`` the model (a dict) or the path of its JSON
     file; ``source`` names it in errors (the file where there is one). Returns {"features":
-    ERROR_FEATURES, "points": [{"fraction", "pattern" (or None), "coefficients" (one per
-    feature), "intercept", "scale"}, ...], "fitted": {...}} (fitted: what it was fitted for,
+    ERROR_FEATURES, "points": [{"fraction", "pattern" (or None), "method" (the sampler it was
+    fitted for, or None), "coefficients" (one per feature), "intercept", "scale"}, ...],
+    "fitted": {...}} (fitted: what it was fitted for,
     e.g. the prior's digest; kept as given), numbers as floats: a model it returns passes
     again unchanged. A ValueError naming the source and the field for anything else."""
     import json
@@ -297,6 +298,9 @@ def error_model(value: Any, source: str = "std_model") -> dict:
         pattern = pt.get("pattern")
         if pattern not in (None, *PATTERNS):
             raise ValueError(bad + f"pattern {pattern!r} is not one of {list(PATTERNS)} or null")
+        method = pt.get("method")
+        if method is not None and (not isinstance(method, str) or not method):
+            raise ValueError(bad + f"method {method!r}: a method's name or null expected")
         coef = pt.get("coefficients")
         if not isinstance(coef, list) or len(coef) != len(ERROR_FEATURES):
             raise ValueError(bad + f"coefficients: {len(ERROR_FEATURES)} numbers expected, "
@@ -312,43 +316,59 @@ def error_model(value: Any, source: str = "std_model") -> dict:
             raise ValueError(bad + f"fraction {got['fraction']:g}: must be in (0, 1]")
         if got["scale"] <= 0:
             raise ValueError(bad + f"scale {got['scale']:g}: must be above 0")
-        out.append({"fraction": got["fraction"], "pattern": pattern,
+        out.append({"fraction": got["fraction"], "pattern": pattern, "method": method,
                     "coefficients": [got[f"coefficients[{j}]"] for j in range(len(coef))],
                     "intercept": got["intercept"], "scale": got["scale"]})
-    for pattern in PATTERNS:
-        fractions = [(p["fraction"], i) for i, p in enumerate(out)
-                     if p["pattern"] in (None, pattern)]
-        seen: dict[float, int] = {}
-        for f, i in fractions:
-            if f in seen:
-                raise ValueError(f"{source}: points[{seen[f]}] and points[{i}]: both apply to "
-                                 f"{pattern} masks at sampled fraction {f:g}")
-            seen[f] = i
+    for method in {p["method"] for p in out}:
+        for pattern in PATTERNS:
+            seen: dict[float, int] = {}
+            for i, p in enumerate(out):
+                if p["pattern"] not in (None, pattern) or p["method"] not in (None, method):
+                    continue
+                if p["fraction"] in seen:
+                    raise ValueError(
+                        f"{source}: points[{seen[p['fraction']]}] and points[{i}]: both apply "
+                        f"to {pattern} masks at sampled fraction {p['fraction']:g}"
+                        + ("" if method is None else f" for {method}"))
+                seen[p["fraction"]] = i
     fitted = value.get("fitted", {})
     if not isinstance(fitted, dict):
         raise ValueError(f"{source}: fitted: an object expected")
-    for field in ("prior_digest", "method"):
-        if field in fitted and not isinstance(fitted[field], str):
-            raise ValueError(f"{source}: fitted.{field}: a string expected")
+    if "prior_digest" in fitted and not isinstance(fitted["prior_digest"], str):
+        raise ValueError(f"{source}: fitted.prior_digest: a string expected")
     return {"features": list(ERROR_FEATURES), "points": out, "fitted": fitted}
 
 
-def error_model_map(op: Any, mean: Any, std: Any, model: dict) -> Any:
+def model_methods(model: dict, method: str) -> str | None:
+    """The points of an error model that serve ``method``: those fitted for it and those
+    for any method (None) -- ``method`` itself -- or, where no point serves it, the first
+    method the model was fitted for (to be used with a warning: None then means the model
+    names no method at all)."""
+    named = [p["method"] for p in model["points"] if p["method"] is not None]
+    if method in named or len(named) < len(model["points"]):
+        return method
+    return named[0]
+
+
+def error_model_map(op: Any, mean: Any, std: Any, model: dict, method: str | None = None
+                    ) -> Any:
     """The std map of ``--std-model``: scale x max|m| x exp(c . f + c0) per slice inside the
     object, the spread ``std`` outside it, the features f of :func:`error_features`, c, c0
     and scale interpolated among the model's (:func:`error_model`) points at each slice's
-    sampled fraction and pattern. A slice whose pattern no point covers is an error (the
-    model says nothing about it)."""
+    sampled fraction and pattern among the points for ``method`` (and those for any method;
+    ``method`` None: the model's points whatever their method). A slice whose pattern no
+    point covers is an error (the model says nothing about it)."""
     import torch
 
     feats, top, inside = error_features(op, mean, std)
     points = [(p["fraction"], p["pattern"], [*p["coefficients"], p["intercept"], p["scale"]])
-              for p in model["points"]]
+              for p in model["points"] if method is None or p["method"] in (None, method)]
     rows = []
     for f, pattern in slice_sampling(op, mean):
         got = _interpolate(points, f, pattern)
         if got is None:
-            raise ValueError(f"std_model: no point for {pattern} masks (the model's "
+            raise ValueError(f"std_model: no point for {pattern} masks"
+                             + ("" if method is None else f" of {method}") + " (the model's "
                              f"patterns: {sorted({str(p['pattern']) for p in model['points']})})")
         rows.append(got)
     w = torch.tensor(np.stack(rows), dtype=std.dtype, device=std.device)  # (S, F + 2)

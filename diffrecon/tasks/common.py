@@ -195,10 +195,11 @@ def run_diffusion(method: str, make_op: Callable, y: torch.Tensor, ref: PriorRef
         if support is not None:
             x, std = x * support, None if std is None else std * support
     if std is not None and ref.std_model is not None:
-        from diffrecon.recon.uncertainty import error_model_map
+        from diffrecon.recon.uncertainty import error_model_map, model_methods
 
-        std = _std_map(lambda op, m, s: error_model_map(op, m, s, ref.std_model), x, std,
-                       scan_op if mapped else make_op, slice_batch, "the error model")
+        serves = model_methods(ref.std_model, method)  # its points for this method
+        std = _std_map(lambda op, m, s: error_model_map(op, m, s, ref.std_model, serves), x,
+                       std, scan_op if mapped else make_op, slice_batch, "the error model")
     if std is not None and ref.std_aliasing and modality == "mri":
         from diffrecon.recon.uncertainty import aliasing_map
 
@@ -219,9 +220,11 @@ def _std_map(fn: Callable, x: torch.Tensor, std: torch.Tensor, make_op: Callable
 def _check_std_model(ref: PriorRef, method: str, modality: str) -> None:
     """The error model fits this run: MRI (its features need the SENSE operator), the prior
     it was fitted for (fitted.prior_digest: its coefficients describe that prior's errors);
-    a model fitted for another method is used with a warning."""
+    a model with no points for this method is used with a warning (the points of the first
+    method it has)."""
     from diffrecon.recon.diffusion.checkpoint import folder_digest
     from diffrecon.recon.diffusion.registry import resolve_prior_path
+    from diffrecon.recon.uncertainty import model_methods
 
     if modality != "mri":
         raise ValueError("std_model: the error model is for MRI (its features need the "
@@ -232,8 +235,9 @@ def _check_std_model(ref: PriorRef, method: str, modality: str) -> None:
         raise ValueError(f"std_model: fitted.prior_digest {want[:12]}... is not the digest of "
                          f"prior {ref.prior} ({have[:12]}...): the model was fitted for "
                          "another prior")
-    if fitted.get("method") not in (None, method):
-        msg = (f"std_model: fitted for {fitted['method']}, used for {method} (its map may "
+    fitted_for = model_methods(ref.std_model, method)
+    if fitted_for != method:
+        msg = (f"std_model: fitted for {fitted_for}, used for {method} (its map may "
                "rank and cover this method's error less well; fit one with "
                "benchmarks/uncertainty.py --method)")
         try:

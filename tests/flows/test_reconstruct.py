@@ -711,8 +711,9 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
 
 def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_path, capsys):
     """--std-model FILE: the std map is recon.uncertainty.error_model_map of the mean and
-    the spread (times --std-scale), the model's content in the cache key; 'prior' reads the
-    shipped brain prior's; a model fitted for another method warns; refused: a bad file at
+    the spread (times --std-scale) with the points for the run's method, the model's
+    content in the cache key; 'prior' reads the shipped brain prior's; a model without
+    points for the method warns; refused: a bad file at
     parse time naming it, a model fitted for another prior and a CT run (before sampling),
     std_model with std_aliasing or without samples > 1, 'prior' for a prior without one."""
     import json
@@ -773,11 +774,19 @@ def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_p
     with pytest.raises(ValueError, match="std_model: the error model is for MRI"):
         recon(ref.model_copy(update={"prior": "ct-axial-128"}), "ct")
     monkeypatch.setattr(run, "dds_volume_sample", sampler)
-    # a model fitted for another method: used, with a warning naming both
-    dds_fit = {**model, "fitted": {"prior_digest": digest, "method": "dds"}}
+    # points for another method only: used, with a warning naming both
+    dds_fit = {**model, "points": [p | {"method": "dds"} for p in model["points"]]}
     with pytest.warns(UserWarning, match="std_model: fitted for dds, used for dds-3d-tv"):
-        recon(ref.model_copy(update={"std_model": PriorRef(samples=2,
-                                                           std_model=dds_fit).std_model}))
+        got = recon(ref.model_copy(update={"std_model": PriorRef(
+            samples=2, std_model=dds_fit).std_model}))[1]
+    assert torch.allclose(got, want)
+    # each method its own points: dds-3d-tv's here, not dds's
+    mixed = {**model, "points": [p | {"method": "dds", "intercept": 3.0} for p in
+                                 model["points"]] + [p | {"method": "dds-3d-tv"}
+                                                     for p in model["points"]]}
+    got = recon(ref.model_copy(update={"std_model": PriorRef(samples=2,
+                                                             std_model=mixed).std_model}))[1]
+    assert torch.allclose(got, want)
     # a model without fitted.prior_digest is taken as it is
     bare = PriorRef(samples=2, std_model={**model, "fitted": {}}).std_model
     assert torch.allclose(recon(ref.model_copy(update={"std_model": bare}))[1], want)

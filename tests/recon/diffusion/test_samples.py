@@ -422,11 +422,16 @@ def test_an_error_model_is_refused_naming_the_source_and_the_field(tmp_path):
     a checked model passes again unchanged (also through JSON)."""
     import json
 
-    from diffrecon.recon.uncertainty import error_model
+    from diffrecon.recon.uncertainty import error_model, model_methods
 
     good = _model([_point(0.25, [0.1, 0.2, 0.3, 0.4, 0.5], -2.0, 1.5, "random")],
                   fitted={"prior_digest": "ab"})
     checked = error_model(good)
+    # one point per method at one fraction and pattern is fine; the methods they serve
+    two = error_model(_model([_point(0.5, [0] * 5, 0, 1) | {"method": "dds"},
+                              _point(0.5, [0] * 5, 0, 1) | {"method": "dds-tv"}]))
+    assert [model_methods(two, m) for m in ("dds", "dds-tv", "dps")] == ["dds", "dds-tv", "dds"]
+    assert model_methods(checked, "dps") == "dps"  # points for any method serve every one
     assert checked == error_model(checked) == error_model(json.loads(json.dumps(checked)))
     assert checked["points"][0]["coefficients"] == [0.1, 0.2, 0.3, 0.4, 0.5]
     f = tmp_path / "m.json"
@@ -447,6 +452,12 @@ def test_an_error_model_is_refused_naming_the_source_and_the_field(tmp_path):
          r"points\[0\]: fraction: a finite number expected, not None"),
         (_model([_point(0.5, [0] * 5, 0, 1)], fitted={"prior_digest": 3}),
          "fitted.prior_digest: a string expected"),
+        (_model([_point(0.5, [0] * 5, 0, 1) | {"method": 3}]),
+         r"points\[0\]: method 3: a method's name or null expected"),
+        (_model([_point(0.5, [0] * 5, 0, 1) | {"method": "dds"},
+                 _point(0.5, [0] * 5, 0, 1, "random")]),
+         r"points\[0\] and points\[1\]: both apply to random masks at sampled fraction 0.5 "
+         "for dds"),
         (_model([_point(0.5, [0] * 5, 0, 1, "radial")]), r"points\[0\]: pattern 'radial' is "
                                                          "not one of"),
         (_model([_point(0.5, [0] * 5, 0, 1), _point(0.5, [0] * 5, 0, 1, "random")]),
