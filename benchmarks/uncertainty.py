@@ -31,7 +31,7 @@ points of other methods) and scores its map ("spearman_model", "coverage_model";
 
     .venv/bin/python benchmarks/uncertainty.py [--mri-settings 4/equispaced,8/equispaced]
         [--ct-views 8,16] [--max-k 16] [--branch-steps N] [--train-volumes 4]
-        [--method dds|dds-tv] [--model FILE] [--model-out FILE] [--b1-full]
+        [--method dds|dds-tv] [--model FILE] [--model-out FILE] [--b1-full] [--b2]
         [--out benchmarks/results/uncertainty.json]
 
 ``--branch-steps N``: the K samples share all but their last N steps (``diffrecon run
@@ -41,11 +41,11 @@ instead of K nfe), the weights and factors fitted for that sampler.
 ``--ct-views ''`` keeps the CT rows (and factor) already in ``--out``, ``--mri-settings ''``
 the MRI rows and fitted points (the aliasing term is MRI's; CT rows do not change with it).
 
-MRI: B1-quick test slices (8; ``--b1-full``: all 48 B1 slices), the brain prior; CT: B3
-slices of example_ct (every 16th) with the CT prior. Minutes per setting on a 2-core CPU.
-The sheet beside the JSON shows the first test slice of each setting: truth, K-sample
-mean, |error|, std and (MRI) c u and the error model's map (error and maps on one grey
-scale).
+MRI: B1-quick test slices (8; ``--b1-full``: all 48 B1 slices; ``--b2``: also B2, the
+real scan), the brain prior; CT: B3 slices of example_ct (every 16th) with the CT prior.
+Minutes per setting on a 2-core CPU. The sheet beside the JSON shows the first test slice
+of each setting: truth, K-sample mean, |error|, std and (MRI) c u and the error model's
+map (error and maps on one grey scale).
 """
 
 from __future__ import annotations
@@ -79,7 +79,13 @@ from diffrecon.recon.uncertainty import (
     sampled_fraction,
     with_aliasing,
 )
-from diffrecon.testing import b1_cases, b1_training_cases, ct_slices, ct_training_slices
+from diffrecon.testing import (
+    b1_cases,
+    b1_training_cases,
+    b2_case,
+    ct_slices,
+    ct_training_slices,
+)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 MRI = SHARED / "mri"
@@ -328,6 +334,8 @@ def main() -> None:
                     "slices of this many IXI training volumes (two slices each)")
     ap.add_argument("--b1-full", action="store_true", help="MRI test rows on all 48 B1 "
                     "slices instead of B1-quick's 8")
+    ap.add_argument("--b2", action="store_true", help="MRI: also rows of B2, the real "
+                    "16-coil scan (its SENSE reference as the truth)")
     ap.add_argument("--method", choices=["dds", "dds-tv"], default="dds",
                     help="the sampler (dds-tv: MRI rows only)")
     ap.add_argument("--model", default=None, help="score this error model file instead of "
@@ -358,6 +366,7 @@ def main() -> None:
                                   args.train_volumes)
         test = b1_cases(MRI / "ixi_t1", MRI / "b1_simulation_maps_16ch_128.npy",
                         quick=not args.b1_full)
+        b2 = [b2_case(MRI / "raw_twix" / "invivo_brain_16ch_gre.dat")] if args.b2 else []
         groups: dict[tuple[int, str], list] = {}
         for a, kind in settings:
             for r in mri_samples(train, int(a), kind, prior, args.fit_k):
@@ -398,6 +407,16 @@ def main() -> None:
                        f"R={a} {kind}", "k": k, **score(runs, k, 1.0, table, model)}
                 result["rows"].append(row)
                 print(json.dumps(row), flush=True)
+            if args.b2:  # the real 16-coil scan: real noise and coils, never fitted on
+                runs = mri_samples(b2, int(a), kind, prior, max(ks))
+                mean, truth, std, u = maps(runs[0], max(ks), table)
+                um = maps(runs[0], max(ks), None, model=model)[3]
+                figure.append((f"B2 R={a} {kind}", np.abs(truth), mean, std, u, um))
+                for k in ks:
+                    row = {"benchmark": "B2 (1 slice)", "setting": f"R={a} {kind}", "k": k,
+                           **score(runs, k, 1.0, table, model)}
+                    result["rows"].append(row)
+                    print(json.dumps(row), flush=True)
         sheet(figure, out.with_name(out.stem + "_mri.png"))
 
     views = [int(v) for v in args.ct_views.split(",") if v]
