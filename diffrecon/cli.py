@@ -14,33 +14,29 @@ if TYPE_CHECKING:
 DEMO_PRIOR = "brain-t1-axial-128"
 
 
-def _points(text: str) -> list[tuple]:
-    """'F:W[:S][:PATTERN],...' -> the points as the config checks them (PriorRef's
-    std_aliasing; an argparse type, so a bad point is a usage error)."""
+def _checked(field: str, value: object, **others: object) -> object:
+    """``value`` as PriorRef checks ``field`` (with ``others`` set); an argparse type's
+    helper: a bad value is a usage error with the config's own message."""
     from pydantic import ValidationError
 
     from diffrecon.config import PriorRef
 
     try:
-        return PriorRef(std_aliasing=[i.strip() for i in text.split(",") if i.strip()]
-                        ).std_aliasing
+        return getattr(PriorRef(**{field: value}, **others), field)
     except ValidationError as exc:
         why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         raise argparse.ArgumentTypeError(why) from None
 
 
-def _model_file(text: str) -> dict:
-    """--std-model: 'prior' or an error model file, read and checked as the config checks
-    it (PriorRef's std_model; an argparse type, so a bad file is a usage error naming it)."""
-    from pydantic import ValidationError
+def _points(text: str) -> list[tuple]:
+    """--std-aliasing 'F:W[:S][:PATTERN],...' -> the points as the config checks them."""
+    return _checked("std_aliasing", [i.strip() for i in text.split(",") if i.strip()])
 
-    from diffrecon.config import PriorRef
 
-    try:  # 'prior' is the default prior's here; _prior_ref reads it again for --prior
-        return text if text == "prior" else PriorRef(samples=2, std_model=text).std_model
-    except ValidationError as exc:
-        why = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
-        raise argparse.ArgumentTypeError(why) from None
+def _model_file(text: str) -> dict | str:
+    """--std-model: 'prior' (read by _prior_ref, for --prior) or an error model file, read
+    and checked as the config checks it (a bad file is a usage error naming it)."""
+    return text if text == "prior" else _checked("std_model", text, samples=2)
 
 
 # the sampler flags of `run` and the PriorRef fields they set (defaults and help come from

@@ -660,6 +660,24 @@ def test_samples_and_std_scale_reach_the_volume_sampler(monkeypatch):
     assert torch.allclose(std, torch.full((2, 128, 128), 2.5))
 
 
+def _scaled_pattern_sampler(monkeypatch, seed: int) -> tuple:
+    """The volume sampler replaced: sample k (seed S + k) is S + k times one random complex
+    (2, 128, 128) pattern, so K samples' mean and spread are known exactly; no progress
+    artifact. Returns the pattern (numpy, complex64 tensor)."""
+    import torch
+
+    from diffrecon.recon.diffusion import run
+    from diffrecon.tasks import common
+
+    rng = np.random.default_rng(seed)
+    p = rng.standard_normal((2, 128, 128)) + 1j * rng.standard_normal((2, 128, 128))
+    pattern = torch.from_numpy(p).to(torch.complex64)
+    monkeypatch.setattr(run, "dds_volume_sample",
+                        lambda priors, op, y, cfg, progress: cfg.seed * pattern)
+    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    return p, pattern
+
+
 def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monkeypatch):
     """--std-aliasing 0.25:0:2,0.75:8:4 at a sampled fraction of 0.5 (every other line):
     the map is --std-scale x 3 x sqrt(std^2 + 4 G * |A^H A m - m|^2), m the mean, G the
@@ -669,17 +687,11 @@ def test_the_aliasing_term_joins_the_std_map_at_the_scans_sampled_fraction(monke
     from scipy.ndimage import gaussian_filter
 
     from diffrecon.cli import _prior_ref, build_parser
-    from diffrecon.recon.diffusion import run
     from diffrecon.recon.operators import Sense
     from diffrecon.tasks import common
     from tests.recon.diffusion.test_samples import _np_normal
 
-    rng = np.random.default_rng(0)
-    p = rng.standard_normal((2, 128, 128)) + 1j * rng.standard_normal((2, 128, 128))
-    pattern = torch.from_numpy(p).to(torch.complex64)
-    monkeypatch.setattr(run, "dds_volume_sample",  # sample k is (4 + k) x the pattern
-                        lambda priors, op, y, cfg, progress: cfg.seed * pattern)
-    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    p, pattern = _scaled_pattern_sampler(monkeypatch, 0)
     args = build_parser().parse_args(
         ["run", "vol.h5", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
          "--std-scale", "2.5", "--sampler-seed", "4", "--std-aliasing", "0.25:0:2,0.75:8:4"])
@@ -736,12 +748,7 @@ def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_p
                    fitted={"prior_digest": digest})
     path = tmp_path / "model.json"
     path.write_text(json.dumps(model))
-    rng = np.random.default_rng(1)
-    p = rng.standard_normal((2, 128, 128)) + 1j * rng.standard_normal((2, 128, 128))
-    pattern = torch.from_numpy(p).to(torch.complex64)
-    monkeypatch.setattr(run, "dds_volume_sample",  # sample k is (4 + k) x the pattern
-                        lambda priors, op, y, cfg, progress: cfg.seed * pattern)
-    monkeypatch.setattr(common, "_progress_artifact", lambda what: None)
+    p, pattern = _scaled_pattern_sampler(monkeypatch, 1)
     args = build_parser().parse_args(
         ["run", "vol.h5", "--out", "o", "--method", "dds-3d-tv", "--samples", "3",
          "--std-scale", "1.5", "--sampler-seed", "4", "--std-model", str(path)])
