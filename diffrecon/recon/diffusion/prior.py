@@ -81,6 +81,8 @@ def _window(norm: Normalisation | None) -> tuple[float, float]:
 
 
 def _per_image(scale: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor | float:
+    if isinstance(scale, torch.Tensor) and scale.ndim == x.ndim:  # per pixel
+        return scale.to(x.device)
     if isinstance(scale, torch.Tensor) and scale.ndim > 0:
         return scale.reshape(-1, *([1] * (x.ndim - 1))).to(x.device)
     return scale
@@ -174,7 +176,9 @@ class Prior:
     def to_model_space(self, x: torch.Tensor, scale: float | torch.Tensor = 1.0) -> torch.Tensor:
         """Data (N, H, W) -> network input (N, C, H, W).
 
-        MRI: complex images divided by ``scale`` (a float or one per image) -> (real, imag).
+        MRI: complex images divided by ``scale`` (a number, one per image, or complex and
+        shaped like the images: dds.estimate_scale's magnitude and phase map) -> (real,
+        imag).
         CT: data units x in [0, 1] -> 2 x - 1.
         """
         norm = self.config.normalisation
