@@ -53,7 +53,8 @@ def methods():
 
 
 def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",),
-             samples: int = 1, branch_steps: int = 0, tv_factors=(1.0,)):
+             samples: int = 1, branch_steps: int = 0, tv_factors=(1.0,),
+             eta: float | None = None):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -80,13 +81,14 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds
         from diffrecon.recon.diffusion.settings import DDSTVConfig
 
         lam = ReconConfig.model_fields["tv_lam"].default  # the flow's: ADMM-TV's weight
+        knobs = {} if eta is None else {"eta": eta}  # else the flow's default
         runs = []
         for m in diffusion:
             if m == "dds":
-                runs.append((m, DDSConfig(branch_steps=branch_steps)))
+                runs.append((m, DDSConfig(branch_steps=branch_steps, **knobs)))
             for f in tv_factors if m == "dds-tv" else ():
                 runs.append((m if f == 1.0 else f"{m} (lam x{f:g})",
-                             DDSTVConfig(tv_lam=lam * f, branch_steps=branch_steps)))
+                             DDSTVConfig(tv_lam=lam * f, branch_steps=branch_steps, **knobs)))
         runs += [("dps", DPSConfig())] if dps else []
         op = Sense(maps, mask)
         for name, cfg in runs:
@@ -116,6 +118,8 @@ def main() -> None:
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
     ap.add_argument("--samples", type=int, default=1, help="diffusion rows: mean of K samples")
     ap.add_argument("--branch-steps", type=int, default=0)
+    ap.add_argument("--eta", type=float, default=None, help="DDS / dds-tv noise mixing "
+                    "(default: the flow's)")
     ap.add_argument("--tv-lam-factors", default="1", help="dds-tv rows: comma list of "
                     "multiples of ADMM-TV's weight")
     ap.add_argument("--train", action="store_true", help="IXI training slices instead")
@@ -149,7 +153,7 @@ def main() -> None:
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
                 for method, *vals in run_case(case, accel, kind, use_bart, prior, dps,
                                               args.diffusion.split(","), args.samples,
-                                              args.branch_steps, tv_factors):
+                                              args.branch_steps, tv_factors, args.eta):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)
