@@ -63,7 +63,7 @@ from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
 from diffrecon.recon.masks import sampling_pattern
-from diffrecon.recon.operators import Sense
+from diffrecon.recon.operators import Sense, gaussian_smooth
 from diffrecon.recon.uncertainty import (
     ALIAS_SIGMA,
     ERROR_FEATURES,
@@ -73,7 +73,6 @@ from diffrecon.recon.uncertainty import (
     error_features,
     error_model,
     error_model_map,
-    gaussian_smooth,
     model_methods,
     object_support,
     sampled_fraction,

@@ -203,6 +203,34 @@ class Cartesian3D(LinearOperator):
         return self.adjoint(self.forward(x))  # the mask is binary: M^H M = M
 
 
+def gaussian_smooth(x: torch.Tensor, sigma: float | tuple[float, float]
+                    ) -> torch.Tensor:
+    """Each slice of a real tensor (S, H, W) convolved with a normalised Gaussian of
+    ``sigma`` pixels, or (rows, columns) sigmas, 0 leaving that axis alone (separable,
+    truncated at 4 sigma, edges continued by their nearest pixel: scipy.ndimage's
+    gaussian_filter with mode "nearest"); ``sigma`` 0 returns ``x``."""
+    import torch.nn.functional as F
+
+    sy, sx = sigma if isinstance(sigma, (tuple, list)) else (sigma, sigma)
+    y = x.reshape(-1, 1, *x.shape[-2:])
+    for s, axis in ((sx, -1), (sy, -2)):
+        if s <= 0:
+            continue
+        k = _gaussian_kernel(s, x)
+        r = (k.numel() - 1) // 2
+        pad = (r, r, 0, 0) if axis == -1 else (0, 0, r, r)
+        shape = (1, 1, 1, -1) if axis == -1 else (1, 1, -1, 1)
+        y = F.conv2d(F.pad(y, pad, mode="replicate"), k.reshape(shape))
+    return y.reshape(x.shape)
+
+
+def _gaussian_kernel(sigma: float, like: torch.Tensor) -> torch.Tensor:
+    r = int(4 * sigma + 0.5)
+    t = torch.arange(-r, r + 1, dtype=like.dtype, device=like.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
 def inner(a: torch.Tensor, b: torch.Tensor, batch_dims: int = 0) -> torch.Tensor:
     """Hermitian inner product <a, b> = sum conj(a) b over all but the first batch_dims axes."""
     dims = tuple(range(batch_dims, a.ndim))

@@ -54,37 +54,10 @@ def aliasing(op: Any, image: Any, sigma: float = ALIAS_SIGMA) -> Any:
     """The local RMS of |A^H A m - m| for an image m (S, H, W) under a SENSE-type operator
     ``op`` (coil maps normalised to sum |S_c|^2 = 1 where a coil sees; then A^H A is the
     identity for fully sampled k-space): the part of m the sampling folds away, its square
-    averaged over a Gaussian of ``sigma`` pixels (:func:`gaussian_smooth`; 0: pointwise)."""
+    averaged over a Gaussian of ``sigma`` pixels (operators.gaussian_smooth; 0: pointwise)."""
+    from diffrecon.recon.operators import gaussian_smooth
+
     return gaussian_smooth((op.normal(image) - image).abs().square(), sigma).sqrt()
-
-
-def gaussian_smooth(x: Any, sigma: float | tuple[float, float]) -> Any:
-    """Each slice of a real tensor (S, H, W) convolved with a normalised Gaussian of
-    ``sigma`` pixels, or (rows, columns) sigmas, 0 leaving that axis alone (separable,
-    truncated at 4 sigma, edges continued by their nearest pixel: scipy.ndimage's
-    gaussian_filter with mode "nearest"); ``sigma`` 0 returns ``x``."""
-    import torch.nn.functional as F
-
-    sy, sx = (sigma, sigma) if np.isscalar(sigma) else sigma
-    y = x.reshape(-1, 1, *x.shape[-2:])
-    for s, axis in ((sx, -1), (sy, -2)):
-        if s <= 0:
-            continue
-        k = _gaussian_kernel(s, x)
-        r = (k.numel() - 1) // 2
-        pad = (r, r, 0, 0) if axis == -1 else (0, 0, r, r)
-        shape = (1, 1, 1, -1) if axis == -1 else (1, 1, -1, 1)
-        y = F.conv2d(F.pad(y, pad, mode="replicate"), k.reshape(shape))
-    return y.reshape(x.shape)
-
-
-def _gaussian_kernel(sigma: float, like: Any) -> Any:
-    import torch
-
-    r = int(4 * sigma + 0.5)
-    t = torch.arange(-r, r + 1, dtype=like.dtype, device=like.device)
-    k = torch.exp(-0.5 * (t / sigma) ** 2)
-    return k / k.sum()
 
 
 def sampled_fraction(mask: Any, slices: int) -> Any:
@@ -241,6 +214,8 @@ def error_features(op: Any, mean: Any, std: Any) -> tuple[Any, Any, Any]:
     (S, H, W) under the SENSE-type ``op`` (its ``mask``), on ``std``'s device."""
     import torch
     from scipy.ndimage import distance_transform_edt
+
+    from diffrecon.recon.operators import gaussian_smooth
 
     a = mean.abs().to(std.dtype)
     top = a.reshape(a.shape[0], -1).amax(dim=1).clamp_min(1e-30)

@@ -26,7 +26,12 @@ import torch
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.sampling import ddim_step
 from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
-from diffrecon.recon.operators import LinearOperator, Repeated, stacked_copies
+from diffrecon.recon.operators import (
+    LinearOperator,
+    Repeated,
+    gaussian_smooth,
+    stacked_copies,
+)
 from diffrecon.recon.solvers import conjugate_gradient
 
 Progress = Callable[[int, int], None]
@@ -76,8 +81,6 @@ def estimate_scale(prior: Prior, operator: LinearOperator, y: torch.Tensor,
 def smooth_phase_map(x: torch.Tensor, sigma: float = PHASE_SIGMA) -> torch.Tensor:
     """exp(i phase) of complex images (..., H, W) smoothed by a Gaussian of ``sigma``
     pixels (real and imaginary parts apart); 1 where the smoothed image is 0."""
-    from diffrecon.recon.uncertainty import gaussian_smooth
-
     flat = x.reshape(-1, *x.shape[-2:])
     sm = torch.complex(gaussian_smooth(flat.real, sigma), gaussian_smooth(flat.imag, sigma))
     phase = torch.sgn(sm)

@@ -326,6 +326,7 @@ def test_the_error_model_map_is_its_log_linear_formula():
     spread alone; it scales with the image."""
     from scipy.ndimage import distance_transform_edt, gaussian_filter
 
+    from diffrecon.recon.operators import gaussian_smooth
     from diffrecon.recon.uncertainty import (
         ALIAS_SIGMA,
         EDGE_PX,
@@ -333,7 +334,6 @@ def test_the_error_model_map_is_its_log_linear_formula():
         error_features,
         error_model,
         error_model_map,
-        gaussian_smooth,
         object_support,
         phase_encode_axes,
     )
