@@ -5,7 +5,7 @@ Protocol: ../shared/BENCHMARKS.md (PSNR/SSIM with data range 1 in CT units). Pri
 table and writes JSON with the project's results model.
 
     .venv/bin/python benchmarks/ct_sparse.py [--quick] [--out benchmarks/results/ct_sparse.json]
-        [--prior ct-axial-128 [--nfe 50 --cg-iters 5 --eta 0.85] [--dps]]
+        [--prior ct-axial-128 [--nfe 50 --cg-iters 5 --eta 1.0] [--dps]]
 
 With --prior, DDS rows (and with --dps, DPS rows at 8 views on the first two slices: DPS
 costs minutes per slice on a CPU) follow the classical ones. ``--samples K``: the diffusion
@@ -24,6 +24,7 @@ import torch
 
 from diffrecon.recon import metrics
 from diffrecon.recon.ct import CTProjector, cg_ls, fbp, tv_ct
+from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.results import ResultRecord, format_table, write_results
 from diffrecon.testing import ct_slices, ct_training_slices
@@ -35,10 +36,8 @@ METHODS = {"fbp": fbp, "cg-ls": cg_ls, "admm-tv": tv_ct}
 def diffusion_rows(prior, op, y, images, setting, args, n_cases, shown: dict | None = None
                    ) -> list[ResultRecord]:
     from diffrecon.config import CTSpec
-    from diffrecon.recon.diffusion.dds import DDSConfig
     from diffrecon.recon.diffusion.dps import DPSConfig
     from diffrecon.recon.diffusion.run import run_diffusion
-    from diffrecon.recon.diffusion.settings import DDSTVConfig
 
     rows = []
     dds = dict(nfe=args.nfe, cg_iters=args.cg_iters, eta=args.eta, gamma=args.gamma,
@@ -99,9 +98,9 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/ct_sparse.json")
     ap.add_argument("--prior", default=None, help="add DDS rows with this prior")
-    ap.add_argument("--nfe", type=int, default=50)
-    ap.add_argument("--cg-iters", type=int, default=5)
-    ap.add_argument("--eta", type=float, default=0.85)
+    ap.add_argument("--nfe", type=int, default=DDSConfig.nfe)
+    ap.add_argument("--cg-iters", type=int, default=DDSConfig.cg_iters)
+    ap.add_argument("--eta", type=float, default=DDSConfig.eta, help="default: the flow's")
     ap.add_argument("--gamma", type=float, default=None)
     ap.add_argument("--dps", action="store_true", help="add DPS rows (8 views, 2 slices)")
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")

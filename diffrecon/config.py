@@ -60,7 +60,8 @@ class PriorRef(BaseModel):
                               "real (magnitude images): drop the prior's phase")
     nfe: int = Field(DDSConfig.nfe, ge=1, le=1000, description="DDS and the volume methods: "
                      "network evaluations (diffusion steps) per slice")
-    eta: float = Field(DDSConfig.eta, ge=0, le=1, description="DDS noise mixing")
+    eta: float | None = Field(DDSConfig.eta, ge=0, le=1, description="DDS noise mixing "
+                              "(default: 1.0 for one sample, 0.85 for several)")
     cg_iters: int = Field(DDSConfig.cg_iters, ge=0, description="DDS data-consistency CG "
                           "iterations per step")
     gamma: float | None = Field(DDSConfig.gamma, gt=0, description="DDS noisy data-consistency "

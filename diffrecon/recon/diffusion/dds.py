@@ -25,7 +25,7 @@ import torch
 
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.sampling import ddim_step
-from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig
+from diffrecon.recon.diffusion.settings import DDSConfig, DDSTVConfig, sampler_eta
 from diffrecon.recon.operators import (
     LinearOperator,
     Repeated,
@@ -176,6 +176,7 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
     returns (K * S, H, W), sample k's slices at k * S .. (k + 1) * S - 1 (the layout of a
     Repeated operator)."""
     cfg = config or DDSConfig()
+    eta = sampler_eta(cfg.eta, samples)
     sched = prior.schedule
     run = _start(prior, operator, y, cfg.nfe, cfg.seed, cfg.scale_factor)
     scale, g, shape, x, ts, dtype = run.scale, run.gen, run.shape, run.x, run.ts, run.dtype
@@ -215,7 +216,7 @@ def dds_sample(prior: Prior, operator: LinearOperator, y: torch.Tensor,
         else:
             a_prev = sched.abar(torch.tensor([ts[i + 1]]), x0).to(x0.device)
             z = torch.randn(shape, generator=g).to(prior.device)
-            x = ddim_step(x0, eps, a_prev, cfg.eta, z)
+            x = ddim_step(x0, eps, a_prev, eta, z)
         if progress is not None:
             progress(i + 1, len(ts))
     return _in_support(operator, prior.from_model_space(x, scale).to(y.device, dtype))

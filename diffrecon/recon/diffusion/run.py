@@ -14,6 +14,7 @@ from diffrecon.recon.batching import in_slice_batches
 from diffrecon.recon.diffusion.dds import DDSConfig, Progress, dds_sample
 from diffrecon.recon.diffusion.dps import DPSConfig, dps_sample
 from diffrecon.recon.diffusion.prior import Prior
+from diffrecon.recon.diffusion.settings import sampler_eta
 from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.operators import LinearOperator, Repeated, stacked_copies
 
@@ -96,6 +97,8 @@ def draw_samples(priors: list[Prior], config: SamplerConfig,
     samples for its last n steps)."""
     if samples < 1:
         raise ValueError(f"samples must be at least 1, not {samples}")
+    if isinstance(config, DDSConfig):  # the default eta depends on the number of samples
+        config = replace(config, eta=sampler_eta(config.eta, samples))
     branch = samples > 1 and getattr(config, "branch_steps", 0) > 0
     if branch and isinstance(config, DDS3DConfig):
         raise ValueError("branch_steps: only the slice-wise samplers (dds, dds-tv) share the "

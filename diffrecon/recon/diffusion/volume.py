@@ -18,7 +18,7 @@ from diffrecon.recon.diffusion.dds import (
 )
 from diffrecon.recon.diffusion.prior import Prior
 from diffrecon.recon.diffusion.sampling import ddim_step
-from diffrecon.recon.diffusion.settings import DDS3DConfig
+from diffrecon.recon.diffusion.settings import DDS3DConfig, sampler_eta
 from diffrecon.recon.operators import LinearOperator
 
 
@@ -159,7 +159,7 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
             x = x0
         else:
             a_prev = sched.abar(torch.tensor([ts[i + 1]]), x0).to(x0.device)
-            x = ddim_step(x0, eps, a_prev, cfg.eta, torch.randn(shape, generator=g)
+            x = ddim_step(x0, eps, a_prev, sampler_eta(cfg.eta, 1), torch.randn(shape, generator=g)
                           .to(prior.device))
         if progress is not None:
             progress(i + 1, len(ts))

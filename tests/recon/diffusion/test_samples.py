@@ -79,6 +79,40 @@ def test_one_sample_is_todays_dds_and_k_samples_differ_where_data_are_missing():
         run_diffusion([prior], cfg, lambda a, b: op, y, samples=0)
 
 
+def test_the_default_eta_is_1_for_one_sample_and_0_85_for_several():
+    """eta unset: one sample runs at 1.0, K > 1 samples (whole or branched trajectories, the
+    volume sampler) at 0.85; a set eta is kept either way."""
+    from dataclasses import replace
+
+    from diffrecon.recon.diffusion.settings import (
+        ETA_ONE_SAMPLE,
+        ETA_SAMPLES,
+        DDS3DConfig,
+        sampler_eta,
+    )
+
+    assert (ETA_ONE_SAMPLE, ETA_SAMPLES) == (1.0, 0.85)
+    assert (sampler_eta(None, 1), sampler_eta(None, 8), sampler_eta(0.3, 8)) == (1.0, 0.85, 0.3)
+    prior = _random_prior()
+    op = _sense(slices=2, accel=4.0)
+    y = op.forward(torch.randn(2, 16, 16, dtype=torch.complex64) * 0.3)
+    cfg = DDSConfig(nfe=4, seed=5)
+    one = dds_sample(prior, op, y, cfg)
+    assert torch.equal(one, dds_sample(prior, op, y, replace(cfg, eta=1.0)))
+    assert not torch.allclose(one, dds_sample(prior, op, y, replace(cfg, eta=0.85)))
+    for c in (cfg, replace(cfg, branch_steps=2)):
+        x, _ = draw_samples([prior], c, lambda a, b: op, y, samples=2)
+        x85, _ = draw_samples([prior], replace(c, eta=0.85), lambda a, b: op, y, samples=2)
+        x1, _ = draw_samples([prior], replace(c, eta=1.0), lambda a, b: op, y, samples=2)
+        assert torch.equal(x, x85) and not torch.allclose(x, x1)
+    vol = DDS3DConfig(nfe=3, lam=0.0, rho=0.0, seed=2)
+    v, _ = draw_samples([prior], vol, lambda a, b: op, y, samples=2)
+    v85, _ = draw_samples([prior], replace(vol, eta=0.85), lambda a, b: op, y, samples=2)
+    v1, _ = draw_samples([prior], vol, lambda a, b: op, y)
+    assert torch.equal(v, v85)
+    assert torch.equal(v1, draw_samples([prior], replace(vol, eta=1.0), lambda a, b: op, y)[0])
+
+
 def test_samples_agree_where_the_data_determine_the_image():
     """Fully sampled k-space and many CG steps: every sample is the data's image, std ~ 0;
     with half the lines missing the same samples spread."""
@@ -106,8 +140,8 @@ def test_the_volume_sampler_draws_its_samples_one_after_another():
     steps = []
     x, nfe = draw_samples([prior], cfg, lambda a, b: op, y, samples=2,
                           progress=lambda i, n: steps.append((i, n)))
-    one, _ = draw_samples([prior], DDS3DConfig(nfe=3, lam=0.0, rho=0.0, seed=3),
-                          lambda a, b: op, y)
+    one, _ = draw_samples([prior], DDS3DConfig(nfe=3, lam=0.0, rho=0.0, seed=3, eta=0.85),
+                          lambda a, b: op, y)  # (K > 1 samples run at eta 0.85)
     assert x.shape == (4, 2, 16, 16) and nfe == 3
     assert torch.allclose(x[:, 1], one[:, 0])  # sample k uses seed + k
     assert steps[-1] == (6, 6) and len(steps) == 6
