@@ -10,7 +10,7 @@ with the project's results model.
 
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
         [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train | --validation]
-        [--tv-lam-factors 1,0.5]
+        [--tv-lam-factors 1,0.5] [--eta E] [--nfe N] [--cg-iters C]
 
 ``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
 --samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four
@@ -18,7 +18,8 @@ slices of the first two IXI training volumes (testing.b1_training_cases), for ch
 without looking at test slices. ``--validation``: the slices of the IXI volumes prior
 training holds out (testing.b1_validation_cases), to judge a newly trained prior.
 ``--tv-lam-factors``: one dds-tv row per multiple of ADMM-TV's TV weight (default 1, the
-flow's).
+flow's). ``--eta``, ``--nfe``, ``--cg-iters``: the diffusion rows' sampler settings (default:
+the flow's).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def methods():
 
 def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds",),
              samples: int = 1, branch_steps: int = 0, tv_factors=(1.0,),
-             eta: float | None = None):
+             knobs: dict | None = None):
     mask = case.mask(accel, kind)
     ku = (case.kspace * mask)[None]
     ref = case.reference[None]
@@ -81,7 +82,7 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds
         from diffrecon.recon.diffusion.settings import DDSTVConfig
 
         lam = ReconConfig.model_fields["tv_lam"].default  # the flow's: ADMM-TV's weight
-        knobs = {} if eta is None else {"eta": eta}  # else the flow's default
+        knobs = knobs or {}  # DDSConfig fields set on the command line, else the flow's
         runs = []
         for m in diffusion:
             if m == "dds":
@@ -120,6 +121,10 @@ def main() -> None:
     ap.add_argument("--branch-steps", type=int, default=0)
     ap.add_argument("--eta", type=float, default=None, help="DDS / dds-tv noise mixing "
                     "(default: the flow's)")
+    ap.add_argument("--nfe", type=int, default=None, help="DDS / dds-tv steps (default: "
+                    "the flow's)")
+    ap.add_argument("--cg-iters", type=int, default=None, help="DDS / dds-tv CG iterations "
+                    "per step (default: the flow's)")
     ap.add_argument("--tv-lam-factors", default="1", help="dds-tv rows: comma list of "
                     "multiples of ADMM-TV's weight")
     ap.add_argument("--train", action="store_true", help="IXI training slices instead")
@@ -145,6 +150,8 @@ def main() -> None:
             "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
         }
     tv_factors = [float(f) for f in args.tv_lam_factors.split(",")]
+    knobs = {k: v for k, v in (("eta", args.eta), ("nfe", args.nfe),
+                               ("cg_iters", args.cg_iters)) if v is not None}
     records = []
     for dataset, cases in datasets.items():
         for accel, kind in SETTINGS:
@@ -153,7 +160,7 @@ def main() -> None:
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
                 for method, *vals in run_case(case, accel, kind, use_bart, prior, dps,
                                               args.diffusion.split(","), args.samples,
-                                              args.branch_steps, tv_factors, args.eta):
+                                              args.branch_steps, tv_factors, knobs):
                     acc.setdefault(method, []).append(vals)
             for method, vals in acc.items():
                 v = np.array([[np.nan if x is None else x for x in row] for row in vals], float)

@@ -255,7 +255,7 @@ def main() -> None:
                            "setting": f"R={accel} equispaced", "method": method,
                            "psnr": metrics.psnr(xn, s["truth"]),
                            **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
-                    if method in stds:
+                    if stds.get(method) is not None:  # K > 1: the std maps
                         mean, std = x, stds[method]
                         sd = std[0].numpy()
                         err = np.abs(np.abs(xn) - s["truth"])  # what a map should follow
@@ -275,8 +275,9 @@ def main() -> None:
                     rows.append(row)
                     print(json.dumps(row), flush=True)
                 if accel == 8:
+                    sd = next(iter(stds.values()))  # None for one sample
                     sheet.append((s, [np.abs(recs[m][0].numpy()) for m in ["cg-sense", *stds]],
-                                  next(iter(stds.values()))[0].numpy()))
+                                  None if sd is None else sd[0].numpy()))
     Path(args.out).write_text(json.dumps({"rows": rows, "samples": args.samples,
                                           "branch_steps": args.branch_steps,
                                           "seconds": time.perf_counter() - t0}, indent=1))
@@ -285,7 +286,8 @@ def main() -> None:
 
 def _sheet(items, path: Path) -> None:
     """Per slice: truth with the lesion (red) and mirror (green) outlines, CG-SENSE and each
-    diffusion method (--diffusion, in order) at R = 8, the first diffusion method's std."""
+    diffusion method (--diffusion, in order) at R = 8, the first diffusion method's std
+    (with K > 1)."""
     from PIL import Image
     from scipy.ndimage import binary_erosion
 
@@ -299,8 +301,8 @@ def _sheet(items, path: Path) -> None:
         for m, colour in ((s["lesion"], (1, 0, 0)), (s["mirror"], (0, 1, 0))):
             edge = m & ~binary_erosion(m)
             t[edge] = colour
-        rows.append(np.concatenate([t, *(rgb(a, 1.0) for a in images),
-                                    rgb(sd, float(np.percentile(sd, 99.5)))], axis=1))
+        stdmap = [] if sd is None else [rgb(sd, float(np.percentile(sd, 99.5)))]
+        rows.append(np.concatenate([t, *(rgb(a, 1.0) for a in images), *stdmap], axis=1))
     im = (np.concatenate(rows, axis=0) * 255).astype(np.uint8)
     Image.fromarray(im).resize((im.shape[1] * 2, im.shape[0] * 2), Image.NEAREST).save(path)
 
