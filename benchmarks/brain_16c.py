@@ -127,6 +127,8 @@ def main() -> None:
                     "per step (default: the flow's)")
     ap.add_argument("--tv-lam-factors", default="1", help="dds-tv rows: comma list of "
                     "multiples of ADMM-TV's weight")
+    ap.add_argument("--settings", default=",".join(f"{a}/{k}" for a, k in SETTINGS),
+                    help="comma list of R/pattern (default: all four)")
     ap.add_argument("--train", action="store_true", help="IXI training slices instead")
     ap.add_argument("--validation", action="store_true", help="the slices of the IXI "
                     "volumes prior training holds out, instead")
@@ -150,11 +152,12 @@ def main() -> None:
             "B2": [b2_case(DATA / "raw_twix" / "invivo_brain_16ch_gre.dat")],
         }
     tv_factors = [float(f) for f in args.tv_lam_factors.split(",")]
+    settings = [(int(a), k) for a, k in (x.split("/") for x in args.settings.split(","))]
     knobs = {k: v for k, v in (("eta", args.eta), ("nfe", args.nfe),
                                ("cg_iters", args.cg_iters)) if v is not None}
     records = []
     for dataset, cases in datasets.items():
-        for accel, kind in SETTINGS:
+        for accel, kind in settings:
             acc: dict[str, list] = {}
             for i, case in enumerate(cases):
                 dps = args.dps and accel == 8 and kind == "random" and i < 2
