@@ -11,6 +11,7 @@ with the project's results model.
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
         [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train | --validation]
         [--tv-lam-factors 1,0.5] [--eta E] [--nfe N] [--cg-iters C]
+        [--settings 4/equispaced,8/random]
 
 ``--samples K``: the diffusion rows are the mean of K samples per slice (``diffrecon run
 --samples K``, with ``--branch-steps`` as there). ``--train``: in place of B1 and B2, four

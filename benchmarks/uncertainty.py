@@ -62,6 +62,7 @@ from diffrecon.recon import coils, metrics
 from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
+from diffrecon.recon.diffusion.settings import sampler_eta
 from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense, gaussian_smooth
 from diffrecon.recon.uncertainty import (
@@ -383,6 +384,7 @@ def main() -> None:
             "prior": prior.name, "prior_digest": folder_digest(
                 resolve_prior_path("brain-t1-axial-128")), "samples": args.fit_k,
             "branch_steps": BRANCH, "nfe": _sampler(2).nfe,
+            "eta": sampler_eta(_sampler(2).eta, args.fit_k),
             "by": "benchmarks/uncertainty.py", "training_slices": [
                 f"{c.volume} z={c.z}" for c in train]})
         model_out = Path(args.model_out or out.with_name(out.stem + "_error_model.json"))

@@ -48,6 +48,7 @@ from diffrecon.config import PERPENDICULAR_METHODS, VOLUME_METHODS, Z_TV_METHODS
 from diffrecon.io.nifti import load_volume
 from diffrecon.recon import metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
+from diffrecon.recon.diffusion.settings import sampler_eta
 from diffrecon.recon.diffusion.training import hardware_name
 from diffrecon.recon.diffusion.volume import DDS3DConfig, dds_volume_sample
 from diffrecon.recon.operators import ZSuperResolution
@@ -105,12 +106,17 @@ def mri_volumes(args) -> list[int]:
     return [0] if args.tune else [int(v) for v in args.volumes.split(",")]
 
 
+# the eta of MRI rows whose setting names none: the default until session 18 (since then
+# one sample runs at 1.0 unless --eta says otherwise, and its rows say ", eta 1")
+UNLABELLED_ETA = 0.85
+
+
 def variant(args, method: str) -> str:
     """Non-default sampler settings, appended to a row's setting: eta (MRI), noisy DC,
     pattern."""
     default = DDS3DConfig()
     out = ""
-    if "dds" in method and args.eta != default.eta and args.task != "ct":
+    if "dds" in method and args.eta != UNLABELLED_ETA and args.task != "ct":
         out += f", eta {args.eta:g}"
     if "dds" in method and args.gamma is not None:
         out += f", gamma {args.gamma:g}"
@@ -283,9 +289,9 @@ def main() -> None:
     ap.add_argument("--aux-prior", default=None)
     ap.add_argument("--nfe", type=int, default=50)
     ap.add_argument("--views", default="8,16")
-    ap.add_argument("--eta", type=float, default=DDS3DConfig().eta,
-                    help="DDS noise mixing (CT: 1.0, "
-                    "chosen on the pulmonary training volume)")
+    ap.add_argument("--eta", type=float, default=None,
+                    help="DDS noise mixing (default: the flow's for one sample, 1.0, chosen "
+                    "on training slices)")
     ap.add_argument("--scale-factor", type=float, default=1.0,
                     help="MRI: multiplies the estimated image scale (the least-squares image's "
                     "maximum); 3D Cartesian R = 8 single coil: 2.0, the mean true/estimated "
@@ -308,6 +314,7 @@ def main() -> None:
                     "pulmonary training volume (results to benchmarks/results/volume_tune.json "
                     "unless --out)")
     args = ap.parse_args()
+    args.eta = sampler_eta(args.eta, 1)  # one sample per volume: the flow's default
     if args.tune:
         args.out = args.out or "benchmarks/results/volume_tune.json"
     if args.task == "ct":

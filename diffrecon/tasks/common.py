@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from diffrecon.config import PriorRef
 from diffrecon.io.errors import InvalidScanError
 from diffrecon.recon.diffusion.prior import Prior
+from diffrecon.recon.diffusion.settings import sampler_eta
 from diffrecon.recon.methods import METHODS
 from diffrecon.tasks.store import ArrayRef, ArtifactStore
 
@@ -220,8 +221,9 @@ def _std_map(fn: Callable, x: torch.Tensor, std: torch.Tensor, make_op: Callable
 def _check_std_model(ref: PriorRef, method: str, modality: str) -> None:
     """The error model fits this run: MRI (its features need the SENSE operator), the prior
     it was fitted for (fitted.prior_digest: its coefficients describe that prior's errors);
-    a model with no points for this method is used with a warning (the points of the first
-    method it has)."""
+    a model with no points for this method, or fitted with other sampler settings (the
+    fitted nfe, branch_steps, eta it records), is used with a warning (the points of the
+    first method it has)."""
     from diffrecon.recon.diffusion.checkpoint import folder_digest
     from diffrecon.recon.diffusion.registry import resolve_prior_path
     from diffrecon.recon.uncertainty import model_methods
@@ -237,15 +239,25 @@ def _check_std_model(ref: PriorRef, method: str, modality: str) -> None:
                          "another prior")
     fitted_for = model_methods(ref.std_model, method)
     if fitted_for != method:
-        msg = (f"std_model: fitted for {fitted_for}, used for {method} (its map may "
-               "rank and cover this method's error less well; fit one with "
-               "benchmarks/uncertainty.py --method)")
-        try:
-            get_run_logger().warning(msg)
-        except Exception:  # outside a Prefect run
-            import warnings
+        _warn(f"std_model: fitted for {fitted_for}, used for {method} (its map may "
+              "rank and cover this method's error less well; fit one with "
+              "benchmarks/uncertainty.py --method)")
+    run = {"nfe": ref.nfe, "branch_steps": ref.branch_steps,
+           "eta": sampler_eta(ref.eta, ref.samples)}
+    differs = [f"{k} {run[k]:g} (fitted {fitted[k]:g})" for k in run
+               if fitted.get(k) is not None and fitted[k] != run[k]]
+    if differs:
+        _warn(f"std_model: fitted to samples of other sampler settings: {', '.join(differs)} "
+              "(the spread, and so the map's calibration, depends on them)")
 
-            warnings.warn(msg, stacklevel=2)
+
+def _warn(msg: str) -> None:
+    try:
+        get_run_logger().warning(msg)
+    except Exception:  # outside a Prefect run
+        import warnings
+
+        warnings.warn(msg, stacklevel=3)
 
 
 def std_output(store: ArtifactStore, image: Any, std: torch.Tensor | None, ref: PriorRef,

@@ -787,6 +787,16 @@ def test_the_error_model_makes_the_std_map_for_its_prior_only(monkeypatch, tmp_p
         got = recon(ref.model_copy(update={"std_model": PriorRef(
             samples=2, std_model=dds_fit).std_model}))[1]
     assert torch.allclose(got, want)
+    # fitted to samples of other settings (the shipped model records nfe, branch_steps,
+    # eta): used, with a warning naming what differs
+    tuned = {**model, "fitted": {"prior_digest": digest, "nfe": 50, "branch_steps": 14,
+                                 "eta": 0.85}}
+    with pytest.warns(UserWarning, match=r"^std_model: fitted to samples of other sampler "
+                                         r"settings: branch_steps 0 \(fitted 14\), eta 1 "
+                                         r"\(fitted 0.85\) \(the spread"):
+        got = recon(ref.model_copy(update={"eta": 1.0, "std_model": PriorRef(
+            samples=2, std_model=tuned).std_model}))[1]
+    assert torch.allclose(got, want)
     # each method its own points: dds-3d-tv's here, not dds's
     mixed = {**model, "points": [p | {"method": "dds", "intercept": 3.0} for p in
                                  model["points"]] + [p | {"method": "dds-3d-tv"}
