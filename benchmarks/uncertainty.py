@@ -95,7 +95,8 @@ SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing ener
 
 
 # --cache: samples kept on disk (the draws are deterministic for a prior and DDSConfig's
-# defaults: the key holds the prior's digest; clear the folder after changing the sampler)
+# defaults: the key holds the prior's digest and eta; clear the folder after changing the
+# sampler otherwise)
 CACHE: Path | None = None
 BRANCH = 0  # --branch-steps: the K samples share all but their last BRANCH steps
 METHOD = "dds"  # --method: the sampler (dds-tv: MRI rows only, ADMM-TV's weight as the flow)
@@ -108,8 +109,10 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
+        eta = sampler_eta(_sampler(k).eta, k)  # 0.85 (the default for K > 1): no suffix
         key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}" + \
-            (f"_b{BRANCH}" if BRANCH else "") + ("" if METHOD == "dds" else f"_{METHOD}")
+            (f"_b{BRANCH}" if BRANCH else "") + ("" if METHOD == "dds" else f"_{METHOD}") + \
+            ("" if eta == 0.85 else f"_eta{eta:g}")
         run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out
