@@ -214,12 +214,15 @@ def main() -> None:
     ap.add_argument("--branch-steps", type=int, default=0)
     ap.add_argument("--diffusion", default="dds", help="comma list of dds, dds-tv")
     ap.add_argument("--std-model", default=None, help="an error model file, or 'prior'")
+    ap.add_argument("--nfe", type=int, default=PriorRef.model_fields["nfe"].default)
+    ap.add_argument("--cg-iters", type=int, default=PriorRef.model_fields["cg_iters"].default)
     ap.add_argument("--out", default="benchmarks/results/lesion.json")
     args = ap.parse_args()
     maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
     prior = resolve_prior("brain-t1-axial-128")
     cfg = ReconConfig(diffusion=PriorRef(samples=args.samples, branch_steps=args.branch_steps,
-                                         std_model=args.std_model))
+                                         std_model=args.std_model, nfe=args.nfe,
+                                         cg_iters=args.cg_iters))
     # each method's sampler settings as the flow makes them (dds-tv: ADMM-TV's weight)
     samplers = {m: cfg.diffusion.sampler_config(m, tv_lam=cfg.tv_lam)
                 for m in args.diffusion.split(",")}
