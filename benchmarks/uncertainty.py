@@ -100,6 +100,7 @@ SIGMAS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # widths (px) of the aliasing ener
 CACHE: Path | None = None
 BRANCH = 0  # --branch-steps: the K samples share all but their last BRANCH steps
 METHOD = "dds"  # --method: the sampler (dds-tv: MRI rows only, ADMM-TV's weight as the flow)
+ETA: float | None = None  # --eta: None is the flow's default for K samples
 
 
 def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
@@ -152,9 +153,9 @@ def _sampler(k: int):
     if METHOD == "dds-tv":
         from diffrecon.config import PriorRef, ReconConfig
 
-        return PriorRef(samples=max(k, 2), branch_steps=branch).sampler_config(
+        return PriorRef(samples=max(k, 2), branch_steps=branch, eta=ETA).sampler_config(
             "dds-tv", tv_lam=ReconConfig.model_fields["tv_lam"].default)
-    return DDSConfig(branch_steps=branch)
+    return DDSConfig(branch_steps=branch, eta=ETA)
 
 
 def maps(run: tuple, k: int, table: list | None, w: float | None = None,
@@ -339,6 +340,8 @@ def main() -> None:
                     "slices instead of B1-quick's 8")
     ap.add_argument("--b2", action="store_true", help="MRI: also rows of B2, the real "
                     "16-coil scan (its SENSE reference as the truth)")
+    ap.add_argument("--eta", type=float, default=None, help="the sampler's eta (default: "
+                    "the flow's for K samples, 0.85)")
     ap.add_argument("--method", choices=["dds", "dds-tv"], default="dds",
                     help="the sampler (dds-tv: MRI rows only)")
     ap.add_argument("--model", default=None, help="score this error model file instead of "
@@ -346,8 +349,8 @@ def main() -> None:
     ap.add_argument("--model-out", default=None, help="where the fitted error model "
                     "(--std-model) goes; default: beside --out, *_error_model.json")
     args = ap.parse_args()
-    global CACHE, BRANCH, METHOD
-    BRANCH, METHOD = args.branch_steps, args.method
+    global CACHE, BRANCH, METHOD, ETA
+    BRANCH, METHOD, ETA = args.branch_steps, args.method, args.eta
     if METHOD != "dds" and args.ct_views:
         ap.error("--method dds-tv: MRI rows only (give --ct-views '')")
     if args.cache:
