@@ -62,7 +62,7 @@ from diffrecon.recon import coils, metrics
 from diffrecon.recon.diffusion.dds import DDSConfig
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import draw_samples, sample_statistics
-from diffrecon.recon.diffusion.settings import sampler_eta
+from diffrecon.recon.diffusion.settings import ETA_SAMPLES, sampler_eta
 from diffrecon.recon.masks import sampling_pattern
 from diffrecon.recon.operators import Sense, gaussian_smooth
 from diffrecon.recon.uncertainty import (
@@ -110,10 +110,10 @@ def mri_samples(cases, accel: int, kind: str, prior, k: int) -> list[tuple]:
         mask = case.mask(accel, kind)
         ku = (case.kspace * mask)[None]
         op = Sense(coils.estimate_coil_maps(ku, mask), mask)
-        eta = sampler_eta(_sampler(k).eta, k)  # 0.85 (the default for K > 1): no suffix
+        eta = sampler_eta(_sampler(k).eta, k)  # the default for K > 1: no suffix
         key = f"{prior.digest[:12]}_{case.volume}_{case.z}_{accel}_{kind}_{k}" + \
             (f"_b{BRANCH}" if BRANCH else "") + ("" if METHOD == "dds" else f"_{METHOD}") + \
-            ("" if eta == 0.85 else f"_eta{eta:g}")
+            ("" if eta == ETA_SAMPLES else f"_eta{eta:g}")
         run = _cached(key, lambda op=op, ku=ku: _draw(prior, lambda a, b: op, ku, k))
         out.append((run, case.reference.numpy(), op))
     return out

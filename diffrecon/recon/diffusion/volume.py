@@ -107,6 +107,7 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
     )
 
     cfg = config or DDS3DConfig()
+    eta = sampler_eta(cfg.eta, 1)  # one volume; draw_samples resolves it for K
     prior = priors[0]
     if len({p.config.orientation or "axial" for p in priors}) < len(priors):
         raise ValueError(f"priors {' and '.join(p.name for p in priors)} have the same "
@@ -159,7 +160,7 @@ def dds_volume_sample(priors: list[Prior], operator: LinearOperator, y: torch.Te
             x = x0
         else:
             a_prev = sched.abar(torch.tensor([ts[i + 1]]), x0).to(x0.device)
-            x = ddim_step(x0, eps, a_prev, sampler_eta(cfg.eta, 1), torch.randn(shape, generator=g)
+            x = ddim_step(x0, eps, a_prev, eta, torch.randn(shape, generator=g)
                           .to(prior.device))
         if progress is not None:
             progress(i + 1, len(ts))
