@@ -13,9 +13,10 @@ ledger as done with its outputs present. Writes benchmarks/results/soak.json.
 ``--faults`` injects what a hospital night brings: truncated files, dangling symbolic links
 and size bombs (quarantined), second files with a stem already there (``.hdf5`` beside
 ``.h5``: both done, apart), and ``--kills`` runs of ``diffrecon inbox`` (a process of its
-own) killed with SIGKILL at random moments, each followed by a rerun. It counts scans lost
-(expected done but not done with its outputs), scans duplicated (more than one finished
-subflow run per scan, read from the server) and quarantined.
+own) killed with SIGKILL mid-night (once a random number of further scans are done, at a
+random moment of the next one, whatever the machine's speed), each followed by a rerun. It
+counts scans lost (expected done but not done with its outputs), scans duplicated (more
+than one finished subflow run per scan, read from the server) and quarantined.
 """
 
 from __future__ import annotations
@@ -178,6 +179,19 @@ def _finished_subflows(server_api: str) -> dict[str, int]:
             offset += 200
 
 
+def _done(ledger_file: Path) -> int:
+    """Scans the ledger has as done (0 before it exists), read without writing to it."""
+    import sqlite3
+
+    if not ledger_file.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{ledger_file}?mode=ro", uri=True, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM scans WHERE state = 'done'").fetchone()[0]
+    except sqlite3.Error:  # not created yet or busy: ask again
+        return 0
+
+
 def soak_with_faults(args: argparse.Namespace) -> None:
     import random
     import signal
@@ -228,16 +242,23 @@ def soak_with_faults(args: argparse.Namespace) -> None:
         env = {**os.environ, "PREFECT_API_URL": server.api, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
         kills = []
+        ledger_file = outbox / "ledger.sqlite"
         for _ in range(args.kills):
+            # killed mid-night whatever the machine's speed: once a random number of further
+            # scans (1 to half of those left) are done, at a random moment of the next one
+            done0 = _done(ledger_file)
+            target = done0 + rng.randint(1, max(1, (len(good) - done0) // 2))
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
-            after = rng.uniform(10, 60)
-            try:
-                proc.wait(timeout=after)
-            except subprocess.TimeoutExpired:
+            start = time.perf_counter()
+            while proc.poll() is None and _done(ledger_file) < target:
+                time.sleep(0.05)
+            time.sleep(rng.uniform(0.0, 0.3))
+            if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
-                kills.append(round(after, 1))
+                kills.append({"after_s": round(time.perf_counter() - start, 1),
+                              "done_before": _done(ledger_file)})
         final = subprocess.run(cmd, env=env, capture_output=True, text=True)
         total = time.perf_counter() - t0
         time.sleep(5)
@@ -250,7 +271,7 @@ def soak_with_faults(args: argparse.Namespace) -> None:
         duplicated = sorted(n for n in good if finished.get(n, 0) > 1)
     result = {
         "scans": len(good), "bad_entries": len(bad), "method": args.method,
-        "matrix": f"1 x 4 x {args.size} x {args.size}", "kills_after_s": kills,
+        "matrix": f"1 x 4 x {args.size} x {args.size}", "kills": kills,
         "final_run_exit_code": final.returncode, "total_s": round(total, 1),
         "lost": len(lost), "duplicated": len(duplicated),
         "quarantined": len(quarantined), "quarantined_as_expected": quarantined == sorted(bad),
