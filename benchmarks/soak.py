@@ -13,8 +13,8 @@ ledger as done with its outputs present. Writes benchmarks/results/soak.json.
 ``--faults`` injects what a hospital night brings: truncated files, dangling symbolic links
 and size bombs (quarantined), second files with a stem already there (``.hdf5`` beside
 ``.h5``: both done, apart), and ``--kills`` runs of ``diffrecon inbox`` (a process of its
-own) killed with SIGKILL mid-night (once a random number of further scans are done, at a
-random moment of the next one, whatever the machine's speed), each followed by a rerun. It
+own) killed with SIGKILL mid-night (once a random number of further scans are done, then
+0-0.3 s later, whatever the machine's speed), each followed by a rerun. It
 counts scans lost (expected done but not done with its outputs), scans duplicated (more
 than one finished subflow run per scan, read from the server) and quarantined.
 """
@@ -179,17 +179,31 @@ def _finished_subflows(server_api: str) -> dict[str, int]:
             offset += 200
 
 
-def _done(ledger_file: Path) -> int:
-    """Scans the ledger has as done (0 before it exists), read without writing to it."""
+def _done(ledger_file: Path) -> int | None:
+    """Scans the ledger has as done (0 before it exists; a plain read, which also rolls back
+    what a killed writer left, as the next run would); None when it is busy just now."""
     import sqlite3
 
     if not ledger_file.exists():
         return 0
     try:
-        with sqlite3.connect(f"file:{ledger_file}?mode=ro", uri=True, timeout=5) as db:
+        db = sqlite3.connect(ledger_file, timeout=5)
+        try:
             return db.execute("SELECT COUNT(*) FROM scans WHERE state = 'done'").fetchone()[0]
-    except sqlite3.Error:  # not created yet or busy: ask again
-        return 0
+        finally:
+            db.close()
+    except sqlite3.OperationalError as exc:
+        return 0 if "no such table" in str(exc) else None
+
+
+def _done_now(ledger_file: Path, wait: float = 30.0) -> int:
+    """``_done``, asked again until the ledger answers (at most ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    while (n := _done(ledger_file)) is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if n is None:
+        raise RuntimeError(f"{ledger_file}: the ledger could not be read for {wait:g} s")
+    return n
 
 
 def soak_with_faults(args: argparse.Namespace) -> None:
@@ -241,24 +255,31 @@ def soak_with_faults(args: argparse.Namespace) -> None:
                "--max-attempts", str(args.kills + 3)]
         env = {**os.environ, "PREFECT_API_URL": server.api, "OMP_NUM_THREADS": "1"}
         t0 = time.perf_counter()
-        kills = []
+        kills, ended = [], []  # runs killed; exit codes of runs that ended by themselves
         ledger_file = outbox / "ledger.sqlite"
         for _ in range(args.kills):
             # killed mid-night whatever the machine's speed: once a random number of further
-            # scans (1 to half of those left) are done, at a random moment of the next one
-            done0 = _done(ledger_file)
+            # scans (1 to half of those left) are done, then 0-0.3 s later (mostly inside the
+            # next scan); a run that stalls is killed after 300 s, one that ends by itself
+            # (nothing left) is counted as not killed
+            done0 = _done_now(ledger_file)
             target = done0 + rng.randint(1, max(1, (len(good) - done0) // 2))
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                     stderr=subprocess.DEVNULL)
             start = time.perf_counter()
-            while proc.poll() is None and _done(ledger_file) < target:
+            while proc.poll() is None and time.perf_counter() - start < 300:
+                n = _done(ledger_file)
+                if n is not None and n >= target:
+                    break
                 time.sleep(0.05)
             time.sleep(rng.uniform(0.0, 0.3))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 kills.append({"after_s": round(time.perf_counter() - start, 1),
-                              "done_before": _done(ledger_file)})
+                              "done_when_killed": _done_now(ledger_file)})
+            else:
+                ended.append(proc.returncode)
         final = subprocess.run(cmd, env=env, capture_output=True, text=True)
         total = time.perf_counter() - t0
         time.sleep(5)
@@ -272,6 +293,7 @@ def soak_with_faults(args: argparse.Namespace) -> None:
     result = {
         "scans": len(good), "bad_entries": len(bad), "method": args.method,
         "matrix": f"1 x 4 x {args.size} x {args.size}", "kills": kills,
+        "runs_not_killed": ended,
         "final_run_exit_code": final.returncode, "total_s": round(total, 1),
         "lost": len(lost), "duplicated": len(duplicated),
         "quarantined": len(quarantined), "quarantined_as_expected": quarantined == sorted(bad),
@@ -279,6 +301,7 @@ def soak_with_faults(args: argparse.Namespace) -> None:
     }
     print(json.dumps(result, indent=2))
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    assert kills, "no run was killed while working: the kills tested nothing"
     assert not lost and not duplicated and quarantined == sorted(bad), (lost, duplicated,
                                                                         quarantined)
 
