@@ -180,20 +180,18 @@ def _finished_subflows(server_api: str) -> dict[str, int]:
 
 
 def _done(ledger_file: Path) -> int | None:
-    """Scans the ledger has as done (0 before it exists; a plain read, which also rolls back
-    what a killed writer left, as the next run would); None when it is busy just now."""
+    """Scans the ledger has as done (0 before it exists), read through the project's Ledger;
+    None when it cannot be read just now (busy, or being created)."""
     import sqlite3
+
+    from diffrecon.tasks.ledger import Ledger
 
     if not ledger_file.exists():
         return 0
     try:
-        db = sqlite3.connect(ledger_file, timeout=5)
-        try:
-            return db.execute("SELECT COUNT(*) FROM scans WHERE state = 'done'").fetchone()[0]
-        finally:
-            db.close()
-    except sqlite3.OperationalError as exc:
-        return 0 if "no such table" in str(exc) else None
+        return sum(e.state == "done" for e in Ledger(ledger_file).all())
+    except sqlite3.Error:
+        return None
 
 
 def _done_now(ledger_file: Path, wait: float = 30.0) -> int:
