@@ -24,8 +24,15 @@ training slices, read from uncertainty.json beside --out); with ``--std-model
 FILE|prior`` also for the error model's map (``diffrecon run --std-model``; fitted on DDS
 samples).
 
+With ``--synthetic N`` the same on training slices instead of the patients: lesions no
+training image has drawn into the TRAIN_Z slices of the first N IXI training volumes
+(:func:`synthetic_lesion_slices`), where settings may be chosen. The summary (printed, and
+"summary" in the JSON): per patient, setting and method the mean contrast error, PSNR and
+lesion PSNR, and on how many slices the contrast error is at most CG-SENSE's.
+
     .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3] [--branch-steps N]
-        [--diffusion dds,dds-tv] [--std-model prior] [--out benchmarks/results/lesion.json]
+        [--diffusion dds,dds-tv] [--std-model prior] [--synthetic N]
+        [--out benchmarks/results/lesion.json]
 """
 
 from __future__ import annotations
@@ -179,7 +186,8 @@ def lesion_slices(t1_path: Path, flair_path: Path, zrange: tuple[int, int], erod
     t1s, mm = _axial(t1)
     fls, _ = _axial(flair)
     heads, masks = lesion_masks(t1s, fls, zrange, erode, sigma, k)
-    order = np.argsort([-m.sum() for m in masks])[:n]
+    # the n slices with the largest lesion, among those that hold one (n may exceed them)
+    order = [z for z in np.argsort([-m.sum() for m in masks]) if masks[z].any()][:n]
     out = []
     f = mm / PIXEL_MM
     for z in sorted(int(i) for i in order):
@@ -190,6 +198,49 @@ def lesion_slices(t1_path: Path, flair_path: Path, zrange: tuple[int, int], erod
         mirror = _mirror(les, center_of_mass(head)[1]) & ~les & head
         out.append({"z": z, "truth": (truth / truth.max()).astype(np.float32),
                     "lesion": les, "mirror": mirror, "lesion_px": int(les.sum())})
+    return out
+
+
+def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
+    """Lesions no training image has, on training slices (for choosing settings without the
+    patients): the B1-style slices (TRAIN_Z) of the first ``volumes`` IXI training volumes,
+    each with one ellipse (semi-axes 3-7 pixels, any angle) inside the brain (at least 12
+    pixels inside the head and 4 pixels clear of the midline, so its mirror is normal
+    tissue) whose level is 0.35, 0.6 or 1.5 times the median of the tissue around it
+    (dark as a stroke's cavity, moderately dark as a glioma on T1, brighter than any
+    tissue), blended in over a 1-pixel Gaussian edge. Keys as :func:`lesion_slices`'s and
+    "volume"."""
+    from scipy.ndimage import binary_erosion, binary_fill_holes, center_of_mass, gaussian_filter
+
+    from diffrecon.testing import TRAIN_Z, b1_image, ixi_split
+
+    rng = np.random.default_rng(seed)
+    levels = (0.35, 0.6, 1.5)
+    yy, xx = np.mgrid[:SIZE, :SIZE]
+    out = []
+    for path in ixi_split(MRI / "ixi_t1")[0][:volumes]:
+        for z in TRAIN_Z:
+            img = b1_image(path, z)
+            head = binary_fill_holes(img > 0.1 * float(np.percentile(img, 99)))
+            inner = binary_erosion(head, iterations=12)
+            centre = center_of_mass(head)[1]
+            a, b = rng.uniform(3, 7, size=2)
+            ang = rng.uniform(0, np.pi)
+            while True:  # a centre inside, clear of the midline
+                cy, cx = rng.integers(0, SIZE, size=2)
+                if inner[cy, cx] and abs(cx - centre) > max(a, b) + 4:
+                    break
+            u = (yy - cy) * np.cos(ang) + (xx - cx) * np.sin(ang)
+            v = -(yy - cy) * np.sin(ang) + (xx - cx) * np.cos(ang)
+            les = (u / a) ** 2 + (v / b) ** 2 <= 1
+            ring = binary_erosion(~les, iterations=2) & ~binary_erosion(~les, iterations=6)
+            level = levels[len(out) % len(levels)] * float(np.median(img[ring & head]))
+            w = gaussian_filter(les.astype(np.float32), 1.0)
+            truth = np.clip(img * (1 - w) + level * w, 0, None)
+            mirror = _mirror(les, centre) & ~les & head
+            out.append({"volume": path.name.removesuffix(".nii.gz"), "z": z,
+                        "truth": (truth / truth.max()).astype(np.float32), "lesion": les,
+                        "mirror": mirror, "lesion_px": int(les.sum())})
     return out
 
 
@@ -206,6 +257,20 @@ def lesion_scores(x: np.ndarray, truth: np.ndarray, les: np.ndarray, mirror: np.
             "contrast_error": abs(contrast - true_contrast) / float(truth.max())}
 
 
+def _cases(args):
+    """(patient, slice) pairs: the patients' lesion slices, or with --synthetic the training
+    slices with synthetic lesions (the patient named by the IXI volume)."""
+    if args.synthetic:
+        for s in synthetic_lesion_slices(args.synthetic):
+            yield f"synthetic-{s['volume']}", s
+        return
+    for patient, how in PATIENTS.items():
+        how = dict(how)
+        t1, flair = MRI / how.pop("t1"), MRI / how.pop("flair")
+        for s in lesion_slices(t1, flair, n=args.slices, **how):
+            yield patient, s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=8)
@@ -216,6 +281,8 @@ def main() -> None:
     ap.add_argument("--std-model", default=None, help="an error model file, or 'prior'")
     ap.add_argument("--nfe", type=int, default=PriorRef.model_fields["nfe"].default)
     ap.add_argument("--cg-iters", type=int, default=PriorRef.model_fields["cg_iters"].default)
+    ap.add_argument("--synthetic", type=int, default=0, help="N: instead of the patients, "
+                    "synthetic lesions on TRAIN_Z slices of the first N IXI training volumes")
     ap.add_argument("--out", default="benchmarks/results/lesion.json")
     args = ap.parse_args()
     maps = torch.from_numpy(np.load(MRI / "b1_simulation_maps_16ch_128.npy"))
@@ -230,61 +297,84 @@ def main() -> None:
     t0 = time.perf_counter()
     fitted = Path(args.out).parent / "uncertainty.json"  # its training-slice fit
     table = json.loads(fitted.read_text()).get("aliasing") if fitted.exists() else None
-    for patient, how in PATIENTS.items():
-        how = dict(how)
-        t1, flair = MRI / how.pop("t1"), MRI / how.pop("flair")
-        for s in lesion_slices(t1, flair, n=args.slices, **how):
-            volume = f"lesion-{patient}"
-            k = _b1_kspace(volume, s["z"], s["truth"], maps)
-            case = MRICase(volume, s["z"], k, torch.from_numpy(s["truth"]))
-            for accel in (int(a) for a in args.accels.split(",")):
-                mask = case.mask(accel, "equispaced")
-                ku = (case.kspace * mask)[None]
-                smaps = coils.estimate_coil_maps(ku, mask)
-                op = Sense(smaps, mask)
-                recs = {
-                    "zero-filled": classical.zero_filled(ku, mask),
-                    "cg-sense": classical.cg_sense(ku, smaps, mask, cfg.lam, cfg.cg_iters),
-                    "admm-tv": classical.tv_sense(ku, smaps, mask, cfg.tv_lam),
-                }
-                stds = {}
-                for m, sampler in samplers.items():
-                    name = f"{m} (K={args.samples})"
-                    recs[name], stds[name], _ = run_diffusion(
-                        [prior], sampler, lambda a, b, op=op: op, ku, samples=args.samples)
-                for method, x in recs.items():
-                    xn = x[0].numpy()
-                    row = {"patient": patient, "z": s["z"], "lesion_px": s["lesion_px"],
-                           "setting": f"R={accel} equispaced", "method": method,
-                           "psnr": metrics.psnr(xn, s["truth"]),
-                           **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
-                    if stds.get(method) is not None:  # K > 1: the std maps
-                        mean, std = x, stds[method]
-                        sd = std[0].numpy()
-                        err = np.abs(np.abs(xn) - s["truth"])  # what a map should follow
-                        row["error_lesion_over_mirror"] = float(err[s["lesion"]].mean()
-                                                                / err[s["mirror"]].mean())
-                        row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
-                                                              / sd[s["mirror"]].mean())
-                        if table:  # with the aliasing term, as --std-aliasing adds it
-                            u = aliasing_map(op, mean, std, table)[0].numpy()
-                            row["u_lesion_over_mirror"] = float(
-                                u[s["lesion"]].mean() / u[s["mirror"]].mean())
-                        if cfg.diffusion.std_model:  # the error model's map
-                            u = error_model_map(op, mean, std, cfg.diffusion.std_model)
-                            u = u[0].numpy()
-                            row["model_lesion_over_mirror"] = float(
-                                u[s["lesion"]].mean() / u[s["mirror"]].mean())
-                    rows.append(row)
-                    print(json.dumps(row), flush=True)
-                if accel == 8:
-                    sd = next(iter(stds.values()))  # None for one sample
-                    sheet.append((s, [np.abs(recs[m][0].numpy()) for m in ["cg-sense", *stds]],
-                                  None if sd is None else sd[0].numpy()))
-    Path(args.out).write_text(json.dumps({"rows": rows, "samples": args.samples,
+    for patient, s in _cases(args):
+        volume = f"lesion-{patient}"
+        k = _b1_kspace(volume, s["z"], s["truth"], maps)
+        case = MRICase(volume, s["z"], k, torch.from_numpy(s["truth"]))
+        for accel in (int(a) for a in args.accels.split(",")):
+            mask = case.mask(accel, "equispaced")
+            ku = (case.kspace * mask)[None]
+            smaps = coils.estimate_coil_maps(ku, mask)
+            op = Sense(smaps, mask)
+            recs = {
+                "zero-filled": classical.zero_filled(ku, mask),
+                "cg-sense": classical.cg_sense(ku, smaps, mask, cfg.lam, cfg.cg_iters),
+                "admm-tv": classical.tv_sense(ku, smaps, mask, cfg.tv_lam),
+            }
+            stds = {}
+            for m, sampler in samplers.items():
+                name = f"{m} (K={args.samples})"
+                recs[name], stds[name], _ = run_diffusion(
+                    [prior], sampler, lambda a, b, op=op: op, ku, samples=args.samples)
+            for method, x in recs.items():
+                xn = x[0].numpy()
+                row = {"patient": patient, "z": s["z"], "lesion_px": s["lesion_px"],
+                       "setting": f"R={accel} equispaced", "method": method,
+                       "psnr": metrics.psnr(xn, s["truth"]),
+                       **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
+                if stds.get(method) is not None:  # K > 1: the std maps
+                    mean, std = x, stds[method]
+                    sd = std[0].numpy()
+                    err = np.abs(np.abs(xn) - s["truth"])  # what a map should follow
+                    row["error_lesion_over_mirror"] = float(err[s["lesion"]].mean()
+                                                            / err[s["mirror"]].mean())
+                    row["std_lesion_over_mirror"] = float(sd[s["lesion"]].mean()
+                                                          / sd[s["mirror"]].mean())
+                    if table:  # with the aliasing term, as --std-aliasing adds it
+                        u = aliasing_map(op, mean, std, table)[0].numpy()
+                        row["u_lesion_over_mirror"] = float(
+                            u[s["lesion"]].mean() / u[s["mirror"]].mean())
+                    if cfg.diffusion.std_model:  # the error model's map
+                        u = error_model_map(op, mean, std, cfg.diffusion.std_model)
+                        u = u[0].numpy()
+                        row["model_lesion_over_mirror"] = float(
+                            u[s["lesion"]].mean() / u[s["mirror"]].mean())
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+            if accel == 8:
+                sd = next(iter(stds.values()))  # None for one sample
+                sheet.append((s, [np.abs(recs[m][0].numpy()) for m in ["cg-sense", *stds]],
+                              None if sd is None else sd[0].numpy()))
+    summary = summarise(rows)
+    for line in summary:
+        print(json.dumps(line))
+    Path(args.out).write_text(json.dumps({"rows": rows, "summary": summary,
+                                          "samples": args.samples,
                                           "branch_steps": args.branch_steps,
                                           "seconds": time.perf_counter() - t0}, indent=1))
     _sheet(sheet, Path(args.out).with_suffix(".png"))
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Per patient (the synthetic slices together), setting and method: the mean lesion
+    contrast error, PSNR and lesion PSNR over the slices, and on how many slices the
+    method's contrast error is at most CG-SENSE's."""
+    def group(r: dict) -> str:
+        return "synthetic" if r["patient"].startswith("synthetic") else r["patient"]
+
+    cg = {(r["patient"], r["z"], r["setting"]): r["contrast_error"] for r in rows
+          if r["method"] == "cg-sense"}
+    keys = dict.fromkeys((group(r), r["setting"], r["method"]) for r in rows)
+    out = []
+    for g, setting, method in keys:
+        sel = [r for r in rows if (group(r), r["setting"], r["method"]) == (g, setting, method)]
+        out.append({"patient": g, "setting": setting, "method": method, "slices": len(sel),
+                    **{f"mean_{k}": float(np.mean([r[k] for r in sel]))
+                       for k in ("contrast_error", "psnr", "psnr_lesion")},
+                    "slices_at_most_cg_sense": sum(
+                        r["contrast_error"] <= cg[(r["patient"], r["z"], r["setting"])]
+                        for r in sel)})
+    return out
 
 
 def _sheet(items, path: Path) -> None:
