@@ -332,9 +332,14 @@ def error_model_map(op: Any, mean: Any, std: Any, model: dict, method: str | Non
     and scale interpolated among the model's (:func:`error_model`) points at each slice's
     sampled fraction and pattern among the points for ``method`` (and those for any method;
     ``method`` None: the model's points whatever their method). A slice whose pattern no
-    point covers is an error (the model says nothing about it)."""
+    point covers is an error (the model says nothing about it), and so is ``method`` None for
+    a model fitted for several methods (their points would mix)."""
     import torch
 
+    named = sorted({p["method"] for p in model["points"] if p.get("method") is not None})
+    if method is None and len(named) > 1:
+        raise ValueError(f"std_model: the model holds points for {', '.join(named)}: name the "
+                         "method whose map to make")
     feats, top, inside = error_features(op, mean, std)
     points = [(p["fraction"], p["pattern"], [*p["coefficients"], p["intercept"], p["scale"]])
               for p in model["points"] if method is None or p["method"] in (None, method)]

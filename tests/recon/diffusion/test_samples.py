@@ -449,6 +449,18 @@ def test_the_error_model_map_is_its_log_linear_formula():
                                          r"model's patterns: \['random'\]\)"):
         error_model_map(op, mean, std, error_model(_model([_point(0.3, [0] * 5, 0, 1,
                                                                    "random")])))
+    # points of two methods: each method's map from its own points, none without naming one
+    both_methods = error_model(_model([two["points"][0] | {"method": "dds"},
+                                       two["points"][1] | {"method": "dds-tv",
+                                                           "pattern": "equispaced"}]))
+    one = Sense(torch.ones(1, 1, 64, 64, dtype=torch.complex64), lines)
+    for k, method in enumerate(("dds", "dds-tv")):
+        alone = error_model(_model([both_methods["points"][k] | {"method": None}]))
+        assert torch.allclose(error_model_map(one, mean[:1], std[:1], both_methods, method),
+                              error_model_map(one, mean[:1], std[:1], alone))
+    with pytest.raises(ValueError, match=r"std_model: the model holds points for dds, dds-tv: "
+                                         r"name the method whose map to make"):
+        error_model_map(one, mean[:1], std[:1], both_methods)
 
 
 def test_an_error_model_is_refused_naming_the_source_and_the_field(tmp_path):
