@@ -21,14 +21,21 @@ to the truth's, and for DDS the mean std inside the lesion over the mean std in 
 mirror (and the mean |error| inside over the mirror's, which a map should follow), and
 the same for the std with the aliasing term (the weights uncertainty.py fitted on
 training slices, read from uncertainty.json beside --out); with ``--std-model
-FILE|prior`` also for the error model's map (``diffrecon run --std-model``; fitted on DDS
-samples).
+FILE|prior`` also for the error model's map (``diffrecon run --std-model``; the points of
+each row's method, "model_points" in the row).
+
+Per row also the pixels of invented bright structure (:func:`invented`: regions of >= 8
+pixels brighter than the truth by > 0.1 of its maximum), and for K > 1 the fraction of them
+that mean +- 2 x the map covers and the map's mean on them over the rest of the head (the
+map: the error model's with --std-model, else the one with the aliasing term, else the
+spread). The summary (printed, and "summary" in the JSON; :func:`summarise`): per patient
+(all synthetic slices as one), setting and method the means of the contrast error, PSNR,
+lesion PSNR and invented pixels, and on how many slices the contrast error is at most
+CG-SENSE's.
 
 With ``--synthetic N`` the same on training slices instead of the patients: lesions no
 training image has drawn into the TRAIN_Z slices of the first N IXI training volumes
-(:func:`synthetic_lesion_slices`), where settings may be chosen. The summary (printed, and
-"summary" in the JSON): per patient, setting and method the mean contrast error, PSNR and
-lesion PSNR, and on how many slices the contrast error is at most CG-SENSE's.
+(:func:`synthetic_lesion_slices`), where settings may be chosen.
 
     .venv/bin/python benchmarks/lesion.py [--samples 8] [--slices 3] [--branch-steps N]
         [--diffusion dds,dds-tv] [--std-model prior] [--synthetic N]
@@ -50,7 +57,7 @@ from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.uncertainty import aliasing_map, error_model_map
+from diffrecon.recon.uncertainty import aliasing_map, error_model_map, model_methods
 from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -186,30 +193,35 @@ def lesion_slices(t1_path: Path, flair_path: Path, zrange: tuple[int, int], erod
     t1s, mm = _axial(t1)
     fls, _ = _axial(flair)
     heads, masks = lesion_masks(t1s, fls, zrange, erode, sigma, k)
-    # the n slices with the largest lesion, among those that hold one (n may exceed them)
-    order = [z for z in np.argsort([-m.sum() for m in masks]) if masks[z].any()][:n]
+    # the n slices with the largest lesion among those whose lesion and mirror keep pixels
+    # on B1's grid (n may exceed them)
     out = []
     f = mm / PIXEL_MM
-    for z in sorted(int(i) for i in order):
+    for z in (int(i) for i in np.argsort([-m.sum() for m in masks])):
+        if len(out) == n or not masks[z].any():
+            break
         truth = np.clip(zoom(t1s[z], f, order=3), 0, None)
         les = zoom(masks[z].astype(np.float32), f, order=1) > 0.5
         head = zoom(heads[z].astype(np.float32), f, order=1) > 0.5
         truth, les, head = (pad_or_crop(a, SIZE) for a in (truth, les, head))
         mirror = _mirror(les, center_of_mass(head)[1]) & ~les & head
-        out.append({"z": z, "truth": (truth / truth.max()).astype(np.float32),
-                    "lesion": les, "mirror": mirror, "lesion_px": int(les.sum())})
-    return out
+        if les.any() and mirror.any():
+            out.append({"z": z, "truth": (truth / truth.max()).astype(np.float32),
+                        "lesion": les, "mirror": mirror, "head": head,
+                        "lesion_px": int(les.sum())})
+    return sorted(out, key=lambda s: s["z"])
 
 
 def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
     """Lesions no training image has, on training slices (for choosing settings without the
     patients): the B1-style slices (TRAIN_Z) of the first ``volumes`` IXI training volumes,
-    each with one ellipse (semi-axes 3-7 pixels, any angle) inside the brain (at least 12
-    pixels inside the head and 4 pixels clear of the midline, so its mirror is normal
-    tissue) whose level is 0.35, 0.6 or 1.5 times the median of the tissue around it
-    (dark as a stroke's cavity, moderately dark as a glioma on T1, brighter than any
-    tissue), blended in over a 1-pixel Gaussian edge. Keys as :func:`lesion_slices`'s and
-    "volume"."""
+    each with one ellipse (semi-axes 3-7 pixels, any angle) inside the brain (its centre at
+    least 12 pixels inside the head, its edge at least 4 pixels clear of the midline, so
+    its mirror is normal tissue) whose level is 0.35, 0.6 or 1.5 times the median of the
+    tissue around it, the three in turn from one slice to the next (dark as a stroke's
+    cavity, moderately dark as a glioma on T1, about as bright as the brightest white
+    matter), blended in over a 1-pixel Gaussian edge. Keys as :func:`lesion_slices`'s and
+    "volume"; a slice with no room for the lesion is an error naming it."""
     from scipy.ndimage import binary_erosion, binary_fill_holes, center_of_mass, gaussian_filter
 
     from diffrecon.testing import TRAIN_Z, b1_image, ixi_split
@@ -226,6 +238,8 @@ def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
             centre = center_of_mass(head)[1]
             a, b = rng.uniform(3, 7, size=2)
             ang = rng.uniform(0, np.pi)
+            if not (inner & (np.abs(xx - centre) > max(a, b) + 4)).any():
+                raise ValueError(f"{path.name} z {z}: no room for a synthetic lesion")
             while True:  # a centre inside, clear of the midline
                 cy, cx = rng.integers(0, SIZE, size=2)
                 if inner[cy, cx] and abs(cx - centre) > max(a, b) + 4:
@@ -240,8 +254,28 @@ def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
             mirror = _mirror(les, centre) & ~les & head
             out.append({"volume": path.name.removesuffix(".nii.gz"), "z": z,
                         "truth": (truth / truth.max()).astype(np.float32), "lesion": les,
-                        "mirror": mirror, "lesion_px": int(les.sum())})
+                        "mirror": mirror, "head": head, "lesion_px": int(les.sum())})
     return out
+
+
+INVENTED_LEVEL = 0.1  # of the slice's maximum
+INVENTED_PX = 8
+
+
+def invented(x: np.ndarray, truth: np.ndarray, head: np.ndarray) -> np.ndarray:
+    """Bright structure the truth does not have: the pixels of connected regions (8-connected,
+    at least INVENTED_PX pixels, 32 mm^2 at B1's 2 mm) inside the head where the
+    reconstruction's magnitude exceeds the truth by more than INVENTED_LEVEL of the truth's
+    maximum -- blobs or streaks a reader could take for something (an enhancing lesion, a
+    vessel); the skull's folded copies count too."""
+    from scipy.ndimage import label
+
+    over = (np.abs(x) - truth > INVENTED_LEVEL * float(truth.max())) & head
+    lab, _ = label(over, structure=np.ones((3, 3)))
+    sizes = np.bincount(lab.ravel())
+    big = sizes >= INVENTED_PX
+    big[0] = False
+    return big[lab]
 
 
 def lesion_scores(x: np.ndarray, truth: np.ndarray, les: np.ndarray, mirror: np.ndarray
@@ -312,8 +346,10 @@ def main() -> None:
                 "admm-tv": classical.tv_sense(ku, smaps, mask, cfg.tv_lam),
             }
             stds = {}
+            base = {}  # the rows' method names -> the diffusion method
             for m, sampler in samplers.items():
                 name = f"{m} (K={args.samples})"
+                base[name] = m
                 recs[name], stds[name], _ = run_diffusion(
                     [prior], sampler, lambda a, b, op=op: op, ku, samples=args.samples)
             for method, x in recs.items():
@@ -322,9 +358,11 @@ def main() -> None:
                        "setting": f"R={accel} equispaced", "method": method,
                        "psnr": metrics.psnr(xn, s["truth"]),
                        **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
+                inv = invented(xn, s["truth"], s["head"])
+                row["invented_px"] = int(inv.sum())
                 if stds.get(method) is not None:  # K > 1: the std maps
                     mean, std = x, stds[method]
-                    sd = std[0].numpy()
+                    u = sd = std[0].numpy()
                     err = np.abs(np.abs(xn) - s["truth"])  # what a map should follow
                     row["error_lesion_over_mirror"] = float(err[s["lesion"]].mean()
                                                             / err[s["mirror"]].mean())
@@ -334,11 +372,17 @@ def main() -> None:
                         u = aliasing_map(op, mean, std, table)[0].numpy()
                         row["u_lesion_over_mirror"] = float(
                             u[s["lesion"]].mean() / u[s["mirror"]].mean())
-                    if cfg.diffusion.std_model:  # the error model's map
-                        u = error_model_map(op, mean, std, cfg.diffusion.std_model)
-                        u = u[0].numpy()
+                    if cfg.diffusion.std_model:  # the error model's map (its method's)
+                        model = cfg.diffusion.std_model
+                        row["model_points"] = model_methods(model, base[method])
+                        u = error_model_map(op, mean, std, model,
+                                            row["model_points"])[0].numpy()
                         row["model_lesion_over_mirror"] = float(
                             u[s["lesion"]].mean() / u[s["mirror"]].mean())
+                    if inv.any():  # does the map (the last of those above) warn there?
+                        rest = s["head"] & ~inv
+                        row["invented_covered"] = float((err[inv] <= 2 * u[inv]).mean())
+                        row["invented_map_over_rest"] = float(u[inv].mean() / u[rest].mean())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
             if accel == 8:
@@ -357,8 +401,8 @@ def main() -> None:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per patient (the synthetic slices together), setting and method: the mean lesion
-    contrast error, PSNR and lesion PSNR over the slices, and on how many slices the
-    method's contrast error is at most CG-SENSE's."""
+    contrast error, PSNR, lesion PSNR and invented pixels (:func:`invented`) over the slices,
+    and on how many slices the method's contrast error is at most CG-SENSE's."""
     def group(r: dict) -> str:
         return "synthetic" if r["patient"].startswith("synthetic") else r["patient"]
 
@@ -370,7 +414,8 @@ def summarise(rows: list[dict]) -> list[dict]:
         sel = [r for r in rows if (group(r), r["setting"], r["method"]) == (g, setting, method)]
         out.append({"patient": g, "setting": setting, "method": method, "slices": len(sel),
                     **{f"mean_{k}": float(np.mean([r[k] for r in sel]))
-                       for k in ("contrast_error", "psnr", "psnr_lesion")},
+                       for k in ("contrast_error", "psnr", "psnr_lesion", "invented_px")
+                       if all(k in r for r in sel)},
                     "slices_at_most_cg_sense": sum(
                         r["contrast_error"] <= cg[(r["patient"], r["z"], r["setting"])]
                         for r in sel)})

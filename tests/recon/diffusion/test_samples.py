@@ -357,7 +357,8 @@ def test_the_error_model_map_is_its_log_linear_formula():
     against numpy / scipy (the aliasing of the mean, the detail along the phase-encoding
     axis, the local intensity, the spread's local RMS, exp(-distance to the object's edge /
     8)), the coefficients interpolated at the sampled fraction; outside the object the
-    spread alone; it scales with the image."""
+    spread alone; it scales with the image. A model fitted for two methods makes each one's
+    map from that method's points, and refuses to make one without a method named."""
     from scipy.ndimage import distance_transform_edt, gaussian_filter
 
     from diffrecon.recon.operators import gaussian_smooth
