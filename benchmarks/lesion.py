@@ -28,10 +28,11 @@ Per row also the pixels of invented bright structure (:func:`invented`: regions 
 pixels brighter than the truth by > 0.1 of its maximum), and for K > 1 the fraction of them
 that mean +- 2 x the map covers and the map's mean on them over the rest of the head (the
 map: the error model's with --std-model, else the one with the aliasing term, else the
-spread). The summary (printed, and "summary" in the JSON; :func:`summarise`): per patient
-(all synthetic slices as one), setting and method the means of the contrast error, PSNR,
-lesion PSNR and invented pixels, and on how many slices the contrast error is at most
-CG-SENSE's.
+spread), and that map's calibration over the whole object (``calibration``: Spearman of
+the 5 x 5 local means of |error| and the map, coverage of mean +- 2 x map). The summary
+(printed, and "summary" in the JSON; :func:`summarise`): per patient (all synthetic slices
+as one), setting and method the means of the contrast error, PSNR, lesion PSNR and
+invented pixels, and on how many slices the contrast error is at most CG-SENSE's.
 
 With ``--synthetic N`` the same on training slices instead of the patients: lesions no
 training image has drawn into the TRAIN_Z slices of the first N IXI training volumes
@@ -57,7 +58,12 @@ from diffrecon.recon import classical, coils, metrics
 from diffrecon.recon.diffusion.registry import resolve_prior
 from diffrecon.recon.diffusion.run import run_diffusion
 from diffrecon.recon.operators import Sense
-from diffrecon.recon.uncertainty import aliasing_map, error_model_map, model_methods
+from diffrecon.recon.uncertainty import (
+    aliasing_map,
+    calibration,
+    error_model_map,
+    model_methods,
+)
 from diffrecon.testing import MRICase, _b1_kspace
 
 MRI = Path(__file__).resolve().parents[2] / "shared" / "data" / "mri"
@@ -379,6 +385,9 @@ def main() -> None:
                                             row["model_points"])[0].numpy()
                         row["model_lesion_over_mirror"] = float(
                             u[s["lesion"]].mean() / u[s["mirror"]].mean())
+                    # the map over the whole object, as uncertainty.py measures it on B1
+                    row["calibration"] = calibration(np.abs(xn)[None], u[None],
+                                                     s["truth"][None])
                     if inv.any():  # does the map (the last of those above) warn there?
                         rest = s["head"] & ~inv
                         row["invented_covered"] = float((err[inv] <= 2 * u[inv]).mean())
