@@ -396,7 +396,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
             if accel == 8:
                 sd = next(iter(stds.values()))  # None for one sample
-                sheet.append((s, [np.abs(recs[m][0].numpy()) for m in ["cg-sense", *stds]],
+                sheet.append((s, [np.abs(recs[m][0].numpy())
+                                  for m in ["cg-sense", "admm-tv", *stds]],
                               None if sd is None else sd[0].numpy()))
     summary = summarise(rows)
     for line in summary:
@@ -432,8 +433,8 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def _sheet(items, path: Path) -> None:
-    """Per slice: truth with the lesion (red) and mirror (green) outlines, CG-SENSE and each
-    diffusion method (--diffusion, in order) at R = 8, the first diffusion method's std
+    """Per slice: truth with the lesion (red) and mirror (green) outlines, CG-SENSE, ADMM-TV
+    and each diffusion method (--diffusion, in order) at R = 8, the first diffusion method's std
     (with K > 1)."""
     from PIL import Image
     from scipy.ndimage import binary_erosion
