@@ -24,15 +24,16 @@ training slices, read from uncertainty.json beside --out); with ``--std-model
 FILE|prior`` also for the error model's map (``diffrecon run --std-model``; the points of
 each row's method, "model_points" in the row).
 
-Per row also the pixels of invented bright structure (:func:`invented`: regions of >= 8
-pixels brighter than the truth by > 0.1 of its maximum), and for K > 1 the fraction of them
-that mean +- 2 x the map covers and the map's mean on them over the rest of the head (the
-map: the error model's with --std-model, else the one with the aliasing term, else the
-spread), and that map's calibration over the whole object (``calibration``: Spearman of
-the 5 x 5 local means of |error| and the map, coverage of mean +- 2 x map). The summary
-(printed, and "summary" in the JSON; :func:`summarise`): per patient (all synthetic slices
-as one), setting and method the means of the contrast error, PSNR, lesion PSNR and
-invented pixels, and on how many slices the contrast error is at most CG-SENSE's.
+Per row also the pixels of invented bright structure (``recon.metrics.invented_mask``:
+regions of >= 8 pixels brighter than the truth by > 0.1 of its maximum, inside the head),
+and for K > 1 the fraction of them that mean +- 2 x the map covers and the map's mean on
+them over the rest of the head (the map: the error model's with --std-model, else the one
+with the aliasing term, else the spread), and that map's calibration over the whole object
+(``calibration``: Spearman of the 5 x 5 local means of |error| and the map, coverage of
+mean +- 2 x map). The summary (printed, and "summary" in the JSON; :func:`summarise`): per
+patient (all synthetic slices as one), setting and method the means of the contrast error,
+PSNR, lesion PSNR and invented pixels, and on how many slices the contrast error is at most
+CG-SENSE's.
 
 With ``--synthetic N`` the same on training slices instead of the patients: lesions no
 training image has drawn into the TRAIN_Z slices of the first N IXI training volumes
@@ -264,26 +265,6 @@ def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
     return out
 
 
-INVENTED_LEVEL = 0.1  # of the slice's maximum
-INVENTED_PX = 8
-
-
-def invented(x: np.ndarray, truth: np.ndarray, head: np.ndarray) -> np.ndarray:
-    """Bright structure the truth does not have: the pixels of connected regions (8-connected,
-    at least INVENTED_PX pixels, 32 mm^2 at B1's 2 mm) inside the head where the
-    reconstruction's magnitude exceeds the truth by more than INVENTED_LEVEL of the truth's
-    maximum -- blobs or streaks a reader could take for something (an enhancing lesion, a
-    vessel); the skull's folded copies count too."""
-    from scipy.ndimage import label
-
-    over = (np.abs(x) - truth > INVENTED_LEVEL * float(truth.max())) & head
-    lab, _ = label(over, structure=np.ones((3, 3)))
-    sizes = np.bincount(lab.ravel())
-    big = sizes >= INVENTED_PX
-    big[0] = False
-    return big[lab]
-
-
 def lesion_scores(x: np.ndarray, truth: np.ndarray, les: np.ndarray, mirror: np.ndarray
                   ) -> dict:
     a = np.abs(x)
@@ -364,7 +345,7 @@ def main() -> None:
                        "setting": f"R={accel} equispaced", "method": method,
                        "psnr": metrics.psnr(xn, s["truth"]),
                        **lesion_scores(xn, s["truth"], s["lesion"], s["mirror"])}
-                inv = invented(xn, s["truth"], s["head"])
+                inv = metrics.invented_mask(xn, s["truth"], s["head"])[0]
                 row["invented_px"] = int(inv.sum())
                 if stds.get(method) is not None:  # K > 1: the std maps
                     mean, std = x, stds[method]
@@ -411,8 +392,8 @@ def main() -> None:
 
 def summarise(rows: list[dict]) -> list[dict]:
     """Per patient (the synthetic slices together), setting and method: the mean lesion
-    contrast error, PSNR, lesion PSNR and invented pixels (:func:`invented`) over the slices,
-    and on how many slices the method's contrast error is at most CG-SENSE's."""
+    contrast error, PSNR, lesion PSNR and invented pixels over the slices, and on how many
+    slices the method's contrast error is at most CG-SENSE's."""
     def group(r: dict) -> str:
         return "synthetic" if r["patient"].startswith("synthetic") else r["patient"]
 

@@ -20,6 +20,9 @@ class ResultRecord(BaseModel):
     ssim: float | None = None
     nmse: float | None = None
     dc_residual: float | None = None
+    # MRI with a reference: mean pixels per slice of bright structure the reference lacks
+    # (recon.metrics.invented_mask: regions of >= 8 pixels brighter by > 0.1 of its maximum)
+    invented_px: float | None = None
     seconds: float | None = None  # the method's own time (the shared coil maps apart)
     maps_seconds: float | None = None  # the scan's coil-map estimation, for methods using it
     nfe: int | None = None
@@ -50,6 +53,7 @@ _COLUMNS = (
     ("ssim", "{:.4f}"),
     ("nmse", "{:.4f}"),
     ("dc_residual", "{:.4f}"),
+    ("invented_px", "{:.0f}"),
     ("std_mean", "{:.4f}"),
     ("seconds", "{:.2f}"),
     ("maps_seconds", "{:.2f}"),

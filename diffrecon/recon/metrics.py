@@ -75,6 +75,41 @@ def nmse(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray) -> float:
     return float(np.mean(vals))
 
 
+INVENTED_LEVEL = 0.1  # of the slice's maximum |reference|
+INVENTED_PX = 8  # the smallest region that counts (32 mm^2 at 2 mm pixels)
+
+
+def invented_mask(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray,
+                  support: np.ndarray | None = None) -> np.ndarray:
+    """Bright structure the reference does not have, (S, H, W) bool: the pixels of
+    8-connected regions of at least INVENTED_PX pixels inside ``support`` (default: the
+    reference's object, recon.uncertainty.object_support) where |x| exceeds |ref| by more
+    than INVENTED_LEVEL of the slice's maximum |ref| -- blobs or streaks a reader could take
+    for something (a lesion, a vessel); folded copies of the skull count too."""
+    from scipy.ndimage import label
+
+    a, r = _pair(x, ref)
+    if support is None:
+        from diffrecon.recon.uncertainty import object_support
+
+        support = object_support(r)
+    sup = np.asarray(support, bool).reshape(r.shape)
+    out = np.zeros(r.shape, bool)
+    for s in range(r.shape[0]):
+        over = (a[s] - r[s] > INVENTED_LEVEL * float(r[s].max())) & sup[s]
+        regions, _ = label(over, structure=np.ones((3, 3)))
+        big = np.bincount(regions.ravel()) >= INVENTED_PX
+        big[0] = False  # not a region
+        out[s] = big[regions]
+    return out
+
+
+def invented_px(x: torch.Tensor | np.ndarray, ref: torch.Tensor | np.ndarray,
+                support: np.ndarray | None = None) -> float:
+    """Mean over slices of the pixels of :func:`invented_mask`."""
+    return float(invented_mask(x, ref, support).sum(axis=(-2, -1)).mean())
+
+
 def dc_residual(op: LinearOperator, x: torch.Tensor, y: torch.Tensor) -> float:
     """Data-consistency residual ||A x - y|| / ||y|| over the whole batch."""
     return float(torch.linalg.vector_norm(op.forward(x) - y) / torch.linalg.vector_norm(y))

@@ -267,16 +267,19 @@ def reconstruct(
 
 def quality(meas: Measurement, image: ArrayRef, maps: ArrayRef | None, store_root: str
             ) -> dict:
-    """PSNR/SSIM/NMSE against the reference (None without one) and the DC residual."""
+    """PSNR/SSIM/NMSE and invented structure (metrics.invented_px) against the reference
+    (None without one) and the DC residual."""
     from diffrecon.recon import metrics
     from diffrecon.recon.operators import Sense
 
     store = ArtifactStore(store_root)
     x = store.get(image)
-    qa: dict = {"psnr": None, "ssim": None, "nmse": None, "dc_residual": None}
+    qa: dict = {"psnr": None, "ssim": None, "nmse": None, "dc_residual": None,
+                "invented_px": None}
     if meas.reference is not None:
         ref = store.get(meas.reference)
-        qa.update(psnr=metrics.psnr(x, ref), ssim=metrics.ssim(x, ref), nmse=metrics.nmse(x, ref))
+        qa.update(psnr=metrics.psnr(x, ref), ssim=metrics.ssim(x, ref), nmse=metrics.nmse(x, ref),
+                  invented_px=metrics.invented_px(x, ref))
     if maps is not None and np.iscomplexobj(x):
         op = Sense(torch.from_numpy(store.get(maps)), torch.from_numpy(store.get(meas.mask)))
         qa["dc_residual"] = metrics.dc_residual(
