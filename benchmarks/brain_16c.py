@@ -5,8 +5,8 @@ undersampled data (our torch ESPIRiT from the rectangular fully sampled centre);
 ``cg-sense (bart maps)`` row uses BART's ecalib (``-m1 -c 0.8``) where bart is installed.
 DDS uses the prior given by --prior; with --dps, DPS runs at R = 8 random on the first
 two slices of each data set (minutes per slice on a CPU). Prints a table (PSNR, SSIM,
-NMSE means over slices, seconds per slice including the coil maps) and writes it as JSON
-with the project's results model.
+NMSE, invented structure (``metrics.invented_px``) means over slices, seconds per slice
+including the coil maps) and writes it as JSON with the project's results model.
 
     .venv/bin/python benchmarks/brain_16c.py [--quick] [--dps] [--prior NAME|DIR|none]
         [--diffusion dds,dds-tv] [--samples K [--branch-steps N]] [--train | --validation]
@@ -65,7 +65,7 @@ def run_case(case, accel, kind, use_bart, prior=None, dps=False, diffusion=("dds
     def record(method, x, seconds, maps=None, nfe=None):
         dc = metrics.dc_residual(Sense(maps, mask), x, ku) if maps is not None else None
         rows.append((method, metrics.psnr(x, ref), metrics.ssim(x, ref), metrics.nmse(x, ref),
-                     dc, seconds, nfe))
+                     dc, seconds, nfe, metrics.invented_px(x, ref)))
 
     t0 = time.perf_counter()
     record("zero-filled", classical.zero_filled(ku, mask), time.perf_counter() - t0)
@@ -176,7 +176,7 @@ def main() -> None:
                     scan=f"{dataset} ({len(vals)} slices)", method=method,
                     setting=f"R={accel} {kind}", psnr=opt[0], ssim=opt[1], nmse=opt[2],
                     dc_residual=opt[3], seconds=opt[4],
-                    nfe=None if opt[5] is None else int(opt[5]),
+                    nfe=None if opt[5] is None else int(opt[5]), invented_px=opt[6],
                     prior=prior.name if method.startswith(("dds", "dps")) else None))
             print(f"done {dataset} R={accel} {kind}", flush=True)
     print(f"\nB1/B2 on {hardware_name(torch.device('cpu'))}; seconds per slice incl. coil maps")
