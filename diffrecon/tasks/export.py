@@ -113,14 +113,15 @@ def scan_report(name: str, modality: str, records: list, images: dict[str, Array
         if stds.get(method) is not None:
             s = np.abs(store.get(stds[method]))[len(x) // 2]
             std_tiles[len(slices) - 1] = s / max(float(np.percentile(s, 99.5)), 1e-12)
-    lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | mean std | s "
-             "| state |", "|---|---|---|---|---|---|---|---|"]
+    lines = [f"# {name}", "", "| method | setting | PSNR | SSIM | DC residual | invented px "
+             "| mean std | s | state |", "|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         def f(v: float | None, fmt: str):
             return "-" if v is None else fmt.format(v)
         lines.append(f"| {r.method} | {r.setting or '-'} | {f(r.psnr, '{:.2f}')} | "
                      f"{f(r.ssim, '{:.3f}')} | {f(r.dc_residual, '{:.4f}')} | "
-                     f"{f(r.std_mean, '{:.4f}')} | {f(r.seconds, '{:.1f}')} | {r.state} |")
+                     f"{f(r.invented_px, '{:.0f}')} | {f(r.std_mean, '{:.4f}')} | "
+                     f"{f(r.seconds, '{:.1f}')} | {r.state} |")
     if slices and len({s.shape for s in slices}) == 1:
         lo, hi = preview_window(np.stack(slices), modality)
         tiles, names = [], []

@@ -199,9 +199,9 @@ def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batc
 
     scan = tmp_path / "Report_Scan.h5"  # a name no other test uses (artifact keys are global)
     shutil.copy(batch[0], scan)
-    reconstruct_scans([str(scan)], ReconConfig(methods=["zero-filled", "cg-sense"],
-                                               mask=MaskSpec(accel=2),
-                                               out_dir=str(tmp_path / "rep")))
+    records = reconstruct_scans([str(scan)], ReconConfig(methods=["zero-filled", "cg-sense"],
+                                                         mask=MaskSpec(accel=2),
+                                                         out_dir=str(tmp_path / "rep")))
     deadline = time.monotonic() + 30
     with get_client(sync_client=True) as client:
         while True:  # artifacts reach the API asynchronously
@@ -213,6 +213,12 @@ def test_report_artifact_per_scan_with_an_embedded_preview(prefect_harness, batc
     (report,) = reports
     assert report.type == "markdown"
     assert "| cg-sense | R=2 equispaced |" in report.data
+    # the QA columns, invented structure among them (zero filling's folded copies)
+    assert "| PSNR | SSIM | DC residual | invented px | mean std |" in report.data
+    zf = next(r for r in records if r.method == "zero-filled")
+    assert zf.invented_px > 100
+    assert (f"| zero-filled | R=2 equispaced | {zf.psnr:.2f} | {zf.ssim:.3f} | - | "
+            f"{zf.invented_px:.0f} | - |") in report.data
     assert "![preview](data:image/png;base64," in report.data
     table = next(a for a in arts if a.key == "results-report-scan")  # one key per batch
     assert table.type == "table"
