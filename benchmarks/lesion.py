@@ -100,6 +100,13 @@ def _mirror(a: np.ndarray, centre: float) -> np.ndarray:
     return a[..., np.clip(np.round(2 * centre - cols).astype(int), 0, a.shape[-1] - 1)]
 
 
+def _head(image: np.ndarray, top: float) -> np.ndarray:
+    """The head of an axial slice: above 0.1 of ``top`` (a 99th percentile), holes filled."""
+    from scipy.ndimage import binary_fill_holes
+
+    return binary_fill_holes(image > 0.1 * top)
+
+
 def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], erode: int,
                  sigma: float = 30, k: float = 2.5) -> tuple[np.ndarray, np.ndarray]:
     """(head, lesion) masks of axial slices (slices, rows, cols): the lesion is the FLAIR
@@ -118,7 +125,7 @@ def lesion_masks(t1: np.ndarray, flair: np.ndarray, zrange: tuple[int, int], ero
     )
 
     top = float(np.percentile(t1, 99))
-    head = np.stack([binary_fill_holes(s > 0.1 * top) for s in t1])
+    head = np.stack([_head(s, top) for s in t1])
     inner = np.stack([binary_erosion(h, iterations=erode) if erode else h for h in head])
     rel = np.zeros_like(flair)
     for z in range(*zrange):
@@ -229,7 +236,7 @@ def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
     cavity, moderately dark as a glioma on T1, about as bright as the brightest white
     matter), blended in over a 1-pixel Gaussian edge. Keys as :func:`lesion_slices`'s and
     "volume"; a slice with no room for the lesion is an error naming it."""
-    from scipy.ndimage import binary_erosion, binary_fill_holes, center_of_mass, gaussian_filter
+    from scipy.ndimage import binary_erosion, center_of_mass, gaussian_filter
 
     from diffrecon.testing import TRAIN_Z, b1_image, ixi_split
 
@@ -240,16 +247,17 @@ def synthetic_lesion_slices(volumes: int, seed: int = 0) -> list[dict]:
     for path in ixi_split(MRI / "ixi_t1")[0][:volumes]:
         for z in TRAIN_Z:
             img = b1_image(path, z)
-            head = binary_fill_holes(img > 0.1 * float(np.percentile(img, 99)))
-            inner = binary_erosion(head, iterations=12)
+            head = _head(img, float(np.percentile(img, 99)))
             centre = center_of_mass(head)[1]
             a, b = rng.uniform(3, 7, size=2)
             ang = rng.uniform(0, np.pi)
-            if not (inner & (np.abs(xx - centre) > max(a, b) + 4)).any():
+            # where the centre may lie: inside, clear of the midline
+            room = binary_erosion(head, iterations=12) & (np.abs(xx - centre) > max(a, b) + 4)
+            if not room.any():
                 raise ValueError(f"{path.name} z {z}: no room for a synthetic lesion")
-            while True:  # a centre inside, clear of the midline
+            while True:
                 cy, cx = rng.integers(0, SIZE, size=2)
-                if inner[cy, cx] and abs(cx - centre) > max(a, b) + 4:
+                if room[cy, cx]:
                     break
             u = (yy - cy) * np.cos(ang) + (xx - cx) * np.sin(ang)
             v = -(yy - cy) * np.sin(ang) + (xx - cx) * np.cos(ang)
@@ -371,7 +379,8 @@ def main() -> None:
                                                      s["truth"][None])
                     if inv.any():  # does the map (the last of those above) warn there?
                         rest = s["head"] & ~inv
-                        row["invented_covered"] = float((err[inv] <= 2 * u[inv]).mean())
+                        row["invented_covered"] = calibration(
+                            np.abs(xn)[None], u[None], s["truth"][None], inv[None])["coverage"]
                         row["invented_map_over_rest"] = float(u[inv].mean() / u[rest].mean())
                 rows.append(row)
                 print(json.dumps(row), flush=True)

@@ -336,7 +336,7 @@ def error_model_map(op: Any, mean: Any, std: Any, model: dict, method: str | Non
     a model fitted for several methods (their points would mix)."""
     import torch
 
-    named = sorted({p["method"] for p in model["points"] if p.get("method") is not None})
+    named = sorted({p["method"] for p in model["points"] if p["method"] is not None})
     if method is None and len(named) > 1:
         raise ValueError(f"std_model: the model holds points for {', '.join(named)}: name the "
                          "method whose map to make")

@@ -36,8 +36,8 @@ def test_invented_structure_counts_bright_regions_the_reference_lacks():
     x[0, 10:13, 10:13] += 0.2  # 9 pixels
     for i in range(8):  # 8 pixels touching only at corners
         x[0, 20 + i, 20 + i] += 0.3
-    x[0, 30:32, 30:34] += 0.2  # 8 pixels: counts
-    x[0, 30, 30] -= 0.2  # ... now 7: does not
+    x[0, 30:32, 30:34] += 0.2  # 8 pixels ...
+    x[0, 30, 30] -= 0.2  # ... less one: 7, too few
     x[0, 40:43, 40:43] += 0.09  # not bright enough
     x[0, 0:3, 0:3] += 0.5  # outside the object (air)
     x[1, 10:20, 10:20] -= 0.5  # darker
